@@ -1,0 +1,101 @@
+//! Exponential back-off with a cap and +-20 % jitter.
+//!
+//! One policy serves task retries, source polling and reconnects, so their
+//! schedules can be reasoned about (and tested) in one place.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Exponential back-off: `base * 2^(n-1)`, capped at `max`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// Upper bound of the delay before jitter.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Fraction of the delay added or removed at random (0.2 = +-20 %).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// A policy with the given base and cap and the default +-20 % jitter.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before jitter after `failures` consecutive failures (>= 1).
+    pub fn nominal(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(63);
+        let factor = 1u64.checked_shl(exp).unwrap_or(u64::MAX);
+        let nanos = (self.base.as_nanos()).saturating_mul(u128::from(factor));
+        let capped = nanos.min(self.max.as_nanos());
+        Duration::from_nanos(capped.min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// The delay after `failures` consecutive failures, with jitter applied.
+    pub fn delay(&self, failures: u32) -> Duration {
+        self.delay_with(failures, fastrand::f64())
+    }
+
+    /// The delay with jitter drawn from `unit` in `[0, 1)`; deterministic for tests.
+    pub fn delay_with(&self, failures: u32, unit: f64) -> Duration {
+        let nominal = self.nominal(failures).as_secs_f64();
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
+        Duration::from_secs_f64((nominal * factor).max(0.0))
+    }
+
+    /// The smallest and largest delay jitter can give after `failures` failures.
+    pub fn bounds(&self, failures: u32) -> (Duration, Duration) {
+        (self.delay_with(failures, 0.0), self.delay_with(failures, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_until_cap() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let got: Vec<_> = (1..=6).map(|n| b.nominal(n).as_millis()).collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        let b = Backoff::new(Duration::from_secs(10), Duration::from_secs(60));
+        let (lo, hi) = b.bounds(1);
+        assert_eq!(lo, Duration::from_secs(8));
+        assert_eq!(hi, Duration::from_secs(12));
+        for _ in 0..1000 {
+            let d = b.delay(2);
+            assert!(d >= Duration::from_secs(16) && d <= Duration::from_secs(24), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn huge_attempt_numbers_saturate() {
+        let b = Backoff::default();
+        assert_eq!(b.nominal(u32::MAX), b.max);
+        assert_eq!(b.nominal(0), b.base);
+    }
+}

@@ -1,0 +1,63 @@
+//! Wall-clock source for queue timestamps, replaceable in tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time in milliseconds since the Unix epoch.
+///
+/// Queues persist timestamps (lease expiry, retry time), so they need wall
+/// time rather than a monotonic clock; tests swap in [`ManualClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Current time in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to, for deterministic tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A manual clock starting at `start_ms`.
+    pub fn new(start_ms: u64) -> Arc<Self> {
+        Arc::new(Self {
+            now: AtomicU64::new(start_ms),
+        })
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// The clock used when none is given.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Adds a duration to a millisecond timestamp, saturating.
+pub fn after(now_ms: u64, d: Duration) -> u64 {
+    now_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
+}

@@ -1,0 +1,4 @@
+//! taskhost
+pub mod backoff;
+pub mod clock;
+pub mod queue;

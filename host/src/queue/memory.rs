@@ -1,0 +1,376 @@
+//! In-process bounded queue: fast, and gone with the process.
+//!
+//! Leases work as in the persistent backends, so the worker pool behaves the
+//! same on every backend; only persistence differs.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Action, BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore,
+    Settle, Settled, Task, TaskId, validate_name,
+};
+use crate::clock::{self, Clock};
+
+/// Settings of the memory backend.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    /// Most tasks (pending, delayed and leased) one queue holds.
+    pub capacity: usize,
+    /// How long a push waits for room in a full queue before failing.
+    pub push_timeout: Duration,
+    /// Most dead letters kept per queue; older ones are dropped.
+    pub dead_capacity: usize,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            push_timeout: Duration::from_secs(2),
+            dead_capacity: 10_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Ready,
+    Delayed(u64),
+    Leased(u64),
+}
+
+#[derive(Debug)]
+struct Entry {
+    task: Task,
+    state: State,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: TaskId,
+    ready: VecDeque<TaskId>,
+    delayed: BTreeSet<(u64, TaskId)>,
+    leases: BTreeSet<(u64, TaskId)>,
+    tasks: HashMap<TaskId, Entry>,
+    unique: HashMap<String, TaskId>,
+    dead: VecDeque<DeadTask>,
+    dead_total: u64,
+}
+
+impl Inner {
+    /// Moves due retries and expired leases to the ready list.
+    fn promote(&mut self, now: u64) {
+        while let Some(&(at, id)) = self.delayed.first() {
+            if at > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.state = State::Ready;
+                self.ready.push_back(id);
+            }
+        }
+        while let Some(&(until, id)) = self.leases.first() {
+            if until > now {
+                break;
+            }
+            self.leases.pop_first();
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.state = State::Ready;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Removes a held task's state entry; returns the entry if `lease` holds it.
+    fn take_lease(&mut self, lease: Lease) -> Option<&mut Entry> {
+        let e = self.tasks.get_mut(&lease.id)?;
+        match e.state {
+            State::Leased(until) if e.task.attempt == lease.attempt => {
+                self.leases.remove(&(until, lease.id));
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: TaskId) -> Option<Task> {
+        let e = self.tasks.remove(&id)?;
+        if let Some(k) = &e.task.unique_key {
+            self.unique.remove(k);
+        }
+        Some(e.task)
+    }
+}
+
+/// One named in-memory queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    name: Arc<str>,
+    opts: MemoryOptions,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<Inner>,
+    work: Notify,
+    room: Notify,
+}
+
+impl MemoryQueue {
+    /// A new empty queue.
+    pub fn new(name: &str, opts: MemoryOptions, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+        validate_name(name)?;
+        if opts.capacity == 0 {
+            return Err(QueueError::Config("memory queue capacity must be at least 1".into()));
+        }
+        Ok(Self {
+            name: name.into(),
+            opts,
+            clock,
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            work: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pushes if the whole batch fits; `None` when it does not fit yet.
+    fn try_push(&self, tasks: &mut Vec<NewTask>) -> Option<Vec<Pushed>> {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let new_keys = tasks
+            .iter()
+            .filter(|t| t.unique_key.as_ref().is_none_or(|k| !g.unique.contains_key(k)))
+            .count();
+        if g.tasks.len() + new_keys > self.opts.capacity {
+            return None;
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks.drain(..) {
+            if let Some(k) = &t.unique_key
+                && let Some(&id) = g.unique.get(k)
+            {
+                out.push(Pushed::Duplicate(id));
+                continue;
+            }
+            let id = g.next_id;
+            g.next_id += 1;
+            let state = match t.delay.filter(|d| !d.is_zero()) {
+                Some(d) => {
+                    let at = clock::after(now, d);
+                    g.delayed.insert((at, id));
+                    State::Delayed(at)
+                }
+                None => {
+                    g.ready.push_back(id);
+                    State::Ready
+                }
+            };
+            if let Some(k) = &t.unique_key {
+                g.unique.insert(k.clone(), id);
+            }
+            let task = Task {
+                id,
+                queue: self.name.clone(),
+                unique_key: t.unique_key,
+                payload: t.payload,
+                attempt: 0,
+                enqueued_at_ms: now,
+            };
+            g.tasks.insert(id, Entry { task, state });
+            out.push(Pushed::Created(id));
+        }
+        Some(out)
+    }
+}
+
+#[async_trait]
+impl BaseQueue for MemoryQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn push_batch(&self, mut tasks: Vec<NewTask>) -> Result<Vec<Pushed>, QueueError> {
+        if tasks.len() > self.opts.capacity {
+            return Err(QueueError::BatchTooLarge {
+                queue: self.name.to_string(),
+                capacity: self.opts.capacity,
+                batch: tasks.len(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.opts.push_timeout;
+        loop {
+            // Register for a wake-up before checking, so a removal between the
+            // check and the wait is not missed.
+            let room = self.room.notified();
+            if let Some(out) = self.try_push(&mut tasks) {
+                self.work.notify_one();
+                return Ok(out);
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(QueueError::Full {
+                    queue: self.name.to_string(),
+                    capacity: self.opts.capacity,
+                    waited: self.opts.push_timeout,
+                });
+            }
+        }
+    }
+
+    async fn lease(&self, max: usize, ttl: Duration) -> Result<Vec<Task>, QueueError> {
+        let now = self.clock.now_ms();
+        let until = clock::after(now, ttl);
+        let mut g = self.lock();
+        g.promote(now);
+        let mut out = Vec::with_capacity(max.min(g.ready.len()));
+        while out.len() < max {
+            let Some(id) = g.ready.pop_front() else { break };
+            let Some(e) = g.tasks.get_mut(&id) else { continue };
+            e.task.attempt += 1;
+            e.state = State::Leased(until);
+            out.push(e.task.clone());
+            g.leases.insert((until, id));
+        }
+        Ok(out)
+    }
+
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
+        let until = clock::after(self.clock.now_ms(), ttl);
+        let mut g = self.lock();
+        let mut held = 0;
+        for &lease in leases {
+            if let Some(e) = g.take_lease(lease) {
+                e.state = State::Leased(until);
+                g.leases.insert((until, lease.id));
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
+    async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
+        let now = self.clock.now_ms();
+        let mut done = Settled::default();
+        let mut freed = false;
+        {
+            let mut g = self.lock();
+            for s in settlements {
+                let Some(e) = g.take_lease(s.lease) else {
+                    done.lost += 1;
+                    continue;
+                };
+                done.applied += 1;
+                match s.action {
+                    Action::Ack => {
+                        g.remove(s.lease.id);
+                        freed = true;
+                    }
+                    Action::RetryAt(at) => {
+                        e.state = State::Delayed(at);
+                        g.delayed.insert((at, s.lease.id));
+                    }
+                    Action::Release => {
+                        e.task.attempt = e.task.attempt.saturating_sub(1);
+                        e.state = State::Ready;
+                        g.ready.push_front(s.lease.id);
+                    }
+                    Action::DeadLetter(reason) => {
+                        if let Some(task) = g.remove(s.lease.id) {
+                            g.dead.push_back(DeadTask {
+                                task,
+                                reason,
+                                failed_at_ms: now,
+                            });
+                            g.dead_total += 1;
+                            if g.dead.len() > self.opts.dead_capacity {
+                                g.dead.pop_front();
+                            }
+                        }
+                        freed = true;
+                    }
+                }
+            }
+        }
+        if freed {
+            self.room.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = self.clock.now_ms();
+        let g = self.lock();
+        let mut s = QueueStats {
+            dead: g.dead.len() as u64,
+            ..QueueStats::default()
+        };
+        for e in g.tasks.values() {
+            match e.state {
+                State::Ready => s.pending += 1,
+                State::Delayed(at) if at <= now => s.pending += 1,
+                State::Delayed(_) => s.delayed += 1,
+                State::Leased(until) if until <= now => s.pending += 1,
+                State::Leased(_) => s.leased += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadTask>, QueueError> {
+        let g = self.lock();
+        Ok(g.dead.iter().rev().take(limit).cloned().collect())
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+    }
+}
+
+/// A set of named memory queues sharing options and a clock.
+#[derive(Debug)]
+pub struct MemoryStore {
+    opts: MemoryOptions,
+    clock: Arc<dyn Clock>,
+    queues: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+}
+
+impl MemoryStore {
+    /// A store whose queues use these options and this clock.
+    pub fn new(opts: MemoryOptions, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            opts,
+            clock,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
+    fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
+        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = qs.get(name) {
+            return Ok(q.clone());
+        }
+        let q = Arc::new(MemoryQueue::new(name, self.opts.clone(), self.clock.clone())?);
+        qs.insert(name.to_owned(), q.clone());
+        Ok(q)
+    }
+
+    async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        let qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<_> = qs.keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+}
