@@ -61,3 +61,29 @@ pub fn system() -> Arc<dyn Clock> {
 pub fn after(now_ms: u64, d: Duration) -> u64 {
     now_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
 }
+
+/// Wall time derived from tokio's clock, so a paused test runtime drives it.
+///
+/// With `#[tokio::test(start_paused = true)]`, retries and lease expiry then
+/// happen in virtual time, deterministically and without real waiting.
+#[derive(Debug)]
+pub struct TokioClock {
+    start_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start_ms` now and moving with tokio's time.
+    pub fn new(start_ms: u64) -> Arc<Self> {
+        Arc::new(Self {
+            start_ms,
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        after(self.start_ms, self.start.elapsed())
+    }
+}

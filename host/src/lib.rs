@@ -1,4 +1,5 @@
 //! taskhost
 pub mod backoff;
 pub mod clock;
+pub mod pool;
 pub mod queue;

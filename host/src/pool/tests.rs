@@ -1,0 +1,306 @@
+//! Worker-pool tests modelled on Gitea's worker-queue tests, on tokio's
+//! paused clock so back-off, debounce and idle time pass instantly.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::clock::TokioClock;
+use crate::queue::memory::{MemoryOptions, MemoryQueue};
+use crate::queue::{NewTask, QueueStats};
+
+fn memory_queue(clock: Arc<dyn Clock>) -> Arc<dyn BaseQueue> {
+    Arc::new(MemoryQueue::new("pool-test", MemoryOptions::default(), clock).unwrap())
+}
+
+fn text(t: &Task) -> String {
+    String::from_utf8_lossy(&t.payload).into_owned()
+}
+
+/// Fails each task the number of times its payload says, counting calls.
+struct Flaky {
+    calls: Mutex<HashMap<u64, u32>>,
+    seen: mpsc::UnboundedSender<u64>,
+}
+
+#[async_trait]
+impl BatchHandler for Flaky {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let mut calls = self.calls.lock().unwrap();
+        Ok(batch
+            .iter()
+            .map(|t| {
+                let n = calls.entry(t.id).or_default();
+                *n += 1;
+                let _ = self.seen.send(t.id);
+                let fails: u32 = text(t).parse().unwrap();
+                if *n > fails { Outcome::Done } else { Outcome::Retry(None) }
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhandled_tasks_rerun_exactly_as_often_as_they_failed() {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    // Failure counts 0..=4 repeated, plus five tasks that never succeed.
+    let mut fails: Vec<u32> = (0..60).map(|i| i % 5).collect();
+    fails.extend([99; 5]);
+    let tasks = fails.iter().map(|f| NewTask::new(f.to_string())).collect();
+    let ids: Vec<u64> = queue
+        .push_batch(tasks)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id())
+        .collect();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let handler = Arc::new(Flaky {
+        calls: Mutex::default(),
+        seen: seen_tx,
+    });
+    let cfg = PoolConfig {
+        batch_size: 7,
+        max_workers: 3,
+        max_attempts: 6,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), handler.clone(), cfg, clock).unwrap();
+    let expected_calls: u32 = fails.iter().map(|&f| if f == 99 { 6 } else { f + 1 }).sum();
+    for _ in 0..expected_calls {
+        seen.recv().await.unwrap();
+    }
+    let stats = pool.shutdown().await;
+    let calls = handler.calls.lock().unwrap();
+    for (id, &f) in ids.iter().zip(&fails) {
+        let want = if f == 99 { 6 } else { f + 1 };
+        assert_eq!(calls[id], want, "task {id} failing {f} times");
+    }
+    assert_eq!(stats.done, 60);
+    assert_eq!(stats.dead, 5);
+    assert_eq!(stats.retried, fails.iter().map(|&f| if f == 99 { 5 } else { f } as u64).sum::<u64>());
+    let q = queue.stats().await.unwrap();
+    assert_eq!(q, QueueStats { dead: 5, ..QueueStats::default() });
+    let dead = queue.dead_letters(10).await.unwrap();
+    assert!(dead.iter().all(|d| d.reason.contains("gave up after 6 attempts")), "{dead:?}");
+}
+
+/// Holds every batch until the gate opens; reports each start.
+struct Gated {
+    gate: Arc<Semaphore>,
+    started: mpsc::UnboundedSender<usize>,
+}
+
+#[async_trait]
+impl BatchHandler for Gated {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let _ = self.started.send(batch.len());
+        let _permit = self.gate.acquire().await.map_err(|e| BatchError(e.to_string()))?;
+        Ok(vec![Outcome::Done; batch.len()])
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn workers_grow_to_max_under_load_and_shrink_when_idle() {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let handler = Arc::new(Gated {
+        gate: gate.clone(),
+        started: started_tx,
+    });
+    let cfg = PoolConfig {
+        batch_size: 1,
+        max_workers: 4,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).unwrap();
+    let mut workers = pool.workers();
+    queue
+        .push_batch((0..10).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    workers.wait_for(|&n| n == 4).await.unwrap();
+    for _ in 0..4 {
+        started.recv().await.unwrap();
+    }
+    // Lease only what a worker can take: the other six stay pending.
+    let s = queue.stats().await.unwrap();
+    assert_eq!((s.leased, s.pending), (4, 6));
+    assert!(started.try_recv().is_err(), "no fifth batch while four run");
+    gate.add_permits(10);
+    for _ in 4..10 {
+        started.recv().await.unwrap();
+    }
+    workers.wait_for(|&n| n == 1).await.unwrap();
+    let stats = pool.stats().snapshot();
+    assert_eq!(stats.peak_workers, 4);
+    assert_eq!(stats.done, 10);
+    // One worker stays however long the pool idles.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(*workers.borrow(), 1);
+    pool.shutdown().await;
+    assert_eq!(*workers.borrow(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_tasks_stay_bounded_by_workers_times_batch() {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    struct Watch {
+        queue: Arc<dyn BaseQueue>,
+        max_leased: Mutex<u64>,
+        done: mpsc::UnboundedSender<usize>,
+    }
+    #[async_trait]
+    impl BatchHandler for Watch {
+        async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+            let leased = self.queue.stats().await.unwrap().leased;
+            {
+                let mut m = self.max_leased.lock().unwrap();
+                *m = (*m).max(leased);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = self.done.send(batch.len());
+            Ok(vec![Outcome::Done; batch.len()])
+        }
+    }
+    queue
+        .push_batch((0..2_000).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let handler = Arc::new(Watch {
+        queue: queue.clone(),
+        max_leased: Mutex::new(0),
+        done: done_tx,
+    });
+    let cfg = PoolConfig {
+        batch_size: 10,
+        max_workers: 3,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), handler.clone(), cfg, clock).unwrap();
+    let mut n = 0;
+    while n < 2_000 {
+        n += done.recv().await.unwrap();
+    }
+    pool.shutdown().await;
+    let max = *handler.max_leased.lock().unwrap();
+    assert!(max <= 30, "at most workers x batch leased at once, saw {max}");
+    assert!(max >= 20, "the pool did run batches in parallel, saw {max}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn partial_batch_waits_for_debounce_then_goes() {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Gated {
+        gate: Arc::new(Semaphore::new(1_000)),
+        started: tx,
+    });
+    let cfg = PoolConfig {
+        batch_size: 10,
+        debounce: Duration::from_millis(100),
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).unwrap();
+    queue
+        .push_batch((0..3).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    queue
+        .push_batch((0..4).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await, Some(7), "tasks pushed within the debounce share a batch");
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    queue
+        .push_batch((0..10).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let t1 = tokio::time::Instant::now();
+    assert_eq!(rx.recv().await, Some(10));
+    assert!(t1.elapsed() < Duration::from_millis(100), "a full batch goes at once");
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_number_of_outcomes_fails_the_batch() {
+    struct Short;
+    #[async_trait]
+    impl BatchHandler for Short {
+        async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+            Ok(vec![Outcome::Done; batch.len() - 1])
+        }
+    }
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    queue.push(NewTask::new("x")).await.unwrap();
+    let cfg = PoolConfig {
+        max_attempts: 2,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), Arc::new(Short), cfg, clock).unwrap();
+    let mut stats;
+    loop {
+        stats = queue.stats().await.unwrap();
+        if stats.dead == 1 {
+            break;
+        }
+        queue.wait_for_work(Duration::from_millis(100)).await;
+    }
+    pool.shutdown().await;
+    let dead = queue.dead_letters(1).await.unwrap();
+    assert!(dead[0].reason.contains("answered 0 outcomes for a batch of 1"), "{}", dead[0].reason);
+    assert_eq!(dead[0].task.attempt, 2);
+}
+
+#[tokio::test]
+async fn shutdown_returns_leased_tasks_and_a_reopened_queue_holds_them() {
+    use crate::queue::QueueStore;
+    use crate::queue::disk::{DiskOptions, DiskStore};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = crate::clock::system();
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let queue = store.queue("shutdown").unwrap();
+    queue
+        .push_batch((0..20).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let handler = Arc::new(Gated {
+        gate: Arc::new(Semaphore::new(0)),
+        started: tx,
+    });
+    let cfg = PoolConfig {
+        batch_size: 5,
+        max_workers: 2,
+        shutdown_grace: Duration::from_millis(50),
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), handler, cfg, clock.clone()).unwrap();
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    assert_eq!(queue.stats().await.unwrap().leased, 10);
+    let stats = pool.shutdown().await;
+    assert_eq!(stats.done, 0);
+    store.close().await;
+    drop((queue, store));
+
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock).unwrap();
+    let queue = store.queue("shutdown").unwrap();
+    let s = queue.stats().await.unwrap();
+    assert_eq!((s.pending, s.leased), (20, 0), "every task is back in line");
+    let all = queue.lease(100, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|t| t.attempt == 1), "an abandoned delivery is not counted");
+    store.close().await;
+}
