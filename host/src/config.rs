@@ -1,0 +1,309 @@
+//! Host configuration: a TOML file with documented defaults.
+//!
+//! Every field has a default, so an empty file (or none) is a valid
+//! configuration; the command line overrides what the file says.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{DirGrant, Limits, PluginSpec};
+use crate::pool::PoolConfig;
+use crate::queue::disk::{DiskOptions, Sync};
+use crate::queue::memory::MemoryOptions;
+
+/// Which queue backend holds the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded on-disk queue (SQLite) in the data directory: persistent.
+    #[default]
+    Disk,
+    /// In-process bounded queue: fastest, lost when the process ends.
+    Memory,
+}
+
+/// Settings of the disk backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskConfig {
+    /// `full` fsyncs every group commit; `normal` survives process crashes only.
+    pub sync: Sync,
+    /// Most tasks per queue; unbounded when absent.
+    pub capacity: Option<usize>,
+    /// How long a push waits for room in a full queue.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        let d = DiskOptions::default();
+        Self {
+            sync: d.sync,
+            capacity: d.capacity,
+            push_timeout: d.push_timeout,
+        }
+    }
+}
+
+impl DiskConfig {
+    /// The backend options these settings describe.
+    pub fn options(&self) -> DiskOptions {
+        DiskOptions {
+            sync: self.sync,
+            capacity: self.capacity,
+            push_timeout: self.push_timeout,
+            ..DiskOptions::default()
+        }
+    }
+}
+
+/// Settings of the memory backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Most tasks per queue.
+    pub capacity: usize,
+    /// How long a push waits for room in a full queue.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        let d = MemoryOptions::default();
+        Self {
+            capacity: d.capacity,
+            push_timeout: d.push_timeout,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The backend options these settings describe.
+    pub fn options(&self) -> MemoryOptions {
+        MemoryOptions {
+            capacity: self.capacity,
+            push_timeout: self.push_timeout,
+            ..MemoryOptions::default()
+        }
+    }
+}
+
+/// One plugin and the queue it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Name in logs; defaults to the file name without `.wasm`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The component file.
+    pub path: PathBuf,
+    /// The queue it takes tasks from.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// The one host directory it may use.
+    #[serde(default)]
+    pub dir: Option<DirGrant>,
+    /// Values it reads with `get-config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Memory and time limits per call.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Batching, workers, retries.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+fn default_queue() -> String {
+    "default".into()
+}
+
+impl PluginConfig {
+    /// A plugin at `path` with every other setting at its default.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: None,
+            path: path.into(),
+            queue: default_queue(),
+            dir: None,
+            config: BTreeMap::new(),
+            limits: Limits::default(),
+            pool: PoolConfig::default(),
+        }
+    }
+
+    /// The name used in logs.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into())
+        })
+    }
+
+    /// What the plugin runtime needs to load it.
+    pub fn spec(&self) -> PluginSpec {
+        PluginSpec {
+            name: self.display_name(),
+            path: self.path.clone(),
+            config: self.config.clone(),
+            dir: self.dir.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// The whole host configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Where the disk backend keeps its database.
+    pub data_dir: PathBuf,
+    /// Which backend holds the queues.
+    pub backend: Backend,
+    /// Disk backend settings.
+    pub disk: DiskConfig,
+    /// Memory backend settings.
+    pub memory: MemoryConfig,
+    /// Plugins to run, each on its own queue.
+    pub plugins: Vec<PluginConfig>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("taskhost-data"),
+            backend: Backend::Disk,
+            disk: DiskConfig::default(),
+            memory: MemoryConfig::default(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl HostConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
+    }
+
+    /// Checks values the host cannot work with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut queues = std::collections::HashSet::new();
+        for p in &self.plugins {
+            let name = p.display_name();
+            p.pool
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("plugin {name}: pool: {e}")))?;
+            if p.limits.memory_mib == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "plugin {name}: limits.memory_mib must be at least 1"
+                )));
+            }
+            if !queues.insert(p.queue.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "two plugins serve queue {:?}; give each its own queue",
+                    p.queue
+                )));
+            }
+        }
+        if self.memory.capacity == 0 {
+            return Err(ConfigError::Invalid("memory.capacity must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(HostConfig::parse("").unwrap(), HostConfig::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = HostConfig::parse(
+            r#"
+            data_dir = "/var/lib/taskhost"
+            backend = "memory"
+            [memory]
+            capacity = 10
+            push_timeout = "500ms"
+            [[plugins]]
+            path = "archive.wasm"
+            queue = "archive"
+            dir = { host = "/srv/archive", guest = "/archive" }
+            config = { dir = "/archive" }
+            limits = { memory_mib = 32, time = "5s" }
+            pool = { batch_size = 50, max_workers = 2, retry_backoff = { base = "2s", max = "1m" } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Memory);
+        assert_eq!(c.memory.capacity, 10);
+        let p = &c.plugins[0];
+        assert_eq!(p.display_name(), "archive");
+        assert_eq!(p.pool.batch_size, 50);
+        assert_eq!(p.pool.retry_backoff.base, Duration::from_secs(2));
+        assert_eq!(p.limits.time, Duration::from_secs(5));
+        assert_eq!(p.dir.as_ref().unwrap().guest, "/archive");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = HostConfig::parse("backend = \"mongo\"").unwrap_err();
+        assert!(e.contains("mongo"), "{e}");
+        let e = HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\nbatch_size = 3").unwrap_err();
+        assert!(e.contains("batch_size"), "{e}");
+        let c = HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\npool = { batch_size = 0 }").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("batch_size") && e.contains("plugin a"), "{e}");
+    }
+}

@@ -1,0 +1,443 @@
+//! Plugin runtime: WASM components of the `handler-plugin` world as handlers.
+//!
+//! One [`Runtime`] (one wasmtime `Engine`) per process. A plugin file is
+//! checked and compiled once at load; every batch then gets a fresh `Store`
+//! and instance from the plugin's pre-linked `InstancePre`, so guest state
+//! and memory never leak from one batch into the next, and a trap costs only
+//! that batch. Guests get WASI p2 with no ambient authority: no environment,
+//! no sockets, no files beyond the one directory a plugin is granted.
+
+mod host;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::pool::{BatchError, BatchHandler, Outcome};
+use crate::queue::{QueueStore, Task};
+
+/// Bindings generated from `wit/`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler-plugin",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::HandlerPluginPre;
+use bindings::taskhost::plugin::types as wit;
+
+/// How often the engine's epoch advances; the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The WIT world a handler plugin must implement.
+pub const HANDLER_WORLD: &str = "taskhost:plugin/handler-plugin@0.1.0";
+
+/// Errors loading a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a WebAssembly component.
+    #[error("plugin {path} is not a WebAssembly component: {reason}")]
+    NotComponent {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the file is instead.
+        reason: String,
+    },
+    /// The component failed to compile.
+    #[error("plugin {path} failed to compile: {reason}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// The compiler's message.
+        reason: String,
+    },
+    /// The component does not fit the handler world.
+    #[error("plugin {path} does not implement world {HANDLER_WORLD}: {reason}")]
+    WrongWorld {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+    /// The granted directory cannot be used.
+    #[error("plugin {name}: granted directory {path}: {reason}")]
+    Grant {
+        /// Plugin name.
+        name: String,
+        /// The host directory.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The engine could not be set up.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+/// A directory of the host a plugin may use, and where the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host; created if missing.
+    pub host: PathBuf,
+    /// Path under which the guest sees it.
+    pub guest: String,
+}
+
+impl std::str::FromStr for DirGrant {
+    type Err = String;
+
+    /// Parses `HOST[:GUEST]`; the guest path defaults to `/data`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, guest) = match s.rsplit_once(':') {
+            Some((h, g)) if g.starts_with('/') && !h.is_empty() => (h, g),
+            _ => (s, "/data"),
+        };
+        if host.is_empty() {
+            return Err(format!("directory grant {s:?} names no host directory"));
+        }
+        Ok(Self {
+            host: host.into(),
+            guest: guest.into(),
+        })
+    }
+}
+
+/// Resource limits applied to every call of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most linear memory one instance may grow to, in MiB.
+    pub memory_mib: u64,
+    /// Longest one `handle` call may run.
+    #[serde(with = "humantime_serde")]
+    pub time: Duration,
+    /// Bytes of guest stderr kept to explain a failed batch.
+    pub stderr_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mib: 128,
+            time: Duration::from_secs(30),
+            stderr_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Everything needed to load one plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    /// Name used in logs.
+    pub name: String,
+    /// The `.wasm` component file.
+    pub path: PathBuf,
+    /// Values the plugin reads with `get-config`.
+    pub config: BTreeMap<String, String>,
+    /// The one directory the plugin may touch, if any.
+    pub dir: Option<DirGrant>,
+    /// Memory and time limits.
+    pub limits: Limits,
+}
+
+/// The process-wide wasm engine and the thread that advances its epoch.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<BatchState>,
+    stop: Arc<AtomicBool>,
+    ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Creates the engine and starts the epoch ticker.
+    pub fn new() -> Result<Self, PluginError> {
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .wasm_component_model(true);
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        bindings::HandlerPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        // A plain thread, not a tokio task: if guests hog every runtime
+        // thread, the epoch must still advance to interrupt them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("taskhost-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?
+        };
+        Ok(Self {
+            engine,
+            linker,
+            stop,
+            ticker: std::sync::Mutex::new(Some(ticker)),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks, compiles and links a plugin; refuses files of the wrong kind.
+    pub fn load(
+        &self,
+        spec: PluginSpec,
+        queues: Arc<dyn QueueStore>,
+    ) -> Result<Plugin, PluginError> {
+        let path = spec.path.clone();
+        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        check_component_header(&bytes).map_err(|reason| PluginError::NotComponent {
+            path: path.clone(),
+            reason,
+        })?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = HandlerPluginPre::new(pre).map_err(wrong_world)?;
+        if let Some(grant) = &spec.dir {
+            std::fs::create_dir_all(&grant.host).map_err(|e| PluginError::Grant {
+                name: spec.name.clone(),
+                path: grant.host.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Plugin {
+            pre,
+            shared: Arc::new(host::PluginShared {
+                name: spec.name.clone(),
+                config: spec.config.clone(),
+                queues,
+            }),
+            spec,
+        })
+    }
+
+    /// Stops the epoch ticker and waits for it.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self
+            .ticker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Tells a component from a core module or a file that is not wasm at all.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    match bytes {
+        [m0, m1, m2, m3, _, _, 0x01, 0x00, ..] if [*m0, *m1, *m2, *m3] == MAGIC => Ok(()),
+        [m0, m1, m2, m3, 0x01, 0x00, 0x00, 0x00, ..] if [*m0, *m1, *m2, *m3] == MAGIC => {
+            Err("it is a core WebAssembly module; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`".into())
+        }
+        _ if bytes.len() < 8 => Err(format!("the file is only {} bytes long", bytes.len())),
+        _ => Err("it does not start with the WebAssembly magic number".into()),
+    }
+}
+
+/// A loaded plugin, ready to handle batches.
+pub struct Plugin {
+    pre: HandlerPluginPre<BatchState>,
+    spec: PluginSpec,
+    shared: Arc<host::PluginShared>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("spec", &self.spec).finish()
+    }
+}
+
+/// Per-batch state of a store.
+pub struct BatchState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    shared: Arc<host::PluginShared>,
+    queue: Arc<str>,
+}
+
+impl WasiView for BatchState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Plugin {
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    fn new_store(&self, queue: Arc<str>, stderr: MemoryOutputPipe) -> Result<Store<BatchState>, String> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if let Some(g) = &self.spec.dir {
+            wasi.preopened_dir(&g.host, &g.guest, FsPerms::ReadWrite)
+                .map_err(|e| format!("cannot open granted directory {}: {e:#}", g.host.display()))?;
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(self.spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            self.pre.engine(),
+            BatchState {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limits,
+                shared: self.shared.clone(),
+                queue,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        let limit = self.spec.limits.time;
+        let started = Instant::now();
+        store.set_epoch_deadline(1);
+        // Yield at every tick so a busy guest shares the thread; trap once
+        // the call has used up its time.
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= limit {
+                Err(wasmtime::Error::msg(format!("time limit of {limit:?} exceeded")))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+
+    /// Runs one batch in a fresh instance.
+    pub async fn call(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let stderr = MemoryOutputPipe::new(self.spec.limits.stderr_bytes);
+        let mut store = self
+            .new_store(first.queue.clone(), stderr.clone())
+            .map_err(BatchError)?;
+        let fail = |what: &str, e: wasmtime::Error| {
+            let mut msg = format!("plugin {} {what}: {}", self.spec.name, root_cause(&e));
+            let err = stderr.contents();
+            if !err.is_empty() {
+                let text = String::from_utf8_lossy(&err);
+                msg.push_str("; stderr: ");
+                msg.push_str(text.trim());
+            }
+            BatchError(msg)
+        };
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| fail("failed to instantiate", e))?;
+        let tasks: Vec<wit::Task> = batch.iter().map(to_wit).collect();
+        let outcomes = instance
+            .taskhost_plugin_handler()
+            .call_handle(&mut store, &tasks)
+            .await
+            .map_err(|e| fail("trapped", e))?;
+        Ok(outcomes.into_iter().map(from_wit).collect())
+    }
+}
+
+#[async_trait]
+impl BatchHandler for Plugin {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        self.call(batch).await
+    }
+}
+
+/// The most telling part of a wasmtime error chain, on one line.
+fn root_cause(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    parts.join(": ").replace('\n', " ")
+}
+
+fn to_wit(t: &Task) -> wit::Task {
+    wit::Task {
+        id: t.id,
+        queue: t.queue.to_string(),
+        unique_key: t.unique_key.clone(),
+        payload: t.payload.clone(),
+        attempt: t.attempt,
+        enqueued_at_ms: t.enqueued_at_ms,
+    }
+}
+
+fn from_wit(o: wit::Outcome) -> Outcome {
+    match o {
+        wit::Outcome::Done => Outcome::Done,
+        wit::Outcome::Retry(ms) => Outcome::Retry(ms.map(Duration::from_millis)),
+        wit::Outcome::Fail(reason) => Outcome::Fail(reason),
+    }
+}

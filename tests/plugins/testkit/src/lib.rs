@@ -1,0 +1,119 @@
+//! Scriptable test plugin for the taskhost host's tests.
+//!
+//! Its behaviour is chosen by the configuration key `mode`, read once per
+//! batch:
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `noop` (default) | every task `done`, payloads not looked at (benchmarks) |
+//! | `trap` | panics, so the whole batch traps |
+//! | `loop` | loops forever |
+//! | `script` | each payload is a command deciding that task's outcome (below) |
+//! | `short` | answers one outcome fewer than tasks (`done` for each but the last) |
+//! | `long` | answers one outcome more than tasks (all `done`) |
+//! | anything else | logs an error, every task `fail("unknown mode: ...")` |
+//!
+//! Script commands (the payload as UTF-8 text, matched exactly):
+//!
+//! | command | outcome |
+//! |---|---|
+//! | `ok` | `done` |
+//! | `retry-until:N` | `retry(none)` while `attempt < N`, then `done` |
+//! | `retry-after:MS` | `retry(some(MS))` on attempt 1, then `done` |
+//! | `fail:REASON` | `fail(REASON)` |
+//! | `trap` | panics: the whole batch traps |
+//! | `loop` | loops forever |
+//! | `enqueue:QUEUE:PAYLOAD` | enqueues PAYLOAD on QUEUE (no key, no delay): `done`, or `fail(err)` if refused |
+//! | `log:TEXT` | logs TEXT at info level, `done` |
+//! | anything else | `fail("unknown command: ...")` |
+
+use std::hint::black_box;
+
+use taskhost_guest::{Handler, NewTask, Outcome, Task, export_handler};
+
+/// The plugin type exported as the component's handler.
+struct Testkit;
+
+impl Handler for Testkit {
+    fn handle(batch: Vec<Task>) -> Vec<Outcome> {
+        let mode = taskhost_guest::config("mode");
+        match mode.as_deref().unwrap_or("noop") {
+            "noop" => all_done(batch.len()),
+            "trap" => panic!("testkit: mode trap"),
+            "loop" => spin_forever(),
+            "script" => batch.iter().map(run_command).collect(),
+            "short" => all_done(batch.len().saturating_sub(1)),
+            "long" => all_done(batch.len() + 1),
+            other => {
+                let reason = format!("unknown mode: {other}");
+                taskhost_guest::error(&format!("testkit: {reason}"));
+                batch
+                    .iter()
+                    .map(|_| Outcome::Fail(reason.clone()))
+                    .collect()
+            }
+        }
+    }
+}
+
+export_handler!(Testkit);
+
+/// Answers `done` `n` times.
+fn all_done(n: usize) -> Vec<Outcome> {
+    (0..n).map(|_| Outcome::Done).collect()
+}
+
+/// Never returns; `black_box` keeps the loop from being optimised away.
+fn spin_forever() -> ! {
+    let mut i: u64 = 0;
+    loop {
+        i = black_box(i.wrapping_add(1));
+    }
+}
+
+/// Runs the script command held in one task's payload and answers its outcome.
+fn run_command(task: &Task) -> Outcome {
+    let command = String::from_utf8_lossy(&task.payload);
+    let command = command.as_ref();
+    let unknown = || Outcome::Fail(format!("unknown command: {command}"));
+    let (verb, arg) = match command.split_once(':') {
+        Some((verb, arg)) => (verb, Some(arg)),
+        None => (command, None),
+    };
+    match (verb, arg) {
+        ("ok", None) => Outcome::Done,
+        ("trap", None) => panic!("testkit: command trap in task {}", task.id),
+        ("loop", None) => spin_forever(),
+        ("retry-until", Some(n)) => match n.parse::<u32>() {
+            Ok(n) if task.attempt < n => Outcome::Retry(None),
+            Ok(_) => Outcome::Done,
+            Err(_) => unknown(),
+        },
+        ("retry-after", Some(ms)) => match ms.parse::<u64>() {
+            Ok(ms) if task.attempt <= 1 => Outcome::Retry(Some(ms)),
+            Ok(_) => Outcome::Done,
+            Err(_) => unknown(),
+        },
+        ("fail", Some(reason)) => Outcome::Fail(reason.to_owned()),
+        ("enqueue", Some(rest)) => match rest.split_once(':') {
+            Some((queue, payload)) => {
+                let task = NewTask {
+                    queue: queue.to_owned(),
+                    payload: payload.as_bytes().to_vec(),
+                    unique_key: None,
+                    delay_ms: None,
+                };
+                match taskhost_guest::enqueue(task) {
+                    Ok(_) => Outcome::Done,
+                    Err(err) => Outcome::Fail(err),
+                }
+            }
+            None => unknown(),
+        },
+        ("log", Some(text)) => {
+            taskhost_guest::info(text);
+            Outcome::Done
+        }
+        _ => unknown(),
+    }
+}
