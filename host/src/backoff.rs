@@ -65,7 +65,10 @@ impl Backoff {
 
     /// The smallest and largest delay jitter can give after `failures` failures.
     pub fn bounds(&self, failures: u32) -> (Duration, Duration) {
-        (self.delay_with(failures, 0.0), self.delay_with(failures, 1.0))
+        (
+            self.delay_with(failures, 0.0),
+            self.delay_with(failures, 1.0),
+        )
     }
 }
 
@@ -88,7 +91,10 @@ mod tests {
         assert_eq!(hi, Duration::from_secs(12));
         for _ in 0..1000 {
             let d = b.delay(2);
-            assert!(d >= Duration::from_secs(16) && d <= Duration::from_secs(24), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(16) && d <= Duration::from_secs(24),
+                "{d:?}"
+            );
         }
     }
 

@@ -79,20 +79,33 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
     let runtime = Runtime::new()?;
     let clock = clock::system();
     let tmp = tempdir()?;
-    println!("taskhost bench: batch {}, {} workers, {} cores", a.batch_size, a.workers, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "taskhost bench: batch {}, {} workers, {} cores",
+        a.batch_size,
+        a.workers,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("wasm plugin: {}", a.plugin.display());
     if a.rss_backlog > 0 {
         footprint(&a, &runtime, clock.clone(), &tmp.join("rss")).await?;
     }
     println!();
-    println!("{:<8} {:<8} {:>10} {:>14} {:>14}", "backend", "handler", "tasks", "end-to-end/s", "drain/s");
+    println!(
+        "{:<8} {:<8} {:>10} {:>14} {:>14}",
+        "backend", "handler", "tasks", "end-to-end/s", "drain/s"
+    );
     let mut native_mem = 0.0;
     for (backend, n) in [("memory", a.memory_tasks), ("disk", a.disk_tasks)] {
         for handler_kind in ["native", "wasm"] {
             let store: Arc<dyn QueueStore>;
             let mut disk = None;
             if backend == "memory" {
-                let opts = MemoryOptions { capacity: n.max(1), ..MemoryOptions::default() };
+                let opts = MemoryOptions {
+                    capacity: n.max(1),
+                    ..MemoryOptions::default()
+                };
                 store = Arc::new(MemoryStore::new(opts, clock.clone()));
             } else {
                 let dir = tmp.join(format!("disk-{handler_kind}"));
@@ -131,7 +144,11 @@ fn tempdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn load_noop(runtime: &Runtime, path: &std::path::Path, store: Arc<dyn QueueStore>) -> Result<taskhost::plugin::Plugin> {
+fn load_noop(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    store: Arc<dyn QueueStore>,
+) -> Result<taskhost::plugin::Plugin> {
     let spec = PluginSpec {
         name: "noop".into(),
         path: path.to_owned(),
@@ -194,7 +211,12 @@ async fn throughput(
 }
 
 /// Resident memory with a small and a large backlog behind a 100 tasks/s handler.
-async fn footprint(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>, dir: &std::path::Path) -> Result<()> {
+async fn footprint(
+    a: &BenchArgs,
+    runtime: &Runtime,
+    clock: Arc<dyn Clock>,
+    dir: &std::path::Path,
+) -> Result<()> {
     let disk = DiskStore::open(dir, DiskOptions::default(), clock.clone())?;
     let store: Arc<dyn QueueStore> = Arc::new(disk.clone());
     let queue = store.queue("backlog")?;
@@ -223,7 +245,8 @@ async fn footprint(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>, dir:
             max_workers: 4,
             ..PoolConfig::default()
         };
-        let pool = WorkerPool::start(queue.clone(), handler, cfg, clock.clone()).map_err(anyhow::Error::msg)?;
+        let pool = WorkerPool::start(queue.clone(), handler, cfg, clock.clone())
+            .map_err(anyhow::Error::msg)?;
         let mut peak = 0;
         let end = Instant::now() + a.rss_time;
         while Instant::now() < end {
@@ -241,7 +264,10 @@ async fn footprint(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>, dir:
             a.rss_time
         );
     }
-    println!("  process peak RSS (VmHWM) so far: {}", mib(rss_kib("VmHWM:")));
+    println!(
+        "  process peak RSS (VmHWM) so far: {}",
+        mib(rss_kib("VmHWM:"))
+    );
     drop(plugin);
     disk.close().await;
     Ok(())

@@ -251,7 +251,9 @@ impl HostConfig {
             }
         }
         if self.memory.capacity == 0 {
-            return Err(ConfigError::Invalid("memory.capacity must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "memory.capacity must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -302,7 +304,8 @@ mod tests {
         assert!(e.contains("mongo"), "{e}");
         let e = HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\nbatch_size = 3").unwrap_err();
         assert!(e.contains("batch_size"), "{e}");
-        let c = HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\npool = { batch_size = 0 }").unwrap();
+        let c =
+            HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\npool = { batch_size = 0 }").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("batch_size") && e.contains("plugin a"), "{e}");
     }

@@ -113,7 +113,9 @@ impl RunArgs {
             match cfg.plugins.len() {
                 0 => cfg.plugins.push(PluginConfig::new(p)),
                 1 => cfg.plugins[0].path = p.clone(),
-                n => bail!("the config file lists {n} plugins; --plugin works only with none or one"),
+                n => {
+                    bail!("the config file lists {n} plugins; --plugin works only with none or one")
+                }
             }
         }
         let overrides = self.queue.is_some()
@@ -206,7 +208,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -267,7 +272,9 @@ async fn shutdown_signal() {
 
 fn persistent(cfg: &HostConfig, what: &str) -> Result<()> {
     if cfg.backend == Backend::Memory {
-        bail!("`host {what}` needs a persistent backend: the memory backend lives inside one running host");
+        bail!(
+            "`host {what}` needs a persistent backend: the memory backend lives inside one running host"
+        );
     }
     Ok(())
 }
@@ -294,7 +301,10 @@ async fn push(a: PushArgs) -> Result<()> {
                     .context("reading payloads from stdin")?;
             }
         }
-        text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     let mut tasks = Vec::with_capacity(lines.len());
     for (n, line) in lines.iter().enumerate() {
@@ -329,7 +339,10 @@ async fn push(a: PushArgs) -> Result<()> {
     .await;
     queues.close().await;
     result.with_context(|| format!("pushing to queue {:?}", a.queue))?;
-    println!("pushed {created} tasks to {:?}; {dups} duplicates of pending tasks skipped", a.queue);
+    println!(
+        "pushed {created} tasks to {:?}; {dups} duplicates of pending tasks skipped",
+        a.queue
+    );
     Ok(())
 }
 
@@ -337,7 +350,10 @@ async fn status(a: StatusArgs) -> Result<()> {
     let cfg = a.store.load()?;
     persistent(&cfg, "status")?;
     if !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
-        bail!("no queue database in {} (nothing pushed yet?)", cfg.data_dir.display());
+        bail!(
+            "no queue database in {} (nothing pushed yet?)",
+            cfg.data_dir.display()
+        );
     }
     let queues = Queues::open(&cfg, clock::system())?;
     let result = status_of(&a, &queues).await;
@@ -374,11 +390,20 @@ async fn status_of(a: &StatusArgs, queues: &Queues) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "queue", "pending", "delayed", "leased", "dead");
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "queue", "pending", "delayed", "leased", "dead"
+    );
     for (name, s, dead) in &rows {
-        println!("{name:<24} {:>10} {:>10} {:>10} {:>10}", s.pending, s.delayed, s.leased, s.dead);
+        println!(
+            "{name:<24} {:>10} {:>10} {:>10} {:>10}",
+            s.pending, s.delayed, s.leased, s.dead
+        );
         for d in dead {
-            println!("  dead #{} (attempt {}): {}", d.task.id, d.task.attempt, d.reason);
+            println!(
+                "  dead #{} (attempt {}): {}",
+                d.task.id, d.task.attempt, d.reason
+            );
         }
     }
     if rows.is_empty() {
@@ -386,4 +411,3 @@ async fn status_of(a: &StatusArgs, queues: &Queues) -> Result<()> {
     }
     Ok(())
 }
-

@@ -28,8 +28,9 @@ impl Queues {
     pub fn open(cfg: &HostConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         Ok(match cfg.backend {
             Backend::Disk => {
-                let disk = DiskStore::open(&cfg.data_dir, cfg.disk.options(), clock)
-                    .with_context(|| format!("opening the disk queue in {}", cfg.data_dir.display()))?;
+                let disk = DiskStore::open(&cfg.data_dir, cfg.disk.options(), clock).with_context(
+                    || format!("opening the disk queue in {}", cfg.data_dir.display()),
+                )?;
                 Self {
                     store: Arc::new(disk.clone()),
                     disk: Some(disk),
@@ -102,12 +103,21 @@ impl std::fmt::Display for RunSummary {
             writeln!(
                 f,
                 "plugin {} on queue {:?}: {} done, {} retried, {} dead-lettered in {} batches ({} failed)",
-                p.plugin, p.queue, p.pool.done, p.pool.retried, p.pool.dead, p.pool.batches, p.pool.failed_batches
+                p.plugin,
+                p.queue,
+                p.pool.done,
+                p.pool.retried,
+                p.pool.dead,
+                p.pool.batches,
+                p.pool.failed_batches
             )?;
             writeln!(
                 f,
                 "  queue now: {} pending, {} delayed, {} leased, {} dead",
-                p.queue_stats.pending, p.queue_stats.delayed, p.queue_stats.leased, p.queue_stats.dead
+                p.queue_stats.pending,
+                p.queue_stats.delayed,
+                p.queue_stats.leased,
+                p.queue_stats.dead
             )?;
             if let Some(d) = &p.dir {
                 writeln!(f, "  output directory: {}", d.display())?;
@@ -163,10 +173,20 @@ async fn run_with(
     if opts.sample_tasks > 0 {
         let queue = &loaded[0].2;
         for chunk in (0..opts.sample_tasks).collect::<Vec<_>>().chunks(1_000) {
-            let tasks = chunk.iter().map(|&n| NewTask::new(sample_payload(n))).collect();
-            queue.push_batch(tasks).await.context("pushing sample tasks")?;
+            let tasks = chunk
+                .iter()
+                .map(|&n| NewTask::new(sample_payload(n)))
+                .collect();
+            queue
+                .push_batch(tasks)
+                .await
+                .context("pushing sample tasks")?;
         }
-        tracing::info!(count = opts.sample_tasks, queue = queue.name(), "pushed sample tasks");
+        tracing::info!(
+            count = opts.sample_tasks,
+            queue = queue.name(),
+            "pushed sample tasks"
+        );
     }
     let started = Instant::now();
     let mut pools = Vec::new();

@@ -65,7 +65,9 @@ impl Host for BatchState {
             Ok(Ok(Pushed::Created(id))) => Ok(Enqueued::Created(id)),
             Ok(Ok(Pushed::Duplicate(id))) => Ok(Enqueued::Duplicate(id)),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("enqueue to {name:?} timed out after {ENQUEUE_TIMEOUT:?}")),
+            Err(_) => Err(format!(
+                "enqueue to {name:?} timed out after {ENQUEUE_TIMEOUT:?}"
+            )),
         }
     }
 

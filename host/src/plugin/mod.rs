@@ -181,8 +181,7 @@ impl Runtime {
     /// Creates the engine and starts the epoch ticker.
     pub fn new() -> Result<Self, PluginError> {
         let mut cfg = Config::new();
-        cfg.epoch_interruption(true)
-            .wasm_component_model(true);
+        cfg.epoch_interruption(true).wasm_component_model(true);
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -233,11 +232,10 @@ impl Runtime {
             path: path.clone(),
             reason,
         })?;
-        let component =
-            Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
-                path: path.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.clone(),
             reason: format!("{e:#}"),
@@ -268,11 +266,7 @@ impl Runtime {
     /// Stops the epoch ticker and waits for it.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let handle = self
-            .ticker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -335,7 +329,11 @@ impl Plugin {
         &self.spec
     }
 
-    fn new_store(&self, queue: Arc<str>, stderr: MemoryOutputPipe) -> Result<Store<BatchState>, String> {
+    fn new_store(
+        &self,
+        queue: Arc<str>,
+        stderr: MemoryOutputPipe,
+    ) -> Result<Store<BatchState>, String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr)
             .allow_tcp(false)
@@ -343,7 +341,9 @@ impl Plugin {
             .allow_ip_name_lookup(false);
         if let Some(g) = &self.spec.dir {
             wasi.preopened_dir(&g.host, &g.guest, FsPerms::ReadWrite)
-                .map_err(|e| format!("cannot open granted directory {}: {e:#}", g.host.display()))?;
+                .map_err(|e| {
+                    format!("cannot open granted directory {}: {e:#}", g.host.display())
+                })?;
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
@@ -367,7 +367,9 @@ impl Plugin {
         // the call has used up its time.
         store.epoch_deadline_callback(move |_| {
             if started.elapsed() >= limit {
-                Err(wasmtime::Error::msg(format!("time limit of {limit:?} exceeded")))
+                Err(wasmtime::Error::msg(format!(
+                    "time limit of {limit:?} exceeded"
+                )))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }

@@ -114,7 +114,10 @@ impl PoolConfig {
             return Err("max_attempts must be at least 1".into());
         }
         if self.lease_ttl < Duration::from_millis(100) {
-            return Err(format!("lease_ttl {:?} is too short (>= 100ms)", self.lease_ttl));
+            return Err(format!(
+                "lease_ttl {:?} is too short (>= 100ms)",
+                self.lease_ttl
+            ));
         }
         Ok(())
     }
@@ -314,7 +317,11 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
                 give_back(&s, &batch).await;
                 break 'outer;
             }
-            match s.queue.lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl).await {
+            match s
+                .queue
+                .lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl)
+                .await
+            {
                 Ok(got) => {
                     errors = 0;
                     batch.extend(got);
@@ -351,7 +358,14 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
             }
         }
         empty_polls = 0;
-        if jobs.send(Job { batch, _permit: permit }).await.is_err() {
+        if jobs
+            .send(Job {
+                batch,
+                _permit: permit,
+            })
+            .await
+            .is_err()
+        {
             break;
         }
         spawn_worker_if_needed(&s, &jobs);
@@ -414,7 +428,8 @@ async fn run_job(s: &Shared, job: Job) {
     tokio::pin!(call);
     // Renew well before expiry so a long batch keeps its tasks.
     let renew_every = s.cfg.lease_ttl / 3;
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let result = loop {
         tokio::select! {
             r = &mut call => break Some(r),
@@ -450,9 +465,15 @@ async fn run_job(s: &Shared, job: Job) {
     };
     match s.queue.settle(settlements).await {
         Ok(r) => {
-            s.stats.lost_leases.fetch_add(r.lost as u64, Ordering::Relaxed);
+            s.stats
+                .lost_leases
+                .fetch_add(r.lost as u64, Ordering::Relaxed);
             if r.lost > 0 {
-                tracing::warn!(queue = s.queue.name(), lost = r.lost, "leases expired before settling; those tasks run again");
+                tracing::warn!(
+                    queue = s.queue.name(),
+                    lost = r.lost,
+                    "leases expired before settling; those tasks run again"
+                );
             }
         }
         Err(e) => {

@@ -36,7 +36,11 @@ impl BatchHandler for Flaky {
                 *n += 1;
                 let _ = self.seen.send(t.id);
                 let fails: u32 = text(t).parse().unwrap();
-                if *n > fails { Outcome::Done } else { Outcome::Retry(None) }
+                if *n > fails {
+                    Outcome::Done
+                } else {
+                    Outcome::Retry(None)
+                }
             })
             .collect())
     }
@@ -81,11 +85,27 @@ async fn unhandled_tasks_rerun_exactly_as_often_as_they_failed() {
     }
     assert_eq!(stats.done, 60);
     assert_eq!(stats.dead, 5);
-    assert_eq!(stats.retried, fails.iter().map(|&f| if f == 99 { 5 } else { f } as u64).sum::<u64>());
+    assert_eq!(
+        stats.retried,
+        fails
+            .iter()
+            .map(|&f| if f == 99 { 5 } else { f } as u64)
+            .sum::<u64>()
+    );
     let q = queue.stats().await.unwrap();
-    assert_eq!(q, QueueStats { dead: 5, ..QueueStats::default() });
+    assert_eq!(
+        q,
+        QueueStats {
+            dead: 5,
+            ..QueueStats::default()
+        }
+    );
     let dead = queue.dead_letters(10).await.unwrap();
-    assert!(dead.iter().all(|d| d.reason.contains("gave up after 6 attempts")), "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|d| d.reason.contains("gave up after 6 attempts")),
+        "{dead:?}"
+    );
 }
 
 /// Holds every batch until the gate opens; reports each start.
@@ -98,7 +118,11 @@ struct Gated {
 impl BatchHandler for Gated {
     async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
         let _ = self.started.send(batch.len());
-        let _permit = self.gate.acquire().await.map_err(|e| BatchError(e.to_string()))?;
+        let _permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| BatchError(e.to_string()))?;
         Ok(vec![Outcome::Done; batch.len()])
     }
 }
@@ -191,7 +215,10 @@ async fn in_flight_tasks_stay_bounded_by_workers_times_batch() {
     }
     pool.shutdown().await;
     let max = *handler.max_leased.lock().unwrap();
-    assert!(max <= 30, "at most workers x batch leased at once, saw {max}");
+    assert!(
+        max <= 30,
+        "at most workers x batch leased at once, saw {max}"
+    );
     assert!(max >= 20, "the pool did run batches in parallel, saw {max}");
 }
 
@@ -220,7 +247,11 @@ async fn partial_batch_waits_for_debounce_then_goes() {
         .push_batch((0..4).map(|i| NewTask::new(format!("{i}"))).collect())
         .await
         .unwrap();
-    assert_eq!(rx.recv().await, Some(7), "tasks pushed within the debounce share a batch");
+    assert_eq!(
+        rx.recv().await,
+        Some(7),
+        "tasks pushed within the debounce share a batch"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(100));
     queue
         .push_batch((0..10).map(|i| NewTask::new(format!("{i}"))).collect())
@@ -228,7 +259,10 @@ async fn partial_batch_waits_for_debounce_then_goes() {
         .unwrap();
     let t1 = tokio::time::Instant::now();
     assert_eq!(rx.recv().await, Some(10));
-    assert!(t1.elapsed() < Duration::from_millis(100), "a full batch goes at once");
+    assert!(
+        t1.elapsed() < Duration::from_millis(100),
+        "a full batch goes at once"
+    );
     pool.shutdown().await;
 }
 
@@ -259,7 +293,13 @@ async fn wrong_number_of_outcomes_fails_the_batch() {
     }
     pool.shutdown().await;
     let dead = queue.dead_letters(1).await.unwrap();
-    assert!(dead[0].reason.contains("answered 0 outcomes for a batch of 1"), "{}", dead[0].reason);
+    assert!(
+        dead[0]
+            .reason
+            .contains("answered 0 outcomes for a batch of 1"),
+        "{}",
+        dead[0].reason
+    );
     assert_eq!(dead[0].task.attempt, 2);
 }
 
@@ -301,6 +341,9 @@ async fn shutdown_returns_leased_tasks_and_a_reopened_queue_holds_them() {
     assert_eq!((s.pending, s.leased), (20, 0), "every task is back in line");
     let all = queue.lease(100, Duration::from_secs(10)).await.unwrap();
     assert_eq!(all.len(), 20);
-    assert!(all.iter().all(|t| t.attempt == 1), "an abandoned delivery is not counted");
+    assert!(
+        all.iter().all(|t| t.attempt == 1),
+        "an abandoned delivery is not counted"
+    );
     store.close().await;
 }

@@ -82,7 +82,11 @@ pub(crate) async fn fifo_order(f: Fixture) {
     let payloads: Vec<_> = first.iter().map(|t| t.payload.clone()).collect();
     assert_eq!(payloads[0], b"task-0");
     assert_eq!(payloads[4], b"task-4");
-    assert!(first.iter().all(|t| t.attempt == 1 && &*t.queue == "conformance"));
+    assert!(
+        first
+            .iter()
+            .all(|t| t.attempt == 1 && &*t.queue == "conformance")
+    );
     assert!(first.iter().all(|t| t.enqueued_at_ms == T0));
     assert!(q.lease(10, TTL).await.unwrap().is_empty(), "all leased");
 }
@@ -93,7 +97,13 @@ pub(crate) async fn ack_removes(f: Fixture) {
     let got = q.lease(3, TTL).await.unwrap();
     assert_eq!(q.stats().await.unwrap().leased, 3);
     let s = q.ack(&leases(&got)).await.unwrap();
-    assert_eq!(s, Settled { applied: 3, lost: 0 });
+    assert_eq!(
+        s,
+        Settled {
+            applied: 3,
+            lost: 0
+        }
+    );
     assert_eq!(q.stats().await.unwrap(), QueueStats::default());
     assert_eq!(q.len().await.unwrap(), 0);
     let again = q.ack(&leases(&got)).await.unwrap();
@@ -116,10 +126,16 @@ pub(crate) async fn unique_keys(f: Fixture) {
     assert_eq!(c, Pushed::Duplicate(id), "a leased key still collapses");
     q.ack(&leases(&got)).await.unwrap();
     let d = q.push(NewTask::new("d").unique("k")).await.unwrap();
-    assert!(matches!(d, Pushed::Created(n) if n != id), "acked key is free: {d:?}");
+    assert!(
+        matches!(d, Pushed::Created(n) if n != id),
+        "acked key is free: {d:?}"
+    );
     // Duplicates inside one batch collapse too.
     let batch = q
-        .push_batch(vec![NewTask::new("x").unique("z"), NewTask::new("y").unique("z")])
+        .push_batch(vec![
+            NewTask::new("x").unique("z"),
+            NewTask::new("y").unique("z"),
+        ])
         .await
         .unwrap();
     assert_eq!(batch[1], Pushed::Duplicate(batch[0].id()));
@@ -132,10 +148,17 @@ pub(crate) async fn lease_expiry(f: Fixture) {
     let first = q.lease(2, TTL).await.unwrap();
     assert!(q.lease(2, TTL).await.unwrap().is_empty());
     f.clock.advance(TTL - Duration::from_millis(1));
-    assert!(q.lease(2, TTL).await.unwrap().is_empty(), "lease still valid");
+    assert!(
+        q.lease(2, TTL).await.unwrap().is_empty(),
+        "lease still valid"
+    );
     assert_eq!(q.stats().await.unwrap().leased, 2);
     f.clock.advance(Duration::from_millis(1));
-    assert_eq!(q.stats().await.unwrap().pending, 2, "expired leases count as pending");
+    assert_eq!(
+        q.stats().await.unwrap().pending,
+        2,
+        "expired leases count as pending"
+    );
     let second = q.lease(2, TTL).await.unwrap();
     assert_eq!(
         second.iter().map(|t| t.id).collect::<Vec<_>>(),
@@ -143,7 +166,14 @@ pub(crate) async fn lease_expiry(f: Fixture) {
     );
     assert!(second.iter().all(|t| t.attempt == 2));
     let stale = q.ack(&leases(&first)).await.unwrap();
-    assert_eq!(stale, Settled { applied: 0, lost: 2 }, "old holder lost its lease");
+    assert_eq!(
+        stale,
+        Settled {
+            applied: 0,
+            lost: 2
+        },
+        "old holder lost its lease"
+    );
     let fresh = q.ack(&leases(&second)).await.unwrap();
     assert_eq!(fresh.applied, 2);
     assert_eq!(q.len().await.unwrap(), 0);
@@ -156,11 +186,18 @@ pub(crate) async fn renew_extends(f: Fixture) {
     f.clock.advance(Duration::from_secs(8));
     assert_eq!(q.renew(&leases(&got), TTL).await.unwrap(), 1);
     f.clock.advance(Duration::from_secs(8));
-    assert!(q.lease(1, TTL).await.unwrap().is_empty(), "renewed lease holds");
+    assert!(
+        q.lease(1, TTL).await.unwrap().is_empty(),
+        "renewed lease holds"
+    );
     f.clock.advance(Duration::from_secs(3));
     let again = q.lease(1, TTL).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(q.renew(&leases(&got), TTL).await.unwrap(), 0, "lost lease cannot renew");
+    assert_eq!(
+        q.renew(&leases(&got), TTL).await.unwrap(),
+        0,
+        "lost lease cannot renew"
+    );
 }
 
 pub(crate) async fn retry_delay(f: Fixture) {
@@ -172,7 +209,10 @@ pub(crate) async fn retry_delay(f: Fixture) {
     let s = q.stats().await.unwrap();
     assert_eq!((s.delayed, s.pending, s.leased), (1, 0, 0));
     f.clock.advance(Duration::from_millis(4_999));
-    assert!(q.lease(1, TTL).await.unwrap().is_empty(), "not before its time");
+    assert!(
+        q.lease(1, TTL).await.unwrap().is_empty(),
+        "not before its time"
+    );
     f.clock.advance(Duration::from_millis(1));
     let again = q.lease(1, TTL).await.unwrap();
     assert_eq!(again.len(), 1);
@@ -199,7 +239,13 @@ pub(crate) async fn dead_letter(f: Fixture) {
     let q = &*f.queue;
     q.push(NewTask::new("doomed").unique("d")).await.unwrap();
     let got = q.lease(1, TTL).await.unwrap();
-    assert_eq!(q.dead_letter(got[0].lease(), "bad payload").await.unwrap().applied, 1);
+    assert_eq!(
+        q.dead_letter(got[0].lease(), "bad payload")
+            .await
+            .unwrap()
+            .applied,
+        1
+    );
     let s = q.stats().await.unwrap();
     assert_eq!((s.len(), s.dead), (0, 1));
     let dead = q.dead_letters(10).await.unwrap();
@@ -209,7 +255,10 @@ pub(crate) async fn dead_letter(f: Fixture) {
     assert_eq!(dead[0].task.id, got[0].id);
     assert!(q.lease(1, TTL).await.unwrap().is_empty());
     let again = q.push(NewTask::new("doomed").unique("d")).await.unwrap();
-    assert!(matches!(again, Pushed::Created(_)), "dead-lettered key is free");
+    assert!(
+        matches!(again, Pushed::Created(_)),
+        "dead-lettered key is free"
+    );
 }
 
 pub(crate) async fn release_returns(f: Fixture) {
@@ -221,7 +270,10 @@ pub(crate) async fn release_returns(f: Fixture) {
     let mut got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
     got_ids.sort();
     assert_eq!(got_ids, ids, "released tasks are visible at once");
-    assert!(again.iter().all(|t| t.attempt == 1), "a release does not count");
+    assert!(
+        again.iter().all(|t| t.attempt == 1),
+        "a release does not count"
+    );
 }
 
 pub(crate) async fn full_queue(f: Fixture) {
@@ -229,12 +281,18 @@ pub(crate) async fn full_queue(f: Fixture) {
     push_n(q, 3).await;
     let err = q.push(NewTask::new("overflow")).await.unwrap_err();
     assert!(matches!(err, QueueError::Full { capacity: 3, .. }), "{err}");
-    assert!(err.to_string().contains("conformance"), "error names the queue: {err}");
+    assert!(
+        err.to_string().contains("conformance"),
+        "error names the queue: {err}"
+    );
     let err = q
         .push_batch((0..4).map(|i| NewTask::new(format!("{i}"))).collect())
         .await
         .unwrap_err();
-    assert!(matches!(err, QueueError::BatchTooLarge { batch: 4, .. }), "{err}");
+    assert!(
+        matches!(err, QueueError::BatchTooLarge { batch: 4, .. }),
+        "{err}"
+    );
     assert_eq!(q.len().await.unwrap(), 3);
     let got = q.lease(1, TTL).await.unwrap();
     q.ack(&leases(&got)).await.unwrap();
@@ -344,7 +402,10 @@ async fn disk_persists_across_reopen() {
     let q = store.queue("persist").unwrap();
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.leased, s.dead), (7, 3, 1));
-    assert_eq!(store.known_queues().await.unwrap(), vec!["persist".to_string()]);
+    assert_eq!(
+        store.known_queues().await.unwrap(),
+        vec!["persist".to_string()]
+    );
     let dup = q.push(NewTask::new("again").unique("key")).await.unwrap();
     assert!(matches!(dup, Pushed::Duplicate(_)), "unique index survives");
     // A process that died holding leases: they come back after expiry.
@@ -354,7 +415,10 @@ async fn disk_persists_across_reopen() {
     let want: HashSet<_> = ids[..3].iter().chain(&ids[4..]).copied().collect();
     assert!(want.is_subset(&got), "every task but the dead one is back");
     assert_eq!(all.len(), 10, "9 plain tasks + the keyed one");
-    assert!(held.iter().all(|h| all.iter().any(|t| t.id == h.id && t.attempt == 2)));
+    assert!(
+        held.iter()
+            .all(|h| all.iter().any(|t| t.id == h.id && t.attempt == 2))
+    );
     store.close().await;
 }
 

@@ -13,7 +13,8 @@
 //! Layout: `tasks` holds every task still to do. A waiting task is visible
 //! when `visible_at <= now`; leasing sets `leased = 1`, increments `attempt`
 //! and moves `visible_at` to the lease expiry, so an expired lease is simply
-//! visible again. `dead` holds dead letters.
+//! visible again. `dead` holds dead letters; `queues` names every queue
+//! ever pushed to, for `host status`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,7 @@ CREATE TABLE IF NOT EXISTS dead (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_queue ON dead(queue, id);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -218,11 +220,7 @@ impl DiskStore {
         if self.tx.send(Request::Close { reply }).is_ok() {
             let _ = rx.await;
         }
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -408,7 +406,10 @@ impl Writer {
             return;
         }
         let now = self.clock.now_ms();
-        let tx = match self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        let tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => {
                 let msg = format!("cannot begin transaction: {e}");
@@ -518,6 +519,8 @@ fn push(
             return Ok(None);
         }
     }
+    c.prepare_cached("INSERT OR IGNORE INTO queues (name) VALUES (?1)")?
+        .execute([queue])?;
     let mut insert = c.prepare_cached(
         "INSERT OR IGNORE INTO tasks (queue, unique_key, payload, enqueued_at, visible_at) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -679,7 +682,7 @@ fn dead(c: &Connection, queue: &Arc<str>, limit: usize) -> rusqlite::Result<Vec<
 
 fn queues(c: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut st = c.prepare_cached(
-        "SELECT DISTINCT queue FROM tasks UNION SELECT DISTINCT queue FROM dead ORDER BY 1",
+        "SELECT name FROM queues UNION SELECT DISTINCT queue FROM dead ORDER BY 1",
     )?;
     st.query_map([], |r| r.get(0))?.collect()
 }

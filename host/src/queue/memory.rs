@@ -124,7 +124,9 @@ impl MemoryQueue {
     pub fn new(name: &str, opts: MemoryOptions, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
         validate_name(name)?;
         if opts.capacity == 0 {
-            return Err(QueueError::Config("memory queue capacity must be at least 1".into()));
+            return Err(QueueError::Config(
+                "memory queue capacity must be at least 1".into(),
+            ));
         }
         Ok(Self {
             name: name.into(),
@@ -150,7 +152,11 @@ impl MemoryQueue {
         let mut g = self.lock();
         let new_keys = tasks
             .iter()
-            .filter(|t| t.unique_key.as_ref().is_none_or(|k| !g.unique.contains_key(k)))
+            .filter(|t| {
+                t.unique_key
+                    .as_ref()
+                    .is_none_or(|k| !g.unique.contains_key(k))
+            })
             .count();
         if g.tasks.len() + new_keys > self.opts.capacity {
             return None;
@@ -235,7 +241,9 @@ impl BaseQueue for MemoryQueue {
         let mut out = Vec::with_capacity(max.min(g.ready.len()));
         while out.len() < max {
             let Some(id) = g.ready.pop_front() else { break };
-            let Some(e) = g.tasks.get_mut(&id) else { continue };
+            let Some(e) = g.tasks.get_mut(&id) else {
+                continue;
+            };
             e.task.attempt += 1;
             e.state = State::Leased(until);
             out.push(e.task.clone());
@@ -362,7 +370,11 @@ impl QueueStore for MemoryStore {
         if let Some(q) = qs.get(name) {
             return Ok(q.clone());
         }
-        let q = Arc::new(MemoryQueue::new(name, self.opts.clone(), self.clock.clone())?);
+        let q = Arc::new(MemoryQueue::new(
+            name,
+            self.opts.clone(),
+            self.clock.clone(),
+        )?);
         qs.insert(name.to_owned(), q.clone());
         Ok(q)
     }

@@ -25,6 +25,7 @@
 //! | `loop` | loops forever |
 //! | `enqueue:QUEUE:PAYLOAD` | enqueues PAYLOAD on QUEUE (no key, no delay): `done`, or `fail(err)` if refused |
 //! | `log:TEXT` | logs TEXT at info level, `done` |
+//! | `alloc:BYTES` | allocates and touches BYTES of memory, `done` (traps past the memory limit) |
 //! | anything else | `fail("unknown command: ...")` |
 
 use std::hint::black_box;
@@ -109,6 +110,14 @@ fn run_command(task: &Task) -> Outcome {
                 }
             }
             None => unknown(),
+        },
+        ("alloc", Some(n)) => match n.parse::<usize>() {
+            Ok(n) => {
+                let block = black_box(vec![1u8; n]);
+                black_box(block.iter().map(|&b| b as u64).sum::<u64>());
+                Outcome::Done
+            }
+            Err(_) => unknown(),
         },
         ("log", Some(text)) => {
             taskhost_guest::info(text);

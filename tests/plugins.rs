@@ -1,0 +1,232 @@
+//! Real components in the plugin runtime: hostile plugins are contained,
+//! script outcomes map to queue actions, host imports work.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskhost::backoff::Backoff;
+use taskhost::clock;
+use taskhost::plugin::{Limits, Plugin, PluginSpec, Runtime};
+use taskhost::pool::{PoolConfig, WorkerPool};
+use taskhost::queue::memory::{MemoryOptions, MemoryStore};
+use taskhost::queue::{BaseQueue, NewTask, QueueStats, QueueStore};
+
+fn testkit(runtime: &Runtime, store: Arc<dyn QueueStore>, mode: &str, limits: Limits) -> Plugin {
+    let spec = PluginSpec {
+        name: format!("testkit-{mode}"),
+        path: support::plugin("testkit"),
+        config: [("mode".to_string(), mode.to_string())].into(),
+        dir: None,
+        limits,
+    };
+    runtime.load(spec, store).expect("testkit loads")
+}
+
+fn fast_retries(max_attempts: u32) -> PoolConfig {
+    PoolConfig {
+        batch_size: 10,
+        max_workers: 2,
+        max_attempts,
+        debounce: Duration::from_millis(1),
+        retry_backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+        ..PoolConfig::default()
+    }
+}
+
+fn memory_store() -> Arc<dyn QueueStore> {
+    Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()))
+}
+
+/// Waits until the queue holds nothing but dead letters.
+async fn settled(queue: &Arc<dyn BaseQueue>) -> QueueStats {
+    loop {
+        let s = queue.stats().await.unwrap();
+        if s.is_empty() {
+            return s;
+        }
+        queue.wait_for_work(Duration::from_millis(5)).await;
+    }
+}
+
+async fn push(queue: &Arc<dyn BaseQueue>, payloads: &[&str]) {
+    queue
+        .push_batch(payloads.iter().map(|p| NewTask::new(*p)).collect())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_and_looping_plugins_fail_their_batches_only() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let limits = Limits {
+        time: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let healthy_q = store.queue("healthy").unwrap();
+    let mut pools = Vec::new();
+    for mode in ["trap", "loop"] {
+        let q = store.queue(mode).unwrap();
+        push(&q, &["a", "b", "c"]).await;
+        let plugin = testkit(&runtime, store.clone(), mode, limits);
+        pools.push((
+            q.clone(),
+            WorkerPool::start(q, Arc::new(plugin), fast_retries(2), clock::system()).unwrap(),
+        ));
+    }
+    let payloads: Vec<String> = (0..500).map(|i| format!("{i}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    push(&healthy_q, &refs).await;
+    let healthy = testkit(&runtime, store.clone(), "noop", Limits::default());
+    let healthy_pool = WorkerPool::start(
+        healthy_q.clone(),
+        Arc::new(healthy),
+        fast_retries(2),
+        clock::system(),
+    )
+    .unwrap();
+
+    assert_eq!(
+        settled(&healthy_q).await,
+        QueueStats::default(),
+        "healthy queue drained"
+    );
+    assert_eq!(healthy_pool.shutdown().await.done, 500);
+    for (q, pool) in pools {
+        let s = settled(&q).await;
+        assert_eq!(s.dead, 3, "{}: every task dead-lettered", q.name());
+        let stats = pool.shutdown().await;
+        assert_eq!(
+            stats.failed_batches,
+            2,
+            "{}: one failed batch per attempt",
+            q.name()
+        );
+        let dead = q.dead_letters(10).await.unwrap();
+        for d in &dead {
+            assert_eq!(d.task.attempt, 2);
+            assert!(
+                d.reason.contains("gave up after 2 attempts"),
+                "{}",
+                d.reason
+            );
+            assert!(
+                d.reason.contains("testkit-"),
+                "names the plugin: {}",
+                d.reason
+            );
+        }
+        let reason = &dead[0].reason;
+        match q.name() {
+            "trap" => assert!(
+                reason.contains("trapped") && reason.contains("panicked"),
+                "{reason}"
+            ),
+            _ => assert!(reason.contains("time limit of 200ms exceeded"), "{reason}"),
+        }
+    }
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_is_enforced_per_instance() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("big").unwrap();
+    // Each task asks the guest to allocate 8 MiB; the instance may have 4.
+    push(&q, &["alloc:8388608"]).await;
+    let limits = Limits {
+        memory_mib: 4,
+        ..Limits::default()
+    };
+    let plugin = testkit(&runtime, store.clone(), "script", limits);
+    let pool = WorkerPool::start(
+        q.clone(),
+        Arc::new(plugin),
+        fast_retries(1),
+        clock::system(),
+    )
+    .unwrap();
+    assert_eq!(settled(&q).await.dead, 1);
+    pool.shutdown().await;
+    let dead = q.dead_letters(1).await.unwrap();
+    assert!(dead[0].reason.contains("memory"), "{}", dead[0].reason);
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_outcomes_become_queue_actions() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("script").unwrap();
+    push(
+        &q,
+        &[
+            "ok",
+            "retry-until:3",
+            "retry-after:1",
+            "fail:bad input",
+            "enqueue:follow:hello",
+            "log:hi",
+            "nonsense",
+        ],
+    )
+    .await;
+    let plugin = testkit(&runtime, store.clone(), "script", Limits::default());
+    let pool = WorkerPool::start(
+        q.clone(),
+        Arc::new(plugin),
+        fast_retries(5),
+        clock::system(),
+    )
+    .unwrap();
+    let s = settled(&q).await;
+    let stats = pool.shutdown().await;
+    assert_eq!(s.dead, 2, "fail and the unknown command");
+    assert_eq!(stats.done, 5);
+    assert_eq!(stats.retried, 3, "retry-until:3 twice, retry-after once");
+    let mut reasons: Vec<_> = q
+        .dead_letters(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0], "bad input");
+    assert!(reasons[1].starts_with("unknown command"), "{}", reasons[1]);
+    let follow = store.queue("follow").unwrap();
+    let got = follow.lease(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"hello");
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_number_of_outcomes_is_a_failed_batch() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    for mode in ["short", "long"] {
+        let q = store.queue(mode).unwrap();
+        push(&q, &["x", "y"]).await;
+        let plugin = testkit(&runtime, store.clone(), mode, Limits::default());
+        let pool = WorkerPool::start(
+            q.clone(),
+            Arc::new(plugin),
+            fast_retries(1),
+            clock::system(),
+        )
+        .unwrap();
+        assert_eq!(settled(&q).await.dead, 2);
+        pool.shutdown().await;
+        let dead = q.dead_letters(1).await.unwrap();
+        assert!(
+            dead[0].reason.contains("outcomes for a batch of 2 tasks"),
+            "{}",
+            dead[0].reason
+        );
+    }
+    runtime.shutdown();
+}

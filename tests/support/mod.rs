@@ -1,0 +1,133 @@
+//! Shared helpers of the end-to-end tests: real components built from the
+//! workspace, the real `host` binary, and archive readers.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_owned()
+}
+
+/// Builds the guest plugins once per test binary (cargo serialises
+/// concurrent builds on its own lock) and returns the component's path.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let root = root();
+            let target = root.join("target").join("wasm");
+            let out = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--profile",
+                    "plugin",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .args(["-p", "archive", "-p", "testkit", "-p", "wrong-world"])
+                .output()
+                .map_err(|e| format!("running cargo: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the plugins failed (is the wasm32-wasip2 target installed?):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(target.join("wasm32-wasip2").join("plugin"))
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The `host` binary under test.
+pub fn host() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_host"));
+    c.env("TASKHOST_LOG", "warn");
+    c
+}
+
+/// Runs a command to completion, returning its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawning host")
+}
+
+/// Runs a command and asserts it succeeded; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {cmd:?}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `n` payloads `task-<i>` one per line; returns the file.
+pub fn payload_file(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("payloads.txt");
+    let text: String = (0..n).map(|i| format!("task-{i}\n")).collect();
+    std::fs::write(&path, text).expect("writing payloads");
+    path
+}
+
+/// Counts archived records per payload across every archive file.
+pub fn archived(dir: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return counts;
+    };
+    for e in entries {
+        let e = e.expect("dir entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".jsonl") || name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).expect("reading archive file");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("bad archive line in {name}: {err}: {line}"));
+            let payload = v["payload"].as_str().expect("text payload").to_owned();
+            *counts.entry(payload).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Number of finished archive files in `dir`.
+pub fn archive_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
