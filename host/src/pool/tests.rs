@@ -78,10 +78,12 @@ async fn unhandled_tasks_rerun_exactly_as_often_as_they_failed() {
         seen.recv().await.unwrap();
     }
     let stats = pool.shutdown().await;
-    let calls = handler.calls.lock().unwrap();
-    for (id, &f) in ids.iter().zip(&fails) {
-        let want = if f == 99 { 6 } else { f + 1 };
-        assert_eq!(calls[id], want, "task {id} failing {f} times");
+    {
+        let calls = handler.calls.lock().unwrap();
+        for (id, &f) in ids.iter().zip(&fails) {
+            let want = if f == 99 { 6 } else { f + 1 };
+            assert_eq!(calls[id], want, "task {id} failing {f} times");
+        }
     }
     assert_eq!(stats.done, 60);
     assert_eq!(stats.dead, 5);

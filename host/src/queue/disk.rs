@@ -425,12 +425,10 @@ impl Writer {
             // A savepoint per request: one failing request leaves the rest of
             // the group intact.
             let f = match tx.savepoint() {
-                Ok(mut sp) => {
-                    let (f, ok) = apply(&mut sp, r, now);
-                    if ok {
-                        if let Err(e) = sp.commit() {
-                            tracing::error!(error = %e, "disk queue: savepoint release failed");
-                        }
+                Ok(sp) => {
+                    let (f, ok) = apply(&sp, r, now);
+                    if ok && let Err(e) = sp.commit() {
+                        tracing::error!(error = %e, "disk queue: savepoint release failed");
                     }
                     f
                 }

@@ -282,6 +282,11 @@ pub trait BaseQueue: Send + Sync + std::fmt::Debug + 'static {
     async fn len(&self) -> Result<u64, QueueError> {
         Ok(self.stats().await?.len())
     }
+
+    /// True when no task is left to do.
+    async fn is_empty(&self) -> Result<bool, QueueError> {
+        Ok(self.len().await? == 0)
+    }
 }
 
 /// The same action for every lease.
