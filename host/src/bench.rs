@@ -37,6 +37,16 @@ pub struct BenchArgs {
     /// Backlog for the memory-footprint run (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     rss_backlog: usize,
+    /// Runs of each throughput case; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Throughput cases to run, as BACKEND-HANDLER.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory-native,memory-wasm,disk-native,disk-wasm"
+    )]
+    cases: Vec<String>,
     /// How long the throttled handler runs in the footprint run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     rss_time: Duration,
@@ -57,7 +67,7 @@ impl<H: BatchHandler> BatchHandler for Throttled<H> {
             let now = tokio::time::Instant::now();
             let start = (*next).max(now);
             *next = start + self.per_task * batch.len() as u32;
-            *next
+            start
         };
         tokio::time::sleep_until(slot).await;
         self.inner.handle(batch).await
@@ -88,54 +98,123 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
             .unwrap_or(1)
     );
     println!("wasm plugin: {}", a.plugin.display());
+    call_overhead(&a, &runtime, clock.clone()).await?;
     if a.rss_backlog > 0 {
         footprint(&a, &runtime, clock.clone(), &tmp.join("rss")).await?;
     }
     println!();
     println!(
-        "{:<8} {:<8} {:>10} {:>14} {:>14}",
-        "backend", "handler", "tasks", "end-to-end/s", "drain/s"
+        "{:<8} {:<8} {:>10} {:>14} {:>14}   (median of {} runs)",
+        "backend", "handler", "tasks", "end-to-end/s", "drain/s", a.repeat
     );
-    let mut native_mem = 0.0;
-    for (backend, n) in [("memory", a.memory_tasks), ("disk", a.disk_tasks)] {
-        for handler_kind in ["native", "wasm"] {
-            let store: Arc<dyn QueueStore>;
-            let mut disk = None;
-            if backend == "memory" {
-                let opts = MemoryOptions {
-                    capacity: n.max(1),
-                    ..MemoryOptions::default()
-                };
-                store = Arc::new(MemoryStore::new(opts, clock.clone()));
-            } else {
-                let dir = tmp.join(format!("disk-{handler_kind}"));
-                let d = DiskStore::open(&dir, DiskOptions::default(), clock.clone())?;
-                disk = Some(d.clone());
-                store = Arc::new(d);
-            }
-            let handler: Arc<dyn BatchHandler> = if handler_kind == "native" {
-                Arc::new(NoopHandler)
-            } else {
-                Arc::new(load_noop(&runtime, &a.plugin, store.clone())?)
+    let mut native_mem = None;
+    for case in &a.cases {
+        let Some((backend, handler_kind)) = case.split_once('-') else {
+            anyhow::bail!("bench case {case:?}: expected BACKEND-HANDLER, e.g. memory-wasm");
+        };
+        let n = match backend {
+            "memory" => a.memory_tasks,
+            "disk" => a.disk_tasks,
+            other => anyhow::bail!("bench case {case:?}: unknown backend {other:?}"),
+        };
+        let mut runs = Vec::new();
+        for run in 0..a.repeat.max(1) {
+            let dir = tmp.join(format!("{case}-{run}"));
+            let case = Case {
+                backend,
+                handler_kind,
+                n,
+                dir: &dir,
             };
-            let (e2e, drain) = throughput(&a, store, handler, n, clock.clone()).await?;
-            if let Some(d) = disk {
-                d.close().await;
-            }
-            let ratio = if backend == "memory" && handler_kind == "native" {
-                native_mem = e2e;
-                String::new()
-            } else if backend == "memory" {
-                format!("  ({:.2} of native)", e2e / native_mem.max(1.0))
-            } else {
-                String::new()
-            };
-            println!("{backend:<8} {handler_kind:<8} {n:>10} {e2e:>14.0} {drain:>14.0}{ratio}");
+            runs.push(throughput_case(&a, &runtime, clock.clone(), case).await?);
+            let _ = std::fs::remove_dir_all(&dir);
         }
+        runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (e2e, drain) = runs[runs.len() / 2];
+        let ratio = match (backend, handler_kind, native_mem) {
+            ("memory", "native", _) => {
+                native_mem = Some(e2e);
+                String::new()
+            }
+            ("memory", _, Some(native)) => format!("  ({:.2} of native)", e2e / native),
+            _ => String::new(),
+        };
+        println!("{backend:<8} {handler_kind:<8} {n:>10} {e2e:>14.0} {drain:>14.0}{ratio}");
     }
     runtime.shutdown();
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Time per `handle` call of the no-op component, instance creation included.
+async fn call_overhead(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) -> Result<()> {
+    let store: Arc<dyn QueueStore> = Arc::new(MemoryStore::new(MemoryOptions::default(), clock));
+    let t = Instant::now();
+    let plugin = load_noop(runtime, &a.plugin, store)?;
+    let load = t.elapsed();
+    println!("wasm no-op plugin: load (read + compile + link) {load:.2?}");
+    for size in [1usize, 100] {
+        let batch: Vec<Task> = (0..size as u64)
+            .map(|id| Task {
+                id,
+                queue: "bench".into(),
+                unique_key: None,
+                payload: vec![b'x'; 100],
+                attempt: 1,
+                enqueued_at_ms: 0,
+            })
+            .collect();
+        let calls = 20_000 / size.max(1) * 10;
+        let t = Instant::now();
+        for _ in 0..calls {
+            plugin.call(&batch).await.map_err(anyhow::Error::msg)?;
+        }
+        let per_call = t.elapsed() / calls as u32;
+        println!(
+            "  batch of {size:>3}: {per_call:.2?} per call (fresh instance + handle), {:.0} ns per task",
+            per_call.as_nanos() as f64 / size as f64
+        );
+    }
+    Ok(())
+}
+
+/// One throughput configuration.
+struct Case<'a> {
+    backend: &'a str,
+    handler_kind: &'a str,
+    n: usize,
+    dir: &'a std::path::Path,
+}
+
+/// One throughput run of a backend with a handler kind, in a fresh store.
+async fn throughput_case(
+    a: &BenchArgs,
+    runtime: &Runtime,
+    clock: Arc<dyn Clock>,
+    case: Case<'_>,
+) -> Result<(f64, f64)> {
+    let mut disk = None;
+    let store: Arc<dyn QueueStore> = if case.backend == "memory" {
+        let opts = MemoryOptions {
+            capacity: case.n.max(1),
+            ..MemoryOptions::default()
+        };
+        Arc::new(MemoryStore::new(opts, clock.clone()))
+    } else {
+        let d = DiskStore::open(case.dir, DiskOptions::default(), clock.clone())?;
+        disk = Some(d.clone());
+        Arc::new(d)
+    };
+    let handler: Arc<dyn BatchHandler> = match case.handler_kind {
+        "native" => Arc::new(NoopHandler),
+        "wasm" => Arc::new(load_noop(runtime, &a.plugin, store.clone())?),
+        other => anyhow::bail!("unknown handler kind {other:?} (native or wasm)"),
+    };
+    let result = throughput(a, store, handler, case.n, clock).await;
+    if let Some(d) = disk {
+        d.close().await;
+    }
+    result
 }
 
 fn tempdir() -> Result<PathBuf> {
