@@ -332,8 +332,11 @@ async fn footprint(
             peak = peak.max(rss_kib("VmRSS:").unwrap_or(0));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let done = pool.shutdown().await.done;
-        backlog -= done as usize;
+        // Tasks done within the window; batches still sleeping in the
+        // throttle finish during shutdown and count towards the backlog only.
+        let done = pool.stats().snapshot().done;
+        let total = pool.shutdown().await.done;
+        backlog -= total as usize;
         println!(
             "  backlog {:>9} (pushed in {:.1}s): peak RSS while draining {} ({} tasks done in {:?})",
             target,
