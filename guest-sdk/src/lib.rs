@@ -90,6 +90,13 @@ macro_rules! export_handler {
                 }
             }
 
+            // Component exports only exist on wasm; native builds of a
+            // plugin (for its unit tests) must still link, and still count
+            // the handler as used.
+            #[cfg(not(target_arch = "wasm32"))]
+            const _: fn(::std::vec::Vec<$crate::Task>) -> ::std::vec::Vec<$crate::Outcome> =
+                <$t as $crate::Handler>::handle;
+            #[cfg(target_arch = "wasm32")]
             $crate::bindings::__taskhost_export_world!(
                 __TaskhostHandlerExport with_types_in $crate::bindings
             );

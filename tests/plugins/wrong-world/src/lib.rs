@@ -15,6 +15,7 @@ wit_bindgen::generate!({
 });
 
 /// The component's implementation of world `other`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct WrongWorld;
 
 impl Guest for WrongWorld {
@@ -23,4 +24,5 @@ impl Guest for WrongWorld {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 export!(WrongWorld);
