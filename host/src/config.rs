@@ -159,6 +159,40 @@ impl PluginConfig {
     }
 }
 
+/// Engine-wide plugin runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Plugin instances alive at once across all pools.
+    pub instances: u32,
+    /// Upper bound for any plugin's `limits.memory_mib`.
+    pub max_memory_mib: u64,
+    /// Keep compiled components on disk so a restart does not recompile.
+    pub cache: bool,
+    /// Where compiled components are kept [default: DATA_DIR/cache].
+    pub cache_dir: Option<PathBuf>,
+    /// Watch plugin files and swap in new versions while running.
+    pub watch: bool,
+    /// How often plugin files are checked; a change is loaded once the file
+    /// stayed unchanged for one interval.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let d = crate::plugin::RuntimeOptions::default();
+        Self {
+            instances: d.instances,
+            max_memory_mib: d.max_memory_mib,
+            cache: true,
+            cache_dir: None,
+            watch: true,
+            watch_interval: Duration::from_millis(250),
+        }
+    }
+}
+
 /// The whole host configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -171,6 +205,8 @@ pub struct HostConfig {
     pub disk: DiskConfig,
     /// Memory backend settings.
     pub memory: MemoryConfig,
+    /// Plugin runtime settings.
+    pub runtime: RuntimeConfig,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
 }
@@ -182,6 +218,7 @@ impl Default for HostConfig {
             backend: Backend::Disk,
             disk: DiskConfig::default(),
             memory: MemoryConfig::default(),
+            runtime: RuntimeConfig::default(),
             plugins: Vec::new(),
         }
     }
@@ -213,6 +250,20 @@ pub enum ConfigError {
 }
 
 impl HostConfig {
+    /// The plugin runtime options these settings describe.
+    pub fn runtime_options(&self) -> crate::plugin::RuntimeOptions {
+        crate::plugin::RuntimeOptions {
+            instances: self.runtime.instances,
+            max_memory_mib: self.runtime.max_memory_mib,
+            cache_dir: self.runtime.cache.then(|| {
+                self.runtime
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("cache"))
+            }),
+        }
+    }
+
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -16,7 +16,17 @@ mod bench;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "host", version, about, long_about = None)]
+#[command(
+    name = "host",
+    version,
+    about,
+    long_about = None,
+    after_help = "Plugins are hot-swapped: `host run` watches each plugin file and, once a change has \
+settled, compiles the new file beside the running one; if it is a valid component of the \
+handler world, new batches go to it while running batches finish on the old version, \
+otherwise the old version keeps serving and the error is logged. `host reload` (or SIGHUP) \
+asks for the same at once."
+)]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `taskhost=debug`.
     #[arg(long, global = true, env = "TASKHOST_LOG", default_value = "info")]
@@ -31,8 +41,10 @@ enum Cmd {
     Run(RunArgs),
     /// Push tasks to a queue (works whether or not a host is running).
     Push(PushArgs),
-    /// Show pending, delayed, leased and dead-lettered counts.
+    /// Show pending, delayed, leased and dead-lettered counts, and running hosts.
     Status(StatusArgs),
+    /// Ask every host running on the data directory to reload its plugins (SIGHUP).
+    Reload(ReloadArgs),
     /// Measure throughput and memory; prints figures.
     Bench(bench::BenchArgs),
 }
@@ -92,10 +104,10 @@ struct RunArgs {
     /// Deliveries before a failing task is dead-lettered [default: 10].
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Memory limit per plugin instance, MiB [default: 128].
+    /// Memory limit per plugin instance, MiB [default: 128]; growing past it traps.
     #[arg(long)]
     memory_mib: Option<u64>,
-    /// Time limit per plugin call, e.g. 30s [default: 30s].
+    /// Time limit per plugin call, e.g. 30s [default: 30s]; a call over it traps.
     #[arg(long, value_parser = humantime::parse_duration)]
     time_limit: Option<Duration>,
     /// Push this many sample tasks before starting (for a first try).
@@ -104,11 +116,23 @@ struct RunArgs {
     /// Exit once every served queue is empty, printing a summary.
     #[arg(long)]
     exit_when_drained: bool,
+    /// Do not watch plugin files for new versions (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
+    /// Do not keep compiled plugins on disk (DATA_DIR/cache by default).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 impl RunArgs {
     fn config(&self) -> Result<HostConfig> {
         let mut cfg = self.store.load()?;
+        if self.no_watch {
+            cfg.runtime.watch = false;
+        }
+        if self.no_cache {
+            cfg.runtime.cache = false;
+        }
         if let Some(p) = &self.plugin {
             match cfg.plugins.len() {
                 0 => cfg.plugins.push(PluginConfig::new(p)),
@@ -185,6 +209,12 @@ struct PushArgs {
 }
 
 #[derive(Debug, Args)]
+struct ReloadArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -232,6 +262,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run(a) => run(a).await,
         Cmd::Push(a) => push(a).await,
         Cmd::Status(a) => status(a).await,
+        Cmd::Reload(a) => reload(a),
         Cmd::Bench(a) => bench::bench(a).await,
     }
 }
@@ -346,6 +377,23 @@ async fn push(a: PushArgs) -> Result<()> {
     Ok(())
 }
 
+fn reload(a: ReloadArgs) -> Result<()> {
+    let cfg = a.store.load()?;
+    let hosts = taskhost::run::live_hosts(&cfg.data_dir);
+    if hosts.is_empty() {
+        bail!("no host is running on {}", cfg.data_dir.display());
+    }
+    for h in &hosts {
+        taskhost::run::signal_reload(h.pid)
+            .with_context(|| format!("signalling host {}", h.pid))?;
+    }
+    println!(
+        "asked {} host(s) to reload; `host status` shows the live versions",
+        hosts.len()
+    );
+    Ok(())
+}
+
 async fn status(a: StatusArgs) -> Result<()> {
     let cfg = a.store.load()?;
     persistent(&cfg, "status")?;
@@ -356,12 +404,13 @@ async fn status(a: StatusArgs) -> Result<()> {
         );
     }
     let queues = Queues::open(&cfg, clock::system())?;
-    let result = status_of(&a, &queues).await;
+    let result = status_of(&a, &queues, &cfg.data_dir).await;
     queues.close().await;
     result
 }
 
-async fn status_of(a: &StatusArgs, queues: &Queues) -> Result<()> {
+async fn status_of(a: &StatusArgs, queues: &Queues, data_dir: &std::path::Path) -> Result<()> {
+    let hosts = taskhost::run::live_hosts(data_dir);
     let names = match &a.queue {
         Some(q) => vec![q.clone()],
         None => queues.store().known_queues().await?,
@@ -380,6 +429,12 @@ async fn status_of(a: &StatusArgs, queues: &Queues) -> Result<()> {
                 serde_json::json!({
                     "queue": name, "pending": s.pending, "delayed": s.delayed,
                     "leased": s.leased, "dead": s.dead,
+                    "hosts": hosts.iter().filter_map(|h| {
+                        h.plugins.iter().find(|p| &p.queue == name).map(|p| serde_json::json!({
+                            "pid": h.pid, "plugin": p.name, "version": p.version,
+                            "batches_by_version": p.batches_by_version,
+                        }))
+                    }).collect::<Vec<_>>(),
                     "dead_letters": dead.iter().map(|d| serde_json::json!({
                         "id": d.task.id, "attempt": d.task.attempt, "reason": d.reason,
                         "payload": String::from_utf8_lossy(&d.task.payload),
@@ -408,6 +463,18 @@ async fn status_of(a: &StatusArgs, queues: &Queues) -> Result<()> {
     }
     if rows.is_empty() {
         println!("(no queues)");
+    }
+    for h in hosts {
+        for p in &h.plugins {
+            println!(
+                "host pid {}: plugin {} version {} on queue {:?} ({})",
+                h.pid,
+                p.name,
+                p.version,
+                p.queue,
+                p.path.display()
+            );
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::clock::{self, Clock};
 use crate::config::{Backend, HostConfig};
 use crate::plugin::Runtime;
+use crate::plugin::swap::PluginSlot;
 use crate::pool::{PoolSnapshot, WorkerPool};
 use crate::queue::disk::DiskStore;
 use crate::queue::memory::MemoryStore;
@@ -78,6 +79,10 @@ pub struct PluginSummary {
     pub queue_stats: QueueStats,
     /// The directory granted to the plugin, if any.
     pub dir: Option<PathBuf>,
+    /// The version live at shutdown.
+    pub version: String,
+    /// Batches started per version.
+    pub batches_by_version: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a run did.
@@ -102,8 +107,9 @@ impl std::fmt::Display for RunSummary {
         for p in &self.plugins {
             writeln!(
                 f,
-                "plugin {} on queue {:?}: {} done, {} retried, {} dead-lettered in {} batches ({} failed)",
+                "plugin {} (version {}) on queue {:?}: {} done, {} retried, {} dead-lettered in {} batches ({} failed)",
                 p.plugin,
+                p.version,
                 p.queue,
                 p.pool.done,
                 p.pool.retried,
@@ -161,14 +167,15 @@ async fn run_with(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_options(cfg.runtime_options())?;
     // Load every plugin before starting any pool: a broken file stops the
     // host at start, naming the file, before a task is leased.
     let mut loaded = Vec::new();
     for p in &cfg.plugins {
-        let plugin = runtime.load(p.spec(), queues.store().clone())?;
+        let plugin = runtime.load_async(p.spec(), queues.store().clone()).await?;
+        let slot = PluginSlot::new(runtime.clone(), plugin, queues.store().clone());
         let queue = queues.store().queue(&p.queue)?;
-        loaded.push((p, plugin, queue));
+        loaded.push((p, slot, queue));
     }
     if opts.sample_tasks > 0 {
         let queue = &loaded[0].2;
@@ -189,12 +196,40 @@ async fn run_with(
         );
     }
     let started = Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
+    let slots: Vec<Arc<PluginSlot>> = loaded.iter().map(|(_, s, _)| s.clone()).collect();
+    let run_file = RunFile::create(&cfg.data_dir, &loaded)?;
+    for slot in &slots {
+        if cfg.runtime.watch {
+            let h = slot.watch(cfg.runtime.watch_interval, stop.child_token());
+            background.spawn(async move {
+                let _ = h.await;
+            });
+        }
+        // Keep the run file (read by `host status` and `host reload`) in
+        // step with the live versions.
+        let mut versions = slot.subscribe();
+        let (run_file, slots, stop) = (run_file.clone(), slots.clone(), stop.clone());
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = versions.changed() => if r.is_err() { return },
+                }
+                run_file.write(&slots);
+            }
+        });
+    }
+    background.spawn(reload_on_sighup(slots.clone(), stop.clone()));
+    run_file.write(&slots);
+
     let mut pools = Vec::new();
-    for (p, plugin, queue) in loaded {
-        tracing::info!(plugin = %p.display_name(), queue = %p.queue, path = %p.path.display(), "serving");
-        let pool = WorkerPool::start(queue, Arc::new(plugin), p.pool.clone(), clock.clone())
+    for (p, slot, queue) in loaded {
+        tracing::info!(plugin = %p.display_name(), version = %slot.version(), queue = %p.queue, path = %p.path.display(), "serving");
+        let pool = WorkerPool::start(queue, slot.clone(), p.pool.clone(), clock.clone())
             .map_err(|e| anyhow::anyhow!("plugin {}: {e}", p.display_name()))?;
-        pools.push((p, pool));
+        pools.push((p, slot, pool));
     }
     let drained = async {
         if !opts.exit_when_drained {
@@ -202,7 +237,7 @@ async fn run_with(
         }
         loop {
             let mut empty = true;
-            for (_, pool) in &pools {
+            for (_, _, pool) in &pools {
                 match pool.queue().stats().await {
                     Ok(s) if s.is_empty() => {}
                     Ok(_) => empty = false,
@@ -222,8 +257,10 @@ async fn run_with(
         _ = shutdown => tracing::info!("shutting down: finishing running batches"),
         _ = drained => tracing::info!("queues drained"),
     }
+    stop.cancel();
+    while background.join_next().await.is_some() {}
     let mut plugins = Vec::new();
-    for (p, pool) in pools {
+    for (p, slot, pool) in pools {
         let queue = pool.queue().clone();
         let snapshot = pool.shutdown().await;
         let queue_stats = queue.stats().await.unwrap_or_default();
@@ -233,9 +270,188 @@ async fn run_with(
             pool: snapshot,
             queue_stats,
             dir: p.dir.as_ref().map(|d| d.host.clone()),
+            version: slot.version(),
+            batches_by_version: slot.batches_by_version(),
         });
     }
     let elapsed = started.elapsed();
+    run_file.remove();
     runtime.shutdown();
     Ok(RunSummary { elapsed, plugins })
+}
+
+/// Reloads every plugin on SIGHUP (what `host reload` sends).
+async fn reload_on_sighup(slots: Vec<Arc<PluginSlot>>, stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading plugins");
+            for slot in &slots {
+                slot.reload_logged().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = slots;
+        stop.cancelled().await;
+    }
+}
+
+/// Directory of run files: one per running host, for `status` and `reload`.
+pub fn run_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("run")
+}
+
+/// What a running host says about itself in its run file.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Plugins with their live versions.
+    pub plugins: Vec<RunPlugin>,
+}
+
+/// One plugin of a running host.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunPlugin {
+    /// Plugin name.
+    pub name: String,
+    /// Queue served.
+    pub queue: String,
+    /// Component file.
+    pub path: PathBuf,
+    /// Live version tag.
+    pub version: String,
+    /// Batches started per version.
+    pub batches_by_version: std::collections::BTreeMap<String, u64>,
+}
+
+/// This host's run file.
+#[derive(Debug, Clone)]
+struct RunFile {
+    path: PathBuf,
+    queues: Vec<String>,
+}
+
+impl RunFile {
+    fn create(
+        data_dir: &std::path::Path,
+        loaded: &[(
+            &crate::config::PluginConfig,
+            Arc<PluginSlot>,
+            Arc<dyn crate::queue::BaseQueue>,
+        )],
+    ) -> Result<Arc<Self>> {
+        let dir = run_dir(data_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Arc::new(Self {
+            path: dir.join(format!("{}.json", std::process::id())),
+            queues: loaded.iter().map(|(p, _, _)| p.queue.clone()).collect(),
+        }))
+    }
+
+    fn write(&self, slots: &[Arc<PluginSlot>]) {
+        let info = RunInfo {
+            pid: std::process::id(),
+            plugins: slots
+                .iter()
+                .zip(&self.queues)
+                .map(|(s, q)| RunPlugin {
+                    name: s.spec().name.clone(),
+                    queue: q.clone(),
+                    path: s.spec().path.clone(),
+                    version: s.version(),
+                    batches_by_version: s.batches_by_version(),
+                })
+                .collect(),
+        };
+        let tmp = self.path.with_extension("tmp");
+        let result = serde_json::to_vec_pretty(&info)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write run file");
+        }
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Run files of hosts still alive on this data directory; stale ones are removed.
+pub fn live_hosts(data_dir: &std::path::Path) -> Vec<RunInfo> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(info) = serde_json::from_str::<RunInfo>(&text) else {
+            continue;
+        };
+        if process_alive(info.pid) {
+            out.push(info);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    out.sort_by_key(|i| i.pid);
+    out
+}
+
+/// Whether a process with this id exists.
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: kill with signal 0 only checks for the process's existence.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
+/// Sends SIGHUP to a running host, asking it to reload its plugins.
+pub fn signal_reload(pid: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+        // SAFETY: plain kill(2) with a valid signal number.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        Err(std::io::Error::other("reload by signal needs unix"))
+    }
 }

@@ -13,6 +13,9 @@ use crate::queue::{NewTask, Pushed, QueueStore};
 /// cannot flood the host's log.
 const MAX_LOG_LINE: usize = 8 * 1024;
 
+/// Largest payload a plugin may enqueue.
+const MAX_ENQUEUE_PAYLOAD: usize = 16 << 20;
+
 /// How long an `enqueue` may wait (e.g. for room in a full queue); the
 /// epoch deadline cannot interrupt a host call, so it carries its own.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +32,21 @@ impl wit::Host for BatchState {}
 
 impl Host for BatchState {
     async fn log(&mut self, level: Level, message: String) {
+        let plugin = self.shared.name.as_str();
+        let queue = &*self.queue;
+        if self.log_left == 0 {
+            return;
+        }
+        if message.len() >= self.log_left {
+            self.log_left = 0;
+            tracing::warn!(
+                plugin,
+                queue,
+                "plugin used up its log budget for this call; dropping further lines"
+            );
+            return;
+        }
+        self.log_left -= message.len();
         let mut msg = message;
         if msg.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
@@ -38,8 +56,6 @@ impl Host for BatchState {
             msg.truncate(cut);
             msg.push_str("...[cut]");
         }
-        let plugin = self.shared.name.as_str();
-        let queue = &*self.queue;
         match level {
             Level::Trace => tracing::trace!(plugin, queue, "{msg}"),
             Level::Debug => tracing::debug!(plugin, queue, "{msg}"),
@@ -50,6 +66,12 @@ impl Host for BatchState {
     }
 
     async fn enqueue(&mut self, task: wit::NewTask) -> Result<Enqueued, String> {
+        if task.payload.len() > MAX_ENQUEUE_PAYLOAD {
+            return Err(format!(
+                "payload of {} bytes is over the {MAX_ENQUEUE_PAYLOAD}-byte limit",
+                task.payload.len()
+            ));
+        }
         let name = if task.queue.is_empty() {
             self.queue.to_string()
         } else {

@@ -7,7 +7,9 @@
 //! that batch. Guests get WASI p2 with no ambient authority: no environment,
 //! no sockets, no files beyond the one directory a plugin is granted.
 
+pub mod cache;
 mod host;
+pub mod swap;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use self::cache::CodeCache;
 use crate::pool::{BatchError, BatchHandler, Outcome};
 use crate::queue::{QueueStore, Task};
 
@@ -97,6 +100,14 @@ pub enum PluginError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The plugin's limits do not fit the runtime.
+    #[error("plugin {name}: limits: {reason}")]
+    Limits {
+        /// Plugin name.
+        name: String,
+        /// What is out of range.
+        reason: String,
+    },
     /// The engine could not be set up.
     #[error("wasm engine: {0}")]
     Engine(String),
@@ -142,6 +153,8 @@ pub struct Limits {
     pub time: Duration,
     /// Bytes of guest stderr kept to explain a failed batch.
     pub stderr_bytes: usize,
+    /// Bytes a plugin may log per call; later lines are dropped.
+    pub log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -150,6 +163,7 @@ impl Default for Limits {
             memory_mib: 128,
             time: Duration::from_secs(30),
             stderr_bytes: 16 * 1024,
+            log_bytes: 256 * 1024,
         }
     }
 }
@@ -170,13 +184,15 @@ pub struct PluginSpec {
 }
 
 /// Engine-wide settings, fixed for the life of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeOptions {
     /// Plugin instances alive at once across all pools (pooled slots).
     pub instances: u32,
     /// Upper bound for any plugin's `limits.memory_mib`.
     pub max_memory_mib: u64,
+    /// Directory of compiled components; none disables the cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -184,14 +200,24 @@ impl Default for RuntimeOptions {
         Self {
             instances: 256,
             max_memory_mib: 4096,
+            cache_dir: None,
         }
     }
 }
 
 /// The process-wide wasm engine and the thread that advances its epoch.
+///
+/// Cheap to clone: clones share one engine.
+#[derive(Clone)]
 pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
     engine: Engine,
     linker: Linker<BatchState>,
+    cache: Option<CodeCache>,
+    max_memory_mib: u64,
     stop: Arc<AtomicBool>,
     ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -249,26 +275,45 @@ impl Runtime {
                 })
                 .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?
         };
+        let cache = opts.cache_dir.map(|dir| CodeCache::new(dir, &engine));
         Ok(Self {
-            engine,
-            linker,
-            stop,
-            ticker: std::sync::Mutex::new(Some(ticker)),
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                max_memory_mib: opts.max_memory_mib,
+                stop,
+                ticker: std::sync::Mutex::new(Some(ticker)),
+            }),
         })
     }
 
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.inner.engine
     }
 
-    /// Checks, compiles and links a plugin; refuses files of the wrong kind.
+    /// Checks, compiles (or takes from the cache) and links a plugin;
+    /// refuses files of the wrong kind. Blocks while compiling: from async
+    /// code use [`Runtime::load_async`].
     pub fn load(
         &self,
         spec: PluginSpec,
         queues: Arc<dyn QueueStore>,
     ) -> Result<Plugin, PluginError> {
+        let started = Instant::now();
         let path = spec.path.clone();
+        if spec.limits.memory_mib > self.inner.max_memory_mib {
+            return Err(PluginError::Limits {
+                name: spec.name.clone(),
+                reason: format!(
+                    "memory_mib {} is above the runtime's max_memory_mib {}",
+                    spec.limits.memory_mib, self.inner.max_memory_mib
+                ),
+            });
+        }
+        // Stamp before reading: a change racing the read shows up as a change.
+        let file_stamp = std::fs::metadata(&path).ok().and_then(swap::from_metadata);
         let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
             path: path.clone(),
             source,
@@ -277,19 +322,35 @@ impl Runtime {
             path: path.clone(),
             reason,
         })?;
-        let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let sha = cache::sha256_hex(&bytes);
+        let engine = &self.inner.engine;
+        let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, &sha));
+        let (component, source) = match cached {
+            Some(c) => (c, cache::Source::Cached),
+            None => {
+                let c = Component::new(engine, &bytes).map_err(|e| PluginError::Compile {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+                (c, cache::Source::Compiled)
+            }
+        };
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             path: path.clone(),
             reason: format!("{e:#}"),
         };
         let pre = self
+            .inner
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = HandlerPluginPre::new(pre).map_err(wrong_world)?;
+        // Only a component of the right world is worth caching.
+        if source == cache::Source::Compiled
+            && let Some(c) = &self.inner.cache
+        {
+            c.put(&sha, &component);
+        }
         if let Some(grant) = &spec.dir {
             std::fs::create_dir_all(&grant.host).map_err(|e| PluginError::Grant {
                 name: spec.name.clone(),
@@ -297,19 +358,52 @@ impl Runtime {
                 reason: e.to_string(),
             })?;
         }
+        let version = sha[..12].to_owned();
+        let load_time = started.elapsed();
+        tracing::info!(
+            plugin = %spec.name, %version, path = %path.display(), ?source, ?load_time,
+            "plugin loaded"
+        );
+        let mut config = spec.config.clone();
+        config.insert("taskhost.plugin".into(), spec.name.clone());
+        config.insert("taskhost.version".into(), version.clone());
         Ok(Plugin {
             pre,
             shared: Arc::new(host::PluginShared {
                 name: spec.name.clone(),
-                config: spec.config.clone(),
+                config,
                 queues,
             }),
             spec,
+            version,
+            sha256: sha,
+            source,
+            load_time,
+            file_stamp,
         })
     }
 
-    /// Stops the epoch ticker and waits for it.
+    /// [`Runtime::load`] on a blocking thread.
+    pub async fn load_async(
+        &self,
+        spec: PluginSpec,
+        queues: Arc<dyn QueueStore>,
+    ) -> Result<Plugin, PluginError> {
+        let rt = self.clone();
+        let name = spec.name.clone();
+        tokio::task::spawn_blocking(move || rt.load(spec, queues))
+            .await
+            .map_err(|e| PluginError::Engine(format!("loading plugin {name}: {e}")))?
+    }
+
+    /// Stops the epoch ticker and waits for it; time limits stop working.
     pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl RuntimeInner {
+    fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
         let handle = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
@@ -318,7 +412,7 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
+impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -342,11 +436,19 @@ pub struct Plugin {
     pre: HandlerPluginPre<BatchState>,
     spec: PluginSpec,
     shared: Arc<host::PluginShared>,
+    version: String,
+    sha256: String,
+    source: cache::Source,
+    load_time: Duration,
+    file_stamp: swap::Stamp,
 }
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("spec", &self.spec).finish()
+        f.debug_struct("Plugin")
+            .field("spec", &self.spec)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -357,6 +459,7 @@ pub struct BatchState {
     limits: StoreLimits,
     shared: Arc<host::PluginShared>,
     queue: Arc<str>,
+    log_left: usize,
 }
 
 impl WasiView for BatchState {
@@ -372,6 +475,26 @@ impl Plugin {
     /// The spec it was loaded from.
     pub fn spec(&self) -> &PluginSpec {
         &self.spec
+    }
+
+    /// Version tag: the first 12 hex digits of the component's SHA-256.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The component's full SHA-256.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Whether the code was compiled at load or taken from the cache.
+    pub fn source(&self) -> cache::Source {
+        self.source
+    }
+
+    /// How long loading took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
     }
 
     fn new_store(
@@ -402,6 +525,7 @@ impl Plugin {
                 limits,
                 shared: self.shared.clone(),
                 queue,
+                log_left: self.spec.limits.log_bytes,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -432,7 +556,17 @@ impl Plugin {
             .new_store(first.queue.clone(), stderr.clone())
             .map_err(BatchError)?;
         let fail = |what: &str, e: wasmtime::Error| {
-            let mut msg = format!("plugin {} {what}: {}", self.spec.name, root_cause(&e));
+            let l = &self.spec.limits;
+            // The limits in force go into the reason, so a dead letter says
+            // whether a bigger limit would have helped.
+            let mut msg = format!(
+                "plugin {} version {} {what} (limits: {} MiB memory, {:?} per call): {}",
+                self.spec.name,
+                self.version,
+                l.memory_mib,
+                l.time,
+                root_cause(&e)
+            );
             let err = stderr.contents();
             if !err.is_empty() {
                 let text = String::from_utf8_lossy(&err);

@@ -11,6 +11,10 @@
 //! | `script` | each payload is a command deciding that task's outcome (below) |
 //! | `short` | answers one outcome fewer than tasks (`done` for each but the last) |
 //! | `long` | answers one outcome more than tasks (all `done`) |
+//! | `tag` | enqueues `PAYLOAD|TAG|VERSION` to the queue named by config `results` for each task, then `done`; `TAG` is compiled into the component (tests patch it to make a second version), `VERSION` is the host's `taskhost.version` |
+//! | `chatty` | logs 4 MiB in 64 KiB lines per call, then every task `done` |
+//! | `garbage` | calls every host import with out-of-spec values; `done` if the host refused each, `fail` naming the one it accepted |
+//! | `grow` | grows memory without end (a memory bomb) |
 //! | anything else | logs an error, every task `fail("unknown mode: ...")` |
 //!
 //! Script commands (the payload as UTF-8 text, matched exactly):
@@ -45,6 +49,24 @@ impl Handler for Testkit {
             "script" => batch.iter().map(run_command).collect(),
             "short" => all_done(batch.len().saturating_sub(1)),
             "long" => all_done(batch.len() + 1),
+            "tag" => batch.iter().map(tag).collect(),
+            "chatty" => {
+                let line = "x".repeat(64 * 1024);
+                for _ in 0..64 {
+                    taskhost_guest::info(&line);
+                }
+                all_done(batch.len())
+            }
+            "garbage" => {
+                let outcome = garbage();
+                batch.iter().map(|_| outcome.clone()).collect()
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![7u8; 1 << 20]));
+                }
+            }
             other => {
                 let reason = format!("unknown mode: {other}");
                 taskhost_guest::error(&format!("testkit: {reason}"));
@@ -58,6 +80,64 @@ impl Handler for Testkit {
 }
 
 export_handler!(Testkit);
+
+/// The version tag compiled into this component. Tests rewrite these bytes
+/// in the `.wasm` file to make a second, distinct version of it.
+static TAG: [u8; 12] = *b"TAG:AAAA0000";
+
+/// Enqueues `PAYLOAD|TAG|VERSION` to the results queue.
+fn tag(task: &Task) -> Outcome {
+    // Read the tag from memory so the bytes stay a literal in the data segment.
+    // SAFETY: reading a static byte array.
+    let tag = unsafe { std::ptr::read_volatile(&TAG) };
+    let version = taskhost_guest::config("taskhost.version").unwrap_or_default();
+    let queue = taskhost_guest::config("results").unwrap_or_else(|| "results".into());
+    let mut payload = task.payload.clone();
+    payload.push(b'|');
+    payload.extend_from_slice(&tag);
+    payload.push(b'|');
+    payload.extend_from_slice(version.as_bytes());
+    let result = taskhost_guest::enqueue(NewTask {
+        queue,
+        payload,
+        unique_key: None,
+        delay_ms: None,
+    });
+    match result {
+        Ok(_) => Outcome::Done,
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+/// Calls host imports with values out of spec; the host must refuse each.
+fn garbage() -> Outcome {
+    let bad = |queue: &str, payload: Vec<u8>| NewTask {
+        queue: queue.to_owned(),
+        payload,
+        unique_key: Some("k".repeat(1 << 16)),
+        delay_ms: Some(u64::MAX),
+    };
+    let attempts = [
+        (
+            "control characters in the queue name",
+            bad("bad\n\0queue", b"x".to_vec()),
+        ),
+        ("a 17 MiB payload", bad("", vec![0; 17 << 20])),
+        (
+            "a 300-byte queue name",
+            bad(&"q".repeat(300), b"x".to_vec()),
+        ),
+    ];
+    for (what, task) in attempts {
+        if taskhost_guest::enqueue(task).is_ok() {
+            return Outcome::Fail(format!("host accepted an enqueue with {what}"));
+        }
+    }
+    let _ = taskhost_guest::config(&"k".repeat(1 << 20));
+    let _ = taskhost_guest::config("\0");
+    taskhost_guest::log(taskhost_guest::Level::Error, "\0\u{7f}\u{202e}reversed");
+    Outcome::Done
+}
 
 /// Answers `done` `n` times.
 fn all_done(n: usize) -> Vec<Outcome> {

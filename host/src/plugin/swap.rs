@@ -1,0 +1,222 @@
+//! Hot swap: a plugin slot whose code can be replaced while batches run.
+//!
+//! The slot holds an `Arc<Plugin>`; each batch clones the `Arc` when it
+//! starts, so it runs start to end on one version, while the next batch
+//! picks up whatever is current. A new version is compiled and linked beside
+//! the running one and swapped in only when that succeeded: a broken file
+//! never replaces a working plugin (stop-then-start reloads drop or stall
+//! work; this has no gap).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Plugin, PluginError, PluginSpec, Runtime};
+use crate::pool::{BatchError, BatchHandler, Outcome};
+use crate::queue::{QueueStore, Task};
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The file holds the version already running.
+    Unchanged(String),
+    /// A new version is live.
+    Swapped {
+        /// The version replaced.
+        from: String,
+        /// The version now live.
+        to: String,
+    },
+}
+
+/// A swappable plugin serving one queue.
+pub struct PluginSlot {
+    runtime: Runtime,
+    spec: PluginSpec,
+    queues: Arc<dyn QueueStore>,
+    current: RwLock<Arc<Plugin>>,
+    version_tx: watch::Sender<String>,
+    reload_lock: tokio::sync::Mutex<()>,
+    batches: Mutex<BTreeMap<String, u64>>,
+    attempts_tx: watch::Sender<u64>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PluginSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSlot")
+            .field("plugin", &self.spec.name)
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
+impl PluginSlot {
+    /// A slot serving `plugin`, reloading from its spec's path.
+    pub fn new(runtime: Runtime, plugin: Plugin, queues: Arc<dyn QueueStore>) -> Arc<Self> {
+        let (version_tx, _) = watch::channel(plugin.version().to_owned());
+        Arc::new(Self {
+            runtime,
+            spec: plugin.spec().clone(),
+            queues,
+            current: RwLock::new(Arc::new(plugin)),
+            version_tx,
+            reload_lock: tokio::sync::Mutex::new(()),
+            batches: Mutex::new(BTreeMap::new()),
+            attempts_tx: watch::channel(0).0,
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The plugin new batches go to.
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The live version tag.
+    pub fn version(&self) -> String {
+        self.version_tx.borrow().clone()
+    }
+
+    /// Watches the live version tag.
+    pub fn subscribe(&self) -> watch::Receiver<String> {
+        self.version_tx.subscribe()
+    }
+
+    /// The plugin's spec (name, path, limits).
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// Batches started per version since the slot was made.
+    pub fn batches_by_version(&self) -> BTreeMap<String, u64> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the file again and swaps it in if it is a new, valid version.
+    pub async fn reload(&self) -> Result<Reloaded, PluginError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let new = self
+            .runtime
+            .load_async(self.spec.clone(), self.queues.clone())
+            .await?;
+        let old = self.current();
+        if new.sha256() == old.sha256() {
+            return Ok(Reloaded::Unchanged(old.version().to_owned()));
+        }
+        let (from, to) = (old.version().to_owned(), new.version().to_owned());
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.version_tx.send_replace(to.clone());
+        tracing::info!(plugin = %self.spec.name, %from, %to, "plugin swapped; running batches finish on the old version");
+        Ok(Reloaded::Swapped { from, to })
+    }
+
+    /// Watches the number of reloads attempted (whatever their outcome).
+    pub fn reload_attempts(&self) -> watch::Receiver<u64> {
+        self.attempts_tx.subscribe()
+    }
+
+    /// Why the last refused reload was refused, if it was.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads and logs the result; a failure keeps the old version serving.
+    pub async fn reload_logged(&self) {
+        let result = self.reload().await;
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(|e| e.to_string());
+        self.attempts_tx.send_modify(|n| *n += 1);
+        match result {
+            Ok(Reloaded::Unchanged(v)) => {
+                tracing::debug!(plugin = %self.spec.name, version = %v, "plugin file unchanged")
+            }
+            Ok(Reloaded::Swapped { .. }) => {}
+            Err(e) => tracing::error!(
+                plugin = %self.spec.name, file = %self.spec.path.display(), version = %self.version(),
+                error = %e, "reload refused; the running version keeps serving"
+            ),
+        }
+    }
+
+    /// Watches the plugin file and reloads it once a change has settled.
+    ///
+    /// A change counts once the file's size and modification time stayed the
+    /// same for one whole `interval`, so a copy still in progress is not
+    /// loaded; a file that is still broken after that is refused by
+    /// validation and retried at its next change.
+    pub fn watch(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let slot = self.clone();
+        tokio::spawn(async move {
+            let path = slot.spec.path.clone();
+            // Start from the file as it was when loaded, so a change made
+            // before this task first runs is not mistaken for the baseline.
+            let mut seen = slot.current().file_stamp;
+            let mut pending: Option<Stamp> = None;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let now = stamp(&path).await;
+                match pending {
+                    // Unchanged for a whole interval since the change: load.
+                    Some(p) if p == now => {
+                        pending = None;
+                        seen = now;
+                        slot.reload_logged().await;
+                    }
+                    _ if now != seen => pending = Some(now),
+                    _ => pending = None,
+                }
+            }
+        })
+    }
+}
+
+/// Size, modification time and inode of a file (None if it cannot be read).
+pub(super) type Stamp = Option<(u64, SystemTime, u64)>;
+
+async fn stamp(path: &std::path::Path) -> Stamp {
+    from_metadata(tokio::fs::metadata(path).await.ok()?)
+}
+
+/// The stamp of a file's metadata.
+pub(super) fn from_metadata(m: std::fs::Metadata) -> Stamp {
+    // The inode catches a same-sized file renamed into place within the
+    // file system's timestamp granularity.
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.len(), m.modified().ok()?, ino))
+}
+
+#[async_trait]
+impl BatchHandler for PluginSlot {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let plugin = self.current();
+        {
+            let mut b = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            *b.entry(plugin.version().to_owned()).or_default() += 1;
+        }
+        plugin.call(batch).await
+    }
+}
