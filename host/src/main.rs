@@ -49,6 +49,9 @@ struct StoreArgs {
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    #[arg(long, env = "TASKHOST_QUEUE_URL")]
+    queue_url: Option<String>,
 }
 
 impl StoreArgs {
@@ -60,9 +63,14 @@ impl StoreArgs {
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
         }
+        if let Some(u) = &self.queue_url {
+            cfg.queue_url = Some(u.clone());
+            cfg.backend = Backend::Redis;
+        }
         if let Some(b) = self.backend {
             cfg.backend = b;
         }
+        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -349,13 +357,17 @@ async fn push(a: PushArgs) -> Result<()> {
 async fn status(a: StatusArgs) -> Result<()> {
     let cfg = a.store.load()?;
     persistent(&cfg, "status")?;
-    if !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
+    if cfg.backend == Backend::Disk && !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
         bail!(
             "no queue database in {} (nothing pushed yet?)",
             cfg.data_dir.display()
         );
     }
     let queues = Queues::open(&cfg, clock::system())?;
+    if let Err(e) = queues.check().await {
+        queues.close().await;
+        return Err(e.context("cannot read queue status"));
+    }
     let result = status_of(&a, &queues).await;
     queues.close().await;
     result
