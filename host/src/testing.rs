@@ -27,8 +27,8 @@ impl RedisServer {
         Self::start_with(false)
     }
 
-    /// Starts a server; with `aof`, every write goes to an append-only file,
-    /// so a restart keeps the data.
+    /// Starts a server; with `aof`, every write is fsynced to an append-only
+    /// file before it is answered, so a restart keeps all of it.
     pub fn start_with(aof: bool) -> Result<Self> {
         let mut last = None;
         // Another process may take the free port between our probe and the
@@ -76,7 +76,8 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.aof {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]);
+            // fsync every write: a kill then loses nothing acknowledged.
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         }
         let mut child = cmd
             .spawn()
