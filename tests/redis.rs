@@ -103,7 +103,9 @@ fn start_hosts(tmp: &Path, url: &str, plugin: &Path, extra: &str, pool: &str) ->
     let hosts: Vec<_> = (0..HOSTS)
         .map(|n| start_host(tmp, n, url, plugin, &out_dir(tmp, n), extra, pool))
         .collect();
-    wait_until("every host serving", LONG, || hosts.iter().all(Host::started));
+    wait_until("every host serving", LONG, || {
+        hosts.iter().all(Host::started)
+    });
     hosts
 }
 
@@ -200,6 +202,10 @@ fn a_host_killed_mid_run_loses_nothing_and_repeats_only_its_leases() {
     let mut victim_host = hosts.remove(0);
     victim_host.child.kill().unwrap(); // SIGKILL: its leases are never settled
     victim_host.child.wait().unwrap();
+    let at_kill: usize = (0..HOSTS)
+        .map(|n| archived(&out_dir(tmp.path(), n)).len())
+        .sum();
+    assert!(at_kill < TASKS, "killed mid-run ({at_kill} archived)");
     wait_until("the queue drained", LONG, || drained(&url));
     for h in hosts {
         h.stop();
@@ -294,7 +300,10 @@ fn a_unique_key_is_never_handled_by_two_hosts_at_once() {
     }
     assert_eq!(spans.len(), keys, "every key handled");
     assert_eq!(handled, created, "each created task handled once");
-    assert!(created < 10 * keys, "pending keys collapsed ({created} created)");
+    assert!(
+        created < 10 * keys,
+        "pending keys collapsed ({created} created)"
+    );
     let mut cross_host = 0;
     for (key, mut s) in spans {
         s.sort();
@@ -311,4 +320,94 @@ fn a_unique_key_is_never_handled_by_two_hosts_at_once() {
         }
     }
     eprintln!("{created} tasks for {keys} keys; {cross_host} hand-overs between hosts");
+}
+
+#[test]
+fn status_refresh_collapses_marks_and_enqueues_each_executions_status() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let cases = [
+        ("success running error", "running"),
+        ("pending success", "running"),
+        ("pending scheduled", "pending"),
+        ("success error stopped", "error"),
+        ("success stopped", "stopped"),
+        ("success success", "success"),
+    ];
+    let executions = 60;
+    let mut lines = String::new();
+    for _mark in 0..3 {
+        for e in 0..executions {
+            lines.push_str(&format!(
+                "exec-{e}\texec-{e} {}\n",
+                cases[e % cases.len()].0
+            ));
+        }
+    }
+    lines.push_str("bad\tbad nonsense\n");
+    let file = tmp.path().join("marks.tsv");
+    std::fs::write(&file, lines).unwrap();
+    let out = ok(host()
+        .args([
+            "push",
+            "status-refresh",
+            "--keyed",
+            "--queue-url",
+            &url,
+            "--file",
+        ])
+        .arg(&file));
+    assert!(
+        out.contains(&format!("pushed {} tasks", executions + 1)),
+        "marks of a pending execution collapse: {out}"
+    );
+    let config = tmp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+backend = "redis"
+queue_url = "{url}"
+[[plugins]]
+path = "{refresh}"
+queue = "status-refresh"
+config = {{ output_queue = "execution-status" }}
+pool = {{ max_attempts = 1 }}
+[[plugins]]
+path = "{archive_wasm}"
+queue = "execution-status"
+dir = {{ host = "{archive}", guest = "/archive" }}
+"#,
+            refresh = plugin("status-refresh").display(),
+            archive_wasm = plugin("archive").display(),
+            archive = archive.display(),
+        ),
+    )
+    .unwrap();
+    let summary = ok(host()
+        .args(["run", "--exit-when-drained", "--config"])
+        .arg(&config));
+    let counts = archived(&archive);
+    assert_eq!(counts.len(), executions, "{summary}");
+    for e in 0..executions {
+        let want = format!("exec-{e} {}", cases[e % cases.len()].1);
+        assert_eq!(counts.get(&want), Some(&1), "{want}: {counts:?}");
+    }
+    let status = ok(host().args([
+        "status",
+        "--json",
+        "--dead",
+        "5",
+        "--queue",
+        "status-refresh",
+        "--queue-url",
+        &url,
+    ]));
+    assert!(
+        status.contains("nonsense"),
+        "bad payload dead-lettered: {status}"
+    );
 }

@@ -13,6 +13,7 @@ use taskhost::queue::NewTask;
 use taskhost::run::{Queues, RunOptions};
 
 mod bench;
+mod bench_redis;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -35,6 +36,8 @@ enum Cmd {
     Status(StatusArgs),
     /// Measure throughput and memory; prints figures.
     Bench(bench::BenchArgs),
+    /// Measure the Redis backend and Harbor's status-refresh scenario; prints figures.
+    BenchRedis(bench_redis::BenchRedisArgs),
 }
 
 /// Where the queues are.
@@ -241,6 +244,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Push(a) => push(a).await,
         Cmd::Status(a) => status(a).await,
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::BenchRedis(a) => bench_redis::bench_redis(a).await,
     }
 }
 

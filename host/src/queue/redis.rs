@@ -106,9 +106,20 @@ impl Default for RedisOptions {
     }
 }
 
+/// Lua helper: runs `cmd key` with `list` appended, in chunks that stay
+/// under Lua's stack limit for `unpack`.
+const CHUNKED: &str = r#"
+local function chunked(cmd, key, list, step)
+  for i = 1, #list, step do
+    redis.call(cmd, key, unpack(list, i, math.min(i + step - 1, #list)))
+  end
+end
+"#;
+
 /// Push: ARGV = now, capacity (0 = none), then per task: has_key, key, payload, delay_ms.
 /// Returns {0} when the batch does not fit, else {1, kind1, id1, kind2, id2, ...}
-/// with kind 1 = created, 0 = duplicate.
+/// with kind 1 = created, 0 = duplicate. Ids are reserved with one INCRBY
+/// per batch; a duplicate leaves a gap.
 const PUSH: &str = r#"
 local pre = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -126,7 +137,8 @@ if cap > 0 then
   end
   if count + new > cap then return {0} end
 end
-local out = {1}
+local base = redis.call('INCRBY', pre .. 'seq', n) - n
+local out, ready = {1}, {}
 for i = 0, n - 1 do
   local b = 3 + i * 4
   local has_key, key, payload, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
@@ -136,7 +148,7 @@ for i = 0, n - 1 do
     out[#out + 1] = 0
     out[#out + 1] = tonumber(dup)
   else
-    local id = redis.call('INCR', pre .. 'seq')
+    local id = base + i + 1
     local t = pre .. 't:' .. id
     if has_key == '1' then
       redis.call('HSET', t, 'p', payload, 'a', 0, 'e', now, 'k', key)
@@ -147,12 +159,13 @@ for i = 0, n - 1 do
     if delay > 0 then
       redis.call('ZADD', pre .. 'delayed', now + delay, id)
     else
-      redis.call('RPUSH', pre .. 'ready', id)
+      ready[#ready + 1] = id
     end
     out[#out + 1] = 1
     out[#out + 1] = id
   end
 end
+chunked('RPUSH', pre .. 'ready', ready, 1000)
 return out
 "#;
 
@@ -160,23 +173,29 @@ return out
 /// Returns a flat list of (id, attempt, payload, key or false, enqueued_at).
 const LEASE: &str = r#"
 local pre = KEYS[1]
-local now, untl, max, lim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, untl, max, lim = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 for _, set in ipairs({'delayed', 'leased'}) do
   local due = redis.call('ZRANGEBYSCORE', pre .. set, '-inf', now, 'LIMIT', 0, lim)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', pre .. set, id)
-    redis.call('RPUSH', pre .. 'ready', id)
+  if #due > 0 then
+    if #due < lim then
+      -- Everything due was read, so this removes exactly those.
+      redis.call('ZREMRANGEBYSCORE', pre .. set, '-inf', now)
+    else
+      chunked('ZREM', pre .. set, due, 1000)
+    end
+    chunked('RPUSH', pre .. 'ready', due, 1000)
   end
 end
 local ids = redis.call('LPOP', pre .. 'ready', max)
-local out = {}
+local out, z = {}, {}
 if not ids then return out end
 for _, id in ipairs(ids) do
   local t = pre .. 't:' .. id
   local f = redis.call('HMGET', t, 'p', 'k', 'e')
   if f[1] then
     local a = redis.call('HINCRBY', t, 'a', 1)
-    redis.call('ZADD', pre .. 'leased', untl, id)
+    z[#z + 1] = untl
+    z[#z + 1] = id
     out[#out + 1] = tonumber(id)
     out[#out + 1] = a
     out[#out + 1] = f[1]
@@ -184,6 +203,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = tonumber(f[3])
   end
 end
+chunked('ZADD', pre .. 'leased', z, 1000)
 return out
 "#;
 
@@ -204,7 +224,8 @@ return held
 
 /// Settle: ARGV = now, dead_capacity, then quads (id, attempt, action, arg) with
 /// action a = ack, r = retry at arg, d = dead-letter with reason arg, l = release.
-/// Returns {applied, lost}.
+/// Returns {applied, lost}. A task's unique-key entry points at it for as long
+/// as the task exists, so it is removed without a check.
 const SETTLE: &str = r#"
 local pre = KEYS[1]
 local now, deadcap = ARGV[1], tonumber(ARGV[2])
@@ -212,19 +233,16 @@ local applied, lost = 0, 0
 for i = 3, #ARGV, 4 do
   local id, att, act, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local t = pre .. 't:' .. id
-  if redis.call('ZSCORE', pre .. 'leased', id) and redis.call('HGET', t, 'a') == att then
+  local f = redis.call('HMGET', t, 'a', 'k')
+  if f[1] == att and redis.call('ZREM', pre .. 'leased', id) == 1 then
     applied = applied + 1
-    redis.call('ZREM', pre .. 'leased', id)
     if act == 'r' then
       redis.call('ZADD', pre .. 'delayed', arg, id)
     elseif act == 'l' then
       redis.call('HINCRBY', t, 'a', -1)
       redis.call('LPUSH', pre .. 'ready', id)
     else
-      local key = redis.call('HGET', t, 'k')
-      if key and redis.call('HGET', pre .. 'unique', key) == id then
-        redis.call('HDEL', pre .. 'unique', key)
-      end
+      if f[2] then redis.call('HDEL', pre .. 'unique', f[2]) end
       if act == 'd' then
         redis.call('HSET', t, 'r', arg, 'f', now)
         redis.call('LPUSH', pre .. 'dead', id)
@@ -290,8 +308,8 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            push: Script::new(PUSH),
-            lease: Script::new(LEASE),
+            push: Script::new(&format!("{CHUNKED}{PUSH}")),
+            lease: Script::new(&format!("{CHUNKED}{LEASE}")),
             renew: Script::new(RENEW),
             settle: Script::new(SETTLE),
             stats: Script::new(STATS),

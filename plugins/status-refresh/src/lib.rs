@@ -147,7 +147,9 @@ fn refresh(task: &Task, queue: &str) -> Outcome {
     match taskhost_guest::enqueue(result) {
         Ok(_) => Outcome::Done,
         Err(err) => {
-            taskhost_guest::warn(&format!("execution {id}: enqueue to {queue} refused: {err}"));
+            taskhost_guest::warn(&format!(
+                "execution {id}: enqueue to {queue} refused: {err}"
+            ));
             Outcome::Retry(None)
         }
     }
