@@ -84,6 +84,8 @@ const SCRIPT_INNER: &[&str] = &[
     "zrangebyscore",
     "zremrangebyscore",
     "zcount",
+    "zmscore",
+    "zscore",
     "del",
 ];
 

@@ -5,19 +5,20 @@
 //!
 //! Every key of queue `q` starts with `taskhost:{q}:`; the `{q}` hash tag puts
 //! all of a queue's keys in one Redis Cluster slot, so each script below may
-//! touch any of them. (Task hashes are named inside the scripts rather than
-//! passed as `KEYS`, as BullMQ and Sidekiq do; they share the slot, so this
-//! holds on a cluster too.)
+//! touch any of them (the scripts get the prefix as their one `KEYS` entry
+//! and derive the rest, as BullMQ's do; they share the slot, so this holds on
+//! a cluster). Needs Redis >= 6.2 (`LPOP`/`RPOP` with a count, `ZMSCORE`).
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `taskhost:{q}:seq` | string | last task id (`INCR`) |
-//! | `taskhost:{q}:t:<id>` | hash | `p` payload, `k` unique key, `a` attempt, `e` enqueued-at ms; dead tasks add `r` reason, `f` failed-at ms |
+//! | `taskhost:{q}:seq` | string | last task id (`INCRBY` per push batch) |
 //! | `taskhost:{q}:ready` | list | ids visible now, oldest first |
 //! | `taskhost:{q}:leased` | sorted set | leased ids scored by lease expiry (ms) |
 //! | `taskhost:{q}:delayed` | sorted set | delayed ids scored by visible-at (ms) |
+//! | `taskhost:{q}:pay`, `att`, `enq`, `key` | hashes | id -> payload, attempt, enqueued-at ms, unique key |
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
 //! | `taskhost:{q}:dead` | list | dead-lettered ids, newest first, trimmed |
+//! | `taskhost:{q}:reason`, `failed` | hashes | id -> dead-letter reason, failed-at ms |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
 //!
 //! # Why this layout
@@ -37,7 +38,12 @@
 //! settle (a whole batch of acks/retries/dead letters/releases in one call).
 //! A settlement or renewal is applied only if the task is still in `leased`
 //! with the same attempt, so a host whose lease was taken over cannot settle
-//! it. One host needs a handful of round trips per batch, not per task.
+//! it. Task fields live in a few per-queue hashes (one field per task)
+//! rather than a hash per task, so every script reads and writes a whole
+//! batch with a handful of variadic commands (`HMGET`, `HSET`, `ZADD`,
+//! `ZMSCORE`, `HDEL`): Redis's cost per task is then a few hash and sorted-set
+//! operations, not a command each. One host needs a handful of round trips
+//! per batch, not per task.
 //!
 //! Times come from the store's [`Clock`] and travel as script arguments, so
 //! tests drive lease expiry and retries deterministically, and hosts agree as
@@ -106,13 +112,22 @@ impl Default for RedisOptions {
     }
 }
 
-/// Lua helper: runs `cmd key` with `list` appended, in chunks that stay
-/// under Lua's stack limit for `unpack`.
-const CHUNKED: &str = r#"
-local function chunked(cmd, key, list, step)
-  for i = 1, #list, step do
-    redis.call(cmd, key, unpack(list, i, math.min(i + step - 1, #list)))
+/// Lua helpers: `chunked` runs `cmd key` with `list` appended and `mget`
+/// reads `list` with `cmd key`, both in chunks that stay under Lua's stack
+/// limit for `unpack`, so one call serves a whole batch.
+const HELPERS: &str = r#"
+local function chunked(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
   end
+end
+local function mget(cmd, key, list)
+  local out = {}
+  for i = 1, #list, 1000 do
+    local part = redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  return out
 end
 "#;
 
@@ -125,39 +140,59 @@ local pre = KEYS[1]
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 4
+local keys = {}
+for i = 0, n - 1 do
+  if ARGV[3 + i * 4] == '1' then keys[#keys + 1] = ARGV[4 + i * 4] end
+end
+local known = {}
+if #keys > 0 then
+  local ids = mget('HMGET', pre .. 'unique', keys)
+  for j, k in ipairs(keys) do
+    if ids[j] then known[k] = tonumber(ids[j]) end
+  end
+end
+local fresh, seen = 0, {}
+for i = 0, n - 1 do
+  local b = 3 + i * 4
+  if ARGV[b] == '0' then
+    fresh = fresh + 1
+  elseif not known[ARGV[b + 1]] and not seen[ARGV[b + 1]] then
+    seen[ARGV[b + 1]] = true
+    fresh = fresh + 1
+  end
+end
 if cap > 0 then
   local count = redis.call('LLEN', pre .. 'ready') + redis.call('ZCARD', pre .. 'leased')
     + redis.call('ZCARD', pre .. 'delayed')
-  local new = 0
-  for i = 0, n - 1 do
-    local b = 3 + i * 4
-    if ARGV[b] == '0' or redis.call('HEXISTS', pre .. 'unique', ARGV[b + 1]) == 0 then
-      new = new + 1
-    end
-  end
-  if count + new > cap then return {0} end
+  if count + fresh > cap then return {0} end
 end
-local base = redis.call('INCRBY', pre .. 'seq', n) - n
-local out, ready = {1}, {}
+local id = redis.call('INCRBY', pre .. 'seq', fresh) - fresh
+local out, pay, att, enq, key, uniq, ready, delayed = {1}, {}, {}, {}, {}, {}, {}, {}
 for i = 0, n - 1 do
   local b = 3 + i * 4
-  local has_key, key, payload, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
-  local dup = false
-  if has_key == '1' then dup = redis.call('HGET', pre .. 'unique', key) end
+  local has_key, k, payload, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
+  local dup = has_key == '1' and known[k]
   if dup then
     out[#out + 1] = 0
-    out[#out + 1] = tonumber(dup)
+    out[#out + 1] = dup
   else
-    local id = base + i + 1
-    local t = pre .. 't:' .. id
+    id = id + 1
     if has_key == '1' then
-      redis.call('HSET', t, 'p', payload, 'a', 0, 'e', now, 'k', key)
-      redis.call('HSET', pre .. 'unique', key, id)
-    else
-      redis.call('HSET', t, 'p', payload, 'a', 0, 'e', now)
+      known[k] = id
+      key[#key + 1] = id
+      key[#key + 1] = k
+      uniq[#uniq + 1] = k
+      uniq[#uniq + 1] = id
     end
+    pay[#pay + 1] = id
+    pay[#pay + 1] = payload
+    att[#att + 1] = id
+    att[#att + 1] = 0
+    enq[#enq + 1] = id
+    enq[#enq + 1] = now
     if delay > 0 then
-      redis.call('ZADD', pre .. 'delayed', now + delay, id)
+      delayed[#delayed + 1] = now + delay
+      delayed[#delayed + 1] = id
     else
       ready[#ready + 1] = id
     end
@@ -165,7 +200,13 @@ for i = 0, n - 1 do
     out[#out + 1] = id
   end
 end
-chunked('RPUSH', pre .. 'ready', ready, 1000)
+chunked('HSET', pre .. 'pay', pay)
+chunked('HSET', pre .. 'att', att)
+chunked('HSET', pre .. 'enq', enq)
+chunked('HSET', pre .. 'key', key)
+chunked('HSET', pre .. 'unique', uniq)
+chunked('ZADD', pre .. 'delayed', delayed)
+chunked('RPUSH', pre .. 'ready', ready)
 return out
 "#;
 
@@ -181,29 +222,35 @@ for _, set in ipairs({'delayed', 'leased'}) do
       -- Everything due was read, so this removes exactly those.
       redis.call('ZREMRANGEBYSCORE', pre .. set, '-inf', now)
     else
-      chunked('ZREM', pre .. set, due, 1000)
+      chunked('ZREM', pre .. set, due)
     end
-    chunked('RPUSH', pre .. 'ready', due, 1000)
+    chunked('RPUSH', pre .. 'ready', due)
   end
 end
 local ids = redis.call('LPOP', pre .. 'ready', max)
-local out, z = {}, {}
+local out = {}
 if not ids then return out end
-for _, id in ipairs(ids) do
-  local t = pre .. 't:' .. id
-  local f = redis.call('HMGET', t, 'p', 'k', 'e')
-  if f[1] then
-    local a = redis.call('HINCRBY', t, 'a', 1)
+local pays = mget('HMGET', pre .. 'pay', ids)
+local atts = mget('HMGET', pre .. 'att', ids)
+local keys = mget('HMGET', pre .. 'key', ids)
+local enqs = mget('HMGET', pre .. 'enq', ids)
+local att, z = {}, {}
+for i, id in ipairs(ids) do
+  if pays[i] then
+    local a = tonumber(atts[i]) + 1
+    att[#att + 1] = id
+    att[#att + 1] = a
     z[#z + 1] = untl
     z[#z + 1] = id
     out[#out + 1] = tonumber(id)
     out[#out + 1] = a
-    out[#out + 1] = f[1]
-    out[#out + 1] = f[2]
-    out[#out + 1] = tonumber(f[3])
+    out[#out + 1] = pays[i]
+    out[#out + 1] = keys[i]
+    out[#out + 1] = tonumber(enqs[i])
   end
 end
-chunked('ZADD', pre .. 'leased', z, 1000)
+chunked('HSET', pre .. 'att', att)
+chunked('ZADD', pre .. 'leased', z)
 return out
 "#;
 
@@ -214,7 +261,7 @@ local held = 0
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('ZSCORE', pre .. 'leased', id)
-     and redis.call('HGET', pre .. 't:' .. id, 'a') == ARGV[i + 1] then
+     and redis.call('HGET', pre .. 'att', id) == ARGV[i + 1] then
     redis.call('ZADD', pre .. 'leased', 'XX', ARGV[1], id)
     held = held + 1
   end
@@ -224,38 +271,64 @@ return held
 
 /// Settle: ARGV = now, dead_capacity, then quads (id, attempt, action, arg) with
 /// action a = ack, r = retry at arg, d = dead-letter with reason arg, l = release.
-/// Returns {applied, lost}. A task's unique-key entry points at it for as long
-/// as the task exists, so it is removed without a check.
+/// Returns {applied, lost}. Reads and writes go out once per batch, not per
+/// task. A task's unique-key entry points at it for as long as the task
+/// exists, so it is removed without a check.
 const SETTLE: &str = r#"
 local pre = KEYS[1]
 local now, deadcap = ARGV[1], tonumber(ARGV[2])
-local applied, lost = 0, 0
-for i = 3, #ARGV, 4 do
-  local id, att, act, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local t = pre .. 't:' .. id
-  local f = redis.call('HMGET', t, 'a', 'k')
-  if f[1] == att and redis.call('ZREM', pre .. 'leased', id) == 1 then
+local ids = {}
+for i = 3, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
+local atts = mget('HMGET', pre .. 'att', ids)
+local held = mget('ZMSCORE', pre .. 'leased', ids)
+local keys = mget('HMGET', pre .. 'key', ids)
+local applied, lost, taken = 0, 0, {}
+local zrem, gone, uniq, delayed, back, dead, reasons, failed, att =
+  {}, {}, {}, {}, {}, {}, {}, {}, {}
+for j, id in ipairs(ids) do
+  local b = 3 + (j - 1) * 4
+  local act, arg = ARGV[b + 2], ARGV[b + 3]
+  if held[j] and atts[j] == ARGV[b + 1] and not taken[id] then
+    taken[id] = true
     applied = applied + 1
+    zrem[#zrem + 1] = id
     if act == 'r' then
-      redis.call('ZADD', pre .. 'delayed', arg, id)
+      delayed[#delayed + 1] = arg
+      delayed[#delayed + 1] = id
     elseif act == 'l' then
-      redis.call('HINCRBY', t, 'a', -1)
-      redis.call('LPUSH', pre .. 'ready', id)
+      att[#att + 1] = id
+      att[#att + 1] = tonumber(atts[j]) - 1
+      back[#back + 1] = id
     else
-      if f[2] then redis.call('HDEL', pre .. 'unique', f[2]) end
+      if keys[j] then uniq[#uniq + 1] = keys[j] end
       if act == 'd' then
-        redis.call('HSET', t, 'r', arg, 'f', now)
-        redis.call('LPUSH', pre .. 'dead', id)
-        while redis.call('LLEN', pre .. 'dead') > deadcap do
-          redis.call('DEL', pre .. 't:' .. redis.call('RPOP', pre .. 'dead'))
-        end
+        dead[#dead + 1] = id
+        reasons[#reasons + 1] = id
+        reasons[#reasons + 1] = arg
+        failed[#failed + 1] = id
+        failed[#failed + 1] = now
       else
-        redis.call('DEL', t)
+        gone[#gone + 1] = id
       end
     end
   else
     lost = lost + 1
   end
+end
+chunked('ZREM', pre .. 'leased', zrem)
+chunked('HDEL', pre .. 'unique', uniq)
+chunked('ZADD', pre .. 'delayed', delayed)
+chunked('HSET', pre .. 'att', att)
+chunked('LPUSH', pre .. 'ready', back)
+chunked('HSET', pre .. 'reason', reasons)
+chunked('HSET', pre .. 'failed', failed)
+chunked('LPUSH', pre .. 'dead', dead)
+local over = redis.call('LLEN', pre .. 'dead') - deadcap
+if over > 0 then
+  for _, id in ipairs(redis.call('RPOP', pre .. 'dead', over)) do gone[#gone + 1] = id end
+end
+for _, h in ipairs({'pay', 'att', 'enq', 'key', 'reason', 'failed'}) do
+  chunked('HDEL', pre .. h, gone)
 end
 return {applied, lost}
 "#;
@@ -280,15 +353,15 @@ const DEAD: &str = r#"
 local pre = KEYS[1]
 local out = {}
 for _, id in ipairs(redis.call('LRANGE', pre .. 'dead', 0, tonumber(ARGV[1]) - 1)) do
-  local f = redis.call('HMGET', pre .. 't:' .. id, 'a', 'p', 'k', 'e', 'r', 'f')
-  if f[2] then
+  local p = redis.call('HGET', pre .. 'pay', id)
+  if p then
     out[#out + 1] = tonumber(id)
-    out[#out + 1] = tonumber(f[1])
-    out[#out + 1] = f[2]
-    out[#out + 1] = f[3]
-    out[#out + 1] = tonumber(f[4])
-    out[#out + 1] = f[5] or ''
-    out[#out + 1] = tonumber(f[6] or 0)
+    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'att', id))
+    out[#out + 1] = p
+    out[#out + 1] = redis.call('HGET', pre .. 'key', id)
+    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'enq', id))
+    out[#out + 1] = redis.call('HGET', pre .. 'reason', id) or ''
+    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'failed', id) or 0)
   end
 end
 return out
@@ -308,10 +381,10 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            push: Script::new(&format!("{CHUNKED}{PUSH}")),
-            lease: Script::new(&format!("{CHUNKED}{LEASE}")),
+            push: Script::new(&format!("{HELPERS}{PUSH}")),
+            lease: Script::new(&format!("{HELPERS}{LEASE}")),
             renew: Script::new(RENEW),
-            settle: Script::new(SETTLE),
+            settle: Script::new(&format!("{HELPERS}{SETTLE}")),
             stats: Script::new(STATS),
             dead: Script::new(DEAD),
         }
@@ -733,6 +806,61 @@ impl BaseQueue for RedisQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::settle_all;
+    use crate::testing::RedisServer;
+
+    #[tokio::test]
+    async fn a_batch_settles_each_lease_once_and_dead_letters_are_trimmed() {
+        let server = RedisServer::start().unwrap();
+        let opts = RedisOptions {
+            dead_capacity: 2,
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::open(&server.url(), opts, ManualClock::new(1_000)).unwrap();
+        let q = store.queue("batch").unwrap();
+        let tasks = (0..5).map(|i| NewTask::new(format!("t{i}")).unique(format!("k{i}")));
+        q.push_batch(tasks.collect()).await.unwrap();
+        let got = q.lease(5, Duration::from_secs(10)).await.unwrap();
+        let mut s = settle_all(&[got[0].lease(), got[0].lease()], Action::Ack);
+        s.extend(settle_all(
+            &got[1..].iter().map(Task::lease).collect::<Vec<_>>(),
+            Action::DeadLetter("no".into()),
+        ));
+        let done = q.settle(s).await.unwrap();
+        assert_eq!(
+            (done.applied, done.lost),
+            (5, 1),
+            "the repeated ack is refused"
+        );
+        let dead = q.dead_letters(10).await.unwrap();
+        let ids: Vec<_> = dead.iter().map(|d| d.task.id).collect();
+        assert_eq!(ids, vec![got[4].id, got[3].id], "newest two kept");
+        assert_eq!(dead[0].task.unique_key.as_deref(), Some("k4"));
+        assert_eq!(q.stats().await.unwrap().dead, 2);
+        assert_eq!(
+            store.known_queues().await.unwrap(),
+            vec!["batch".to_string()]
+        );
+        let again = q.push(NewTask::new("x").unique("k1")).await.unwrap();
+        assert!(matches!(again, Pushed::Created(_)), "a dead key is free");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let store = RedisStore::open(&url, RedisOptions::default(), ManualClock::new(0)).unwrap();
+        let e = store.ping().await.unwrap_err().to_string();
+        assert!(e.contains("unreachable") && e.contains(&url), "{e}");
+        let q = store.queue("q").unwrap();
+        let e = q.push(NewTask::new("x")).await.unwrap_err().to_string();
+        assert!(e.contains("unreachable"), "{e}");
+    }
 
     #[test]
     fn passwords_are_not_shown() {
