@@ -60,6 +60,8 @@ struct RedisCost {
     scripts: u64,
     /// user + sys CPU seconds of the server process.
     cpu: f64,
+    /// Seconds Redis spent inside script calls (commandstats `usec`).
+    script_secs: f64,
 }
 
 /// Commands the queue's Lua scripts run. Redis counts them in INFO like
@@ -105,6 +107,12 @@ fn snapshot(server: &RedisServer) -> Result<RedisCost> {
         c.all_commands += calls;
         if name == "evalsha" || name == "eval" {
             c.scripts += calls;
+            c.script_secs += v
+                .split(',')
+                .find_map(|f| f.strip_prefix("usec="))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1e6;
         }
         if SCRIPT_INNER.contains(&name) {
             inner += calls;
@@ -132,6 +140,7 @@ impl std::ops::Sub for RedisCost {
             all_commands: self.all_commands.saturating_sub(o.all_commands),
             scripts: self.scripts.saturating_sub(o.scripts),
             cpu: self.cpu - o.cpu,
+            script_secs: self.script_secs - o.script_secs,
         }
     }
 }
@@ -139,9 +148,10 @@ impl std::ops::Sub for RedisCost {
 fn report(what: &str, wall: Duration, cost: RedisCost, per: usize, per_name: &str) {
     let per = per.max(1) as f64;
     println!(
-        "  {what:<26} wall {:>8.2}s  Redis CPU {:>7.2}s  client commands {:>9} ({:.4}/{per_name})  all commands {:>10} ({:.2}/{per_name})",
+        "  {what:<26} wall {:>8.2}s  Redis CPU {:>7.2}s (in scripts {:.2}s)  client commands {:>9} ({:.4}/{per_name})  all commands {:>10} ({:.2}/{per_name})",
         wall.as_secs_f64(),
         cost.cpu,
+        cost.script_secs,
         cost.client_commands,
         cost.client_commands as f64 / per,
         cost.all_commands,
