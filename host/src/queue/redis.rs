@@ -323,12 +323,15 @@ chunked('LPUSH', pre .. 'ready', back)
 chunked('HSET', pre .. 'reason', reasons)
 chunked('HSET', pre .. 'failed', failed)
 chunked('LPUSH', pre .. 'dead', dead)
+for _, h in ipairs({'pay', 'att', 'enq', 'key'}) do
+  chunked('HDEL', pre .. h, gone)
+end
 local over = redis.call('LLEN', pre .. 'dead') - deadcap
 if over > 0 then
-  for _, id in ipairs(redis.call('RPOP', pre .. 'dead', over)) do gone[#gone + 1] = id end
-end
-for _, h in ipairs({'pay', 'att', 'enq', 'key', 'reason', 'failed'}) do
-  chunked('HDEL', pre .. h, gone)
+  local old = redis.call('RPOP', pre .. 'dead', over)
+  for _, h in ipairs({'pay', 'att', 'enq', 'key', 'reason', 'failed'}) do
+    chunked('HDEL', pre .. h, old)
+  end
 end
 return {applied, lost}
 "#;
