@@ -13,6 +13,7 @@ use crate::plugin::{DirGrant, Limits, PluginSpec};
 use crate::pool::PoolConfig;
 use crate::queue::disk::{DiskOptions, Sync};
 use crate::queue::memory::MemoryOptions;
+use crate::queue::redis::RedisOptions;
 
 /// Which queue backend holds the tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -23,6 +24,8 @@ pub enum Backend {
     Disk,
     /// In-process bounded queue: fastest, lost when the process ends.
     Memory,
+    /// Redis at `queue_url`: many hosts share the queues.
+    Redis,
 }
 
 /// Settings of the disk backend.
@@ -89,6 +92,42 @@ impl MemoryConfig {
             capacity: self.capacity,
             push_timeout: self.push_timeout,
             ..MemoryOptions::default()
+        }
+    }
+}
+
+/// Settings of the Redis backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Most tasks per queue; unbounded when absent.
+    pub capacity: Option<usize>,
+    /// How long a push waits for room in a full queue.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+    /// Most dead letters kept per queue.
+    pub dead_capacity: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let d = RedisOptions::default();
+        Self {
+            capacity: d.capacity,
+            push_timeout: d.push_timeout,
+            dead_capacity: d.dead_capacity,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The backend options these settings describe.
+    pub fn options(&self) -> RedisOptions {
+        RedisOptions {
+            capacity: self.capacity,
+            push_timeout: self.push_timeout,
+            dead_capacity: self.dead_capacity,
+            ..RedisOptions::default()
         }
     }
 }
@@ -207,6 +246,10 @@ pub struct HostConfig {
     pub memory: MemoryConfig,
     /// Plugin runtime settings.
     pub runtime: RuntimeConfig,
+    /// Redis server of the redis backend, `redis://[:password@]host:port/db`.
+    pub queue_url: Option<String>,
+    /// Redis backend settings.
+    pub redis: RedisConfig,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
 }
@@ -219,6 +262,8 @@ impl Default for HostConfig {
             disk: DiskConfig::default(),
             memory: MemoryConfig::default(),
             runtime: RuntimeConfig::default(),
+            queue_url: None,
+            redis: RedisConfig::default(),
             plugins: Vec::new(),
         }
     }
@@ -301,6 +346,26 @@ impl HostConfig {
                 )));
             }
         }
+        match (self.backend, &self.queue_url) {
+            (Backend::Redis, None) => {
+                return Err(ConfigError::Invalid(
+                    "backend redis needs queue_url = \"redis://host:port/db\" (or --queue-url)"
+                        .into(),
+                ));
+            }
+            (Backend::Disk | Backend::Memory, Some(_)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "queue_url is set but backend is {:?}; set backend = \"redis\" or remove queue_url",
+                    self.backend
+                )));
+            }
+            _ => {}
+        }
+        if self.redis.capacity == Some(0) || self.redis.dead_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "redis.capacity and redis.dead_capacity must be at least 1".into(),
+            ));
+        }
         if self.memory.capacity == 0 {
             return Err(ConfigError::Invalid(
                 "memory.capacity must be at least 1".into(),
@@ -347,6 +412,22 @@ mod tests {
         assert_eq!(p.limits.time, Duration::from_secs(5));
         assert_eq!(p.dir.as_ref().unwrap().guest, "/archive");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn redis_needs_a_url() {
+        let c = HostConfig::parse("backend = \"redis\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("queue_url"), "{e}");
+        let c = HostConfig::parse("queue_url = \"redis://127.0.0.1:1/0\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("backend"), "{e}");
+        let c = HostConfig::parse(
+            "backend = \"redis\"\nqueue_url = \"redis://127.0.0.1:1/0\"\n[redis]\ncapacity = 5",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.redis.capacity, Some(5));
     }
 
     #[test]

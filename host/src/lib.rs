@@ -11,3 +11,4 @@ pub mod plugin;
 pub mod pool;
 pub mod queue;
 pub mod run;
+pub mod testing;

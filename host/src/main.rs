@@ -13,6 +13,7 @@ use taskhost::queue::NewTask;
 use taskhost::run::{Queues, RunOptions};
 
 mod bench;
+mod bench_redis;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -47,6 +48,8 @@ enum Cmd {
     Reload(ReloadArgs),
     /// Measure throughput and memory; prints figures.
     Bench(bench::BenchArgs),
+    /// Measure the Redis backend and Harbor's status-refresh scenario; prints figures.
+    BenchRedis(bench_redis::BenchRedisArgs),
 }
 
 /// Where the queues are.
@@ -61,6 +64,9 @@ struct StoreArgs {
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    #[arg(long, env = "TASKHOST_QUEUE_URL")]
+    queue_url: Option<String>,
 }
 
 impl StoreArgs {
@@ -72,9 +78,14 @@ impl StoreArgs {
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
         }
+        if let Some(u) = &self.queue_url {
+            cfg.queue_url = Some(u.clone());
+            cfg.backend = Backend::Redis;
+        }
         if let Some(b) = self.backend {
             cfg.backend = b;
         }
+        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -264,6 +275,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Status(a) => status(a).await,
         Cmd::Reload(a) => reload(a),
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::BenchRedis(a) => bench_redis::bench_redis(a).await,
     }
 }
 
@@ -397,13 +409,17 @@ fn reload(a: ReloadArgs) -> Result<()> {
 async fn status(a: StatusArgs) -> Result<()> {
     let cfg = a.store.load()?;
     persistent(&cfg, "status")?;
-    if !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
+    if cfg.backend == Backend::Disk && !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
         bail!(
             "no queue database in {} (nothing pushed yet?)",
             cfg.data_dir.display()
         );
     }
     let queues = Queues::open(&cfg, clock::system())?;
+    if let Err(e) = queues.check().await {
+        queues.close().await;
+        return Err(e.context("cannot read queue status"));
+    }
     let result = status_of(&a, &queues, &cfg.data_dir).await;
     queues.close().await;
     result

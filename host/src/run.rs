@@ -15,6 +15,7 @@ use crate::plugin::swap::PluginSlot;
 use crate::pool::{PoolSnapshot, WorkerPool};
 use crate::queue::disk::DiskStore;
 use crate::queue::memory::MemoryStore;
+use crate::queue::redis::RedisStore;
 use crate::queue::{NewTask, QueueStats, QueueStore};
 
 /// The opened queue backend, with what is needed to close it.
@@ -22,6 +23,7 @@ use crate::queue::{NewTask, QueueStats, QueueStore};
 pub struct Queues {
     store: Arc<dyn QueueStore>,
     disk: Option<Arc<DiskStore>>,
+    redis: Option<Arc<RedisStore>>,
 }
 
 impl Queues {
@@ -35,18 +37,39 @@ impl Queues {
                 Self {
                     store: Arc::new(disk.clone()),
                     disk: Some(disk),
+                    redis: None,
                 }
             }
             Backend::Memory => Self {
                 store: Arc::new(MemoryStore::new(cfg.memory.options(), clock)),
                 disk: None,
+                redis: None,
             },
+            Backend::Redis => {
+                let url = cfg.queue_url.as_deref().context(
+                    "backend redis needs a queue URL (--queue-url redis://host:port/db)",
+                )?;
+                let redis = Arc::new(RedisStore::open(url, cfg.redis.options(), clock)?);
+                Self {
+                    store: redis.clone(),
+                    disk: None,
+                    redis: Some(redis),
+                }
+            }
         })
     }
 
     /// The store handing out named queues.
     pub fn store(&self) -> &Arc<dyn QueueStore> {
         &self.store
+    }
+
+    /// Checks that a remote backend answers; local backends always do.
+    pub async fn check(&self) -> Result<()> {
+        if let Some(r) = &self.redis {
+            r.ping().await?;
+        }
+        Ok(())
     }
 
     /// Flushes and closes the backend.
@@ -167,6 +190,10 @@ async fn run_with(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
+    if let Err(e) = queues.check().await {
+        // Serve anyway: the pool backs off and retries until Redis is back.
+        tracing::error!(error = %e, "queue backend unreachable at start; retrying with back-off");
+    }
     let runtime = Runtime::with_options(cfg.runtime_options())?;
     // Load every plugin before starting any pool: a broken file stops the
     // host at start, naming the file, before a task is leased.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::disk::{DiskOptions, DiskStore};
 use super::memory::{MemoryOptions, MemoryQueue};
+use super::redis::{RedisOptions, RedisStore};
 use super::*;
 use crate::clock::{Clock, ManualClock};
 
@@ -21,6 +22,7 @@ pub(crate) struct Fixture {
     pub queue: Arc<dyn BaseQueue>,
     pub clock: Arc<ManualClock>,
     _keep: Option<(tempfile::TempDir, Arc<DiskStore>)>,
+    _redis: Option<crate::testing::RedisServer>,
 }
 
 pub(crate) fn memory(capacity: Option<usize>) -> Fixture {
@@ -35,6 +37,7 @@ pub(crate) fn memory(capacity: Option<usize>) -> Fixture {
         queue: Arc::new(q),
         clock,
         _keep: None,
+        _redis: None,
     }
 }
 
@@ -52,6 +55,25 @@ pub(crate) fn disk(capacity: Option<usize>) -> Fixture {
         queue,
         clock,
         _keep: Some((dir, store)),
+        _redis: None,
+    }
+}
+
+/// A queue on a private redis-server started for this test.
+pub(crate) fn redis(capacity: Option<usize>) -> Fixture {
+    let server = crate::testing::RedisServer::start().expect("start redis-server");
+    let clock = ManualClock::new(T0);
+    let opts = RedisOptions {
+        capacity,
+        push_timeout: Duration::from_millis(50),
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::open(&server.url(), opts, clock.clone()).expect("open store");
+    Fixture {
+        queue: store.queue("conformance").expect("queue"),
+        clock,
+        _keep: None,
+        _redis: Some(server),
     }
 }
 
@@ -382,6 +404,7 @@ macro_rules! backend_suite {
 
 backend_suite!(memory);
 backend_suite!(disk);
+backend_suite!(redis);
 
 /// The disk backend keeps everything across a close and reopen, leases included.
 #[tokio::test]

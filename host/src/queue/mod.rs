@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod redis;
 
 #[cfg(test)]
 mod conformance;
@@ -208,6 +209,14 @@ pub enum QueueError {
         /// Database file.
         path: String,
         /// What SQLite said.
+        message: String,
+    },
+    /// The Redis store failed or is unreachable.
+    #[error("redis queue store {url}: {message}")]
+    Redis {
+        /// Server URL, without password.
+        url: String,
+        /// What went wrong.
         message: String,
     },
     /// The queue was closed.

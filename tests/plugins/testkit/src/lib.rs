@@ -15,7 +15,15 @@
 //! | `chatty` | logs 4 MiB in 64 KiB lines per call, then every task `done` |
 //! | `garbage` | calls every host import with out-of-spec values; `done` if the host refused each, `fail` naming the one it accepted |
 //! | `grow` | grows memory without end (a memory bomb) |
+//! | `journal` | every task `done` after `hold_ms` (config) milliseconds; appends one line per task to a new file in `journal_dir` (below) |
 //! | anything else | logs an error, every task `fail("unknown mode: ...")` |
+//!
+//! Journal lines (mode `journal`), one file per batch named
+//! `<host>-<first id>-<first attempt>.tsv` in the directory `journal_dir`, are
+//! `host<TAB>unique key<TAB>id<TAB>attempt<TAB>start ms<TAB>end ms`, where
+//! `host` is the config value `host` and start/end are wall-clock times taken
+//! when the batch began and after the hold: the time the task was being
+//! handled. Tests use them to check that no key was handled twice at once.
 //!
 //! Script commands (the payload as UTF-8 text, matched exactly):
 //!
@@ -67,6 +75,7 @@ impl Handler for Testkit {
                     hoard.push(black_box(vec![7u8; 1 << 20]));
                 }
             }
+            "journal" => journal(&batch),
             other => {
                 let reason = format!("unknown mode: {other}");
                 taskhost_guest::error(&format!("testkit: {reason}"));
@@ -137,6 +146,46 @@ fn garbage() -> Outcome {
     let _ = taskhost_guest::config("\0");
     taskhost_guest::log(taskhost_guest::Level::Error, "\0\u{7f}\u{202e}reversed");
     Outcome::Done
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Holds the batch for `hold_ms`, then records who handled which key when.
+fn journal(batch: &[Task]) -> Vec<Outcome> {
+    let Some(first) = batch.first() else {
+        return Vec::new();
+    };
+    let host = taskhost_guest::config("host").unwrap_or_default();
+    let dir = taskhost_guest::config("journal_dir").unwrap_or_else(|| "/journal".into());
+    let hold: u64 = taskhost_guest::config("hold_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let start = now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(hold));
+    let end = now_ms();
+    let mut text = String::new();
+    for t in batch {
+        let key = t.unique_key.as_deref().unwrap_or("");
+        text.push_str(&format!(
+            "{host}\t{key}\t{}\t{}\t{start}\t{end}\n",
+            t.id, t.attempt
+        ));
+    }
+    let path = format!("{dir}/{host}-{}-{}.tsv", first.id, first.attempt);
+    match std::fs::write(&path, text) {
+        Ok(()) => all_done(batch.len()),
+        Err(e) => {
+            let reason = format!("writing {path}: {e}");
+            taskhost_guest::error(&reason);
+            batch.iter().map(|_| Outcome::Retry(None)).collect()
+        }
+    }
 }
 
 /// Answers `done` `n` times.

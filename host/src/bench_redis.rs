@@ -1,0 +1,421 @@
+//! `host bench-redis`: the Redis backend's throughput with one host, and
+//! Harbor's execution-status refresh done through the queue versus Harbor's
+//! SCAN-and-refresh, each on a private `redis-server`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use taskhost::clock::{self, Clock};
+use taskhost::plugin::{Limits, PluginSpec, Runtime};
+use taskhost::pool::{PoolConfig, WorkerPool};
+use taskhost::queue::redis::{RedisOptions, RedisStore};
+use taskhost::queue::{NewTask, QueueStore};
+use taskhost::testing::{RedisServer, info_fields};
+
+/// Options of `host bench-redis`.
+#[derive(Debug, Args)]
+pub struct BenchRedisArgs {
+    /// No-op handler component (the testkit plugin in its default mode).
+    #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/testkit.wasm")]
+    plugin: PathBuf,
+    /// Tasks of the one-host throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: usize,
+    /// Tasks per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Workers per host.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Executions of the Harbor scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    executions: usize,
+    /// Times each execution is marked outdated.
+    #[arg(long, default_value_t = 3)]
+    marks: usize,
+    /// Hosts (queue) and scanners (SCAN) in the Harbor scenario.
+    #[arg(long, default_value_t = 5)]
+    hosts: usize,
+    /// Cases to run: one-host, harbor-queue, harbor-scan.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "one-host,harbor-queue,harbor-scan"
+    )]
+    cases: Vec<String>,
+}
+
+/// Redis-side cost between two snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisCost {
+    /// Commands sent by clients (an EVALSHA counts once).
+    client_commands: u64,
+    /// Every command Redis ran, those run inside scripts included.
+    all_commands: u64,
+    /// Script calls (EVALSHA/EVAL).
+    scripts: u64,
+    /// user + sys CPU seconds of the server process.
+    cpu: f64,
+    /// Seconds Redis spent inside script calls (commandstats `usec`).
+    script_secs: f64,
+}
+
+/// Commands the queue's Lua scripts run. Redis counts them in INFO like
+/// client commands; the bench sends none of them itself on the queue runs.
+const SCRIPT_INNER: &[&str] = &[
+    "incrby",
+    "hset",
+    "hget",
+    "hexists",
+    "hmget",
+    "hincrby",
+    "hdel",
+    "llen",
+    "lpop",
+    "rpop",
+    "rpush",
+    "lpush",
+    "lrange",
+    "zcard",
+    "zadd",
+    "zrem",
+    "zrangebyscore",
+    "zremrangebyscore",
+    "zcount",
+    "zmscore",
+    "zscore",
+    "del",
+];
+
+fn snapshot(server: &RedisServer) -> Result<RedisCost> {
+    let stats = server.command(&["INFO", "commandstats"])?;
+    let mut c = RedisCost::default();
+    let mut inner = 0;
+    for (k, v) in info_fields(&stats) {
+        let Some(name) = k.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let calls: u64 = v
+            .split(',')
+            .find_map(|f| f.strip_prefix("calls="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        c.all_commands += calls;
+        if name == "evalsha" || name == "eval" {
+            c.scripts += calls;
+            c.script_secs += v
+                .split(',')
+                .find_map(|f| f.strip_prefix("usec="))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1e6;
+        }
+        if SCRIPT_INNER.contains(&name) {
+            inner += calls;
+        }
+    }
+    // Without scripts every command came from a client (the SCAN runs).
+    c.client_commands = if c.scripts > 0 {
+        c.all_commands - inner
+    } else {
+        c.all_commands
+    };
+    for (k, v) in info_fields(&server.command(&["INFO", "cpu"])?) {
+        if k == "used_cpu_user" || k == "used_cpu_sys" {
+            c.cpu += v.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(c)
+}
+
+impl std::ops::Sub for RedisCost {
+    type Output = RedisCost;
+    fn sub(self, o: RedisCost) -> RedisCost {
+        RedisCost {
+            client_commands: self.client_commands.saturating_sub(o.client_commands),
+            all_commands: self.all_commands.saturating_sub(o.all_commands),
+            scripts: self.scripts.saturating_sub(o.scripts),
+            cpu: self.cpu - o.cpu,
+            script_secs: self.script_secs - o.script_secs,
+        }
+    }
+}
+
+fn report(what: &str, wall: Duration, cost: RedisCost, per: usize, per_name: &str) {
+    let per = per.max(1) as f64;
+    println!(
+        "  {what:<26} wall {:>8.2}s  Redis CPU {:>7.2}s (in scripts {:.2}s)  client commands {:>9} ({:.4}/{per_name})  all commands {:>10} ({:.2}/{per_name})",
+        wall.as_secs_f64(),
+        cost.cpu,
+        cost.script_secs,
+        cost.client_commands,
+        cost.client_commands as f64 / per,
+        cost.all_commands,
+        cost.all_commands as f64 / per,
+    );
+}
+
+pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
+    let runtime = Runtime::new()?;
+    println!(
+        "taskhost bench-redis: batch {}, {} workers per host, {} cores; private redis-server per case",
+        a.batch_size,
+        a.workers,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    for case in &a.cases {
+        match case.as_str() {
+            "one-host" => one_host(&a, &runtime).await?,
+            "harbor-queue" => harbor_queue(&a, &runtime).await?,
+            "harbor-scan" => harbor_scan(&a).await?,
+            other => bail!("unknown case {other:?} (one-host, harbor-queue, harbor-scan)"),
+        }
+    }
+    runtime.shutdown();
+    Ok(())
+}
+
+fn store(server: &RedisServer, clock: Arc<dyn Clock>) -> Result<Arc<RedisStore>> {
+    Ok(Arc::new(RedisStore::open(
+        &server.url(),
+        RedisOptions::default(),
+        clock,
+    )?))
+}
+
+fn load_noop(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    store: Arc<dyn QueueStore>,
+) -> Result<taskhost::plugin::Plugin> {
+    let spec = PluginSpec {
+        name: "noop".into(),
+        path: path.to_owned(),
+        config: [("mode".to_string(), "noop".to_string())].into(),
+        dir: None,
+        limits: Limits::default(),
+    };
+    runtime
+        .load(spec, store)
+        .with_context(|| "loading the no-op plugin (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p testkit)")
+}
+
+fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
+    PoolConfig {
+        batch_size: a.batch_size,
+        max_workers: a.workers,
+        debounce: Duration::from_millis(1),
+        ..PoolConfig::default()
+    }
+}
+
+/// One host pushes `tasks` while its pool drains them through the no-op component.
+async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
+    let server = RedisServer::start()?;
+    let clock = clock::system();
+    let store = store(&server, clock.clone())?;
+    let queue = store.queue("bench")?;
+    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+    let before = snapshot(&server)?;
+    let start = Instant::now();
+    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
+        .map_err(anyhow::Error::msg)?;
+    let n = a.tasks;
+    let producer = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let payload = vec![b'x'; 100];
+            let mut pushed = 0;
+            while pushed < n {
+                let k = (n - pushed).min(1_000);
+                queue
+                    .push_batch((0..k).map(|_| NewTask::new(payload.clone())).collect())
+                    .await?;
+                pushed += k;
+            }
+            anyhow::Ok(())
+        })
+    };
+    producer.await.context("producer task")??;
+    let stats = pool.stats();
+    while (stats.done.load(Ordering::Relaxed) as usize) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let wall = start.elapsed();
+    pool.shutdown().await;
+    let cost = snapshot(&server)? - before;
+    println!(
+        "one host, Redis queue, wasm no-op: {n} tasks pushed and done in {:.2}s = {:.0} tasks/s end to end",
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64()
+    );
+    report("push + lease + ack", wall, cost, n, "task");
+    Ok(())
+}
+
+fn execution_key(i: usize) -> String {
+    format!("execution:id:{i}:vendor:REPLICATION:status_outdate")
+}
+
+/// Harbor's outdated marks as queue pushes (unique key = execution id),
+/// drained by `hosts` hosts, each with its own connection and pool.
+async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
+    let server = RedisServer::start()?;
+    let clock = clock::system();
+    let n = a.executions;
+    println!(
+        "Harbor scenario, {n} executions marked outdated {}x, {} hosts draining through the Redis queue:",
+        a.marks, a.hosts
+    );
+    let before = snapshot(&server)?;
+    let t = Instant::now();
+    let marker = store(&server, clock.clone())?.queue("status-refresh")?;
+    let mut created = 0usize;
+    for _ in 0..a.marks {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+            let tasks = chunk
+                .iter()
+                .map(|&i| NewTask::new(format!("{i} running success")).unique(i.to_string()))
+                .collect();
+            created += marker
+                .push_batch(tasks)
+                .await?
+                .iter()
+                .filter(|p| matches!(p, taskhost::queue::Pushed::Created(_)))
+                .count();
+        }
+    }
+    let mark_wall = t.elapsed();
+    let marked = snapshot(&server)?;
+    report(
+        "mark (push, unique key)",
+        mark_wall,
+        marked - before,
+        n * a.marks,
+        "mark",
+    );
+    let t = Instant::now();
+    let mut pools = Vec::new();
+    for _ in 0..a.hosts {
+        let store = store(&server, clock.clone())?;
+        let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+        let queue = store.queue("status-refresh")?;
+        pools.push(
+            WorkerPool::start(queue, Arc::new(plugin), pool_config(a), clock.clone())
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let done = || {
+        pools
+            .iter()
+            .map(|p| p.stats().done.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    while (done() as usize) < created {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = t.elapsed();
+    let mut per_host = Vec::new();
+    for p in pools {
+        per_host.push(p.shutdown().await.done);
+    }
+    let cost = snapshot(&server)? - marked;
+    report("drain (lease + ack)", wall, cost, n, "execution");
+    println!(
+        "  refreshes per execution {:.3} ({} tasks for {n} executions; per host {per_host:?})",
+        per_host.iter().sum::<u64>() as f64 / n as f64,
+        created
+    );
+    Ok(())
+}
+
+/// Harbor's old way: SET a key per mark, then `hosts` scanners SCAN for the
+/// keys, refresh each execution they find and DEL its key, until a full
+/// pass finds none.
+async fn harbor_scan(a: &BenchRedisArgs) -> Result<()> {
+    let server = RedisServer::start()?;
+    let n = a.executions;
+    println!(
+        "Harbor scenario, {n} executions marked outdated {}x, {} processes doing SCAN-and-refresh:",
+        a.marks, a.hosts
+    );
+    let client = redis::Client::open(server.url())?;
+    let before = snapshot(&server)?;
+    let t = Instant::now();
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    for _ in 0..a.marks {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+            let mut p = redis::pipe();
+            for &i in chunk {
+                p.set(execution_key(i), "").ignore();
+            }
+            p.query_async::<()>(&mut conn).await?;
+        }
+    }
+    let mark_wall = t.elapsed();
+    let marked = snapshot(&server)?;
+    report(
+        "mark (SET)",
+        mark_wall,
+        marked - before,
+        n * a.marks,
+        "mark",
+    );
+    let refreshes = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut scanners = Vec::new();
+    for _ in 0..a.hosts {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let refreshes = refreshes.clone();
+        scanners.push(tokio::spawn(async move {
+            loop {
+                let mut cursor = 0u64;
+                let mut found = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("execution:id:*vendor:*status_outdate")
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut conn)
+                        .await?;
+                    found += keys.len() as u64;
+                    // Refresh each execution (the database work Harbor does
+                    // is the same either way), then clear its mark.
+                    for key in &keys {
+                        refreshes.fetch_add(1, Ordering::Relaxed);
+                        redis::cmd("DEL")
+                            .arg(key)
+                            .query_async::<()>(&mut conn)
+                            .await?;
+                    }
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                if found == 0 {
+                    return anyhow::Ok(());
+                }
+            }
+        }));
+    }
+    for s in scanners {
+        s.await.context("scanner task")??;
+    }
+    let wall = t.elapsed();
+    let cost = snapshot(&server)? - marked;
+    report("SCAN + refresh + DEL", wall, cost, n, "execution");
+    println!(
+        "  refreshes per execution {:.3}",
+        refreshes.load(Ordering::Relaxed) as f64 / n as f64
+    );
+    Ok(())
+}
