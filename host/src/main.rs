@@ -13,6 +13,7 @@ use taskhost::queue::NewTask;
 use taskhost::run::{Queues, RunOptions};
 
 mod bench;
+mod new_plugin;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -35,6 +36,10 @@ enum Cmd {
     Status(StatusArgs),
     /// Measure throughput and memory; prints figures.
     Bench(bench::BenchArgs),
+    /// Per plugin language: component size, load times, call time, tasks/s.
+    BenchLangs(bench::langs::BenchLangsArgs),
+    /// Write a ready-to-build plugin skeleton (rust, python or js).
+    NewPlugin(new_plugin::NewPluginArgs),
 }
 
 /// Where the queues are.
@@ -233,6 +238,8 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Push(a) => push(a).await,
         Cmd::Status(a) => status(a).await,
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::BenchLangs(a) => bench::langs::bench_langs(a).await,
+        Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
     }
 }
 
