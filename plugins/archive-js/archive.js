@@ -23,9 +23,11 @@ const NAME_ATTEMPTS = 8;
 // Decodes strict UTF-8 (no overlongs, surrogates or values past U+10FFFF),
 // like Rust's `str::from_utf8`; answers null for anything else.
 function utf8(bytes) {
-  let out = "";
-  let i = 0;
   const n = bytes.length;
+  let i = 0;
+  while (i < n && bytes[i] < 0x80) i++;
+  // Fast path: ASCII is most payloads and costs one native call per chunk.
+  let out = ascii(bytes, 0, i);
   while (i < n) {
     const b = bytes[i];
     let cp;
@@ -63,6 +65,14 @@ function utf8(bytes) {
   return out;
 }
 
+function ascii(bytes, start, end) {
+  let out = "";
+  for (let k = start; k < end; k += 8192) {
+    out += String.fromCharCode.apply(null, bytes.subarray(k, Math.min(end, k + 8192)));
+  }
+  return out;
+}
+
 const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 // Standard, padded base64.
@@ -81,6 +91,7 @@ function base64(bytes) {
 }
 
 function utf8Encode(s) {
+  if (typeof TextEncoder === "function") return new TextEncoder().encode(s);
   const out = [];
   for (const ch of s) {
     const cp = ch.codePointAt(0);
