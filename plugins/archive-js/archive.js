@@ -91,7 +91,13 @@ function base64(bytes) {
 }
 
 function utf8Encode(s) {
-  if (typeof TextEncoder === "function") return new TextEncoder().encode(s);
+  // QuickJS has no TextEncoder. ASCII (a native regex test) skips the
+  // per-code-point work below.
+  if (/^[\x00-\x7f]*$/.test(s)) {
+    const bytes = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
+    return bytes;
+  }
   const out = [];
   for (const ch of s) {
     const cp = ch.codePointAt(0);
