@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+pub mod langs;
 use async_trait::async_trait;
 use clap::Args;
 use taskhost::clock::{self, Clock};

@@ -14,6 +14,7 @@ use taskhost::run::{Queues, RunOptions};
 
 mod bench;
 mod bench_redis;
+mod new_plugin;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -50,6 +51,10 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Measure the Redis backend and Harbor's status-refresh scenario; prints figures.
     BenchRedis(bench_redis::BenchRedisArgs),
+    /// Per plugin language: component size, load times, call time, tasks/s.
+    BenchLangs(bench::langs::BenchLangsArgs),
+    /// Write a ready-to-build plugin skeleton (rust, python or js).
+    NewPlugin(new_plugin::NewPluginArgs),
 }
 
 /// Where the queues are.
@@ -276,6 +281,8 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Reload(a) => reload(a),
         Cmd::Bench(a) => bench::bench(a).await,
         Cmd::BenchRedis(a) => bench_redis::bench_redis(a).await,
+        Cmd::BenchLangs(a) => bench::langs::bench_langs(a).await,
+        Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
     }
 }
 

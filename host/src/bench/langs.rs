@@ -1,0 +1,159 @@
+//! `host bench-langs`: the `archive` plugin in each language: component
+//! size, load times, time per batch, and tasks/s on the memory backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use taskhost::clock::{self, Clock};
+use taskhost::plugin::{DirGrant, Limits, Plugin, PluginSpec, Runtime};
+use taskhost::queue::memory::{MemoryOptions, MemoryStore};
+use taskhost::queue::{QueueStore, Task};
+
+use super::{BenchArgs, throughput};
+
+/// Options of `host bench-langs`.
+#[derive(Debug, Args)]
+pub struct BenchLangsArgs {
+    /// Rust archiver (cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p archive).
+    #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/archive.wasm")]
+    rust: PathBuf,
+    /// Python archiver (built by `cargo test -p taskhost --test languages`).
+    #[arg(long, default_value = "target/langs/archive-py.wasm")]
+    python: PathBuf,
+    /// JavaScript archiver (built by `cargo test -p taskhost --test languages`).
+    #[arg(long, default_value = "target/langs/archive-js.wasm")]
+    js: PathBuf,
+    /// Tasks per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Tasks per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Workers in the pool.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Calls timed for the per-batch figure (the median is printed).
+    #[arg(long, default_value_t = 50)]
+    calls: usize,
+    /// Where the archive files go [default: a temporary directory]; a tmpfs
+    /// such as /dev/shm takes the disk's fsync out of the figures.
+    #[arg(long)]
+    archive_dir: Option<PathBuf>,
+}
+
+fn spec(path: &Path, archive: &Path) -> PluginSpec {
+    PluginSpec {
+        name: path.display().to_string(),
+        path: path.to_owned(),
+        config: [("dir".to_owned(), "/archive".to_owned())].into(),
+        dir: Some(DirGrant {
+            host: archive.to_owned(),
+            guest: "/archive".into(),
+        }),
+        limits: Limits::default(),
+    }
+}
+
+/// Loads `path` in a fresh runtime; answers the plugin and the load time.
+fn timed_load(
+    path: &Path,
+    archive: &Path,
+    store: Arc<dyn QueueStore>,
+) -> Result<(Runtime, Plugin, Duration)> {
+    let runtime = Runtime::new()?;
+    let t = Instant::now();
+    let plugin = runtime
+        .load(spec(path, archive), store)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((runtime, plugin, t.elapsed()))
+}
+
+/// Prints one row per language.
+pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
+    let clock: Arc<dyn Clock> = clock::system();
+    let tmp = match &a.archive_dir {
+        Some(d) => d.join(format!("taskhost-bench-langs-{}", std::process::id())),
+        None => super::tempdir()?,
+    };
+    println!(
+        "taskhost bench-langs: archive plugin, batch {}, {} workers, {} tasks of 100 bytes, memory backend, archive files in {}",
+        a.batch_size,
+        a.workers,
+        a.tasks,
+        tmp.display()
+    );
+    println!(
+        "{:<8} {:>10} {:>12} {:>12} {:>14} {:>12}",
+        "language", "size", "first load", "second load", "call/batch", "tasks/s"
+    );
+    for (lang, path) in [("rust", &a.rust), ("python", &a.python), ("js", &a.js)] {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("{lang} component {}", path.display()))?
+            .len();
+        let dir = tmp.join(lang);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let store: Arc<dyn QueueStore> = Arc::new(MemoryStore::new(
+            MemoryOptions {
+                capacity: a.tasks.max(1),
+                ..MemoryOptions::default()
+            },
+            clock.clone(),
+        ));
+        let (first_rt, first, first_load) = timed_load(path, &dir, store.clone())?;
+        drop(first);
+        first_rt.shutdown();
+        // A fresh runtime: nothing compiled in memory is reused.
+        let (runtime, plugin, second_load) = timed_load(path, &dir, store.clone())?;
+
+        let batch: Vec<Task> = (1..=a.batch_size as u64)
+            .map(|id| Task {
+                id,
+                queue: "bench".into(),
+                unique_key: None,
+                payload: vec![b'x'; 100],
+                attempt: 1,
+                enqueued_at_ms: 0,
+            })
+            .collect();
+        let mut times = Vec::with_capacity(a.calls);
+        for _ in 0..a.calls.max(1) {
+            let t = Instant::now();
+            plugin.call(&batch).await.map_err(anyhow::Error::msg)?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let call = times[times.len() / 2];
+
+        let args = BenchArgs {
+            plugin: path.clone(),
+            memory_tasks: a.tasks,
+            disk_tasks: 0,
+            batch_size: a.batch_size,
+            workers: a.workers,
+            rss_backlog: 0,
+            repeat: 1,
+            cases: Vec::new(),
+            rss_time: Duration::ZERO,
+        };
+        let (e2e, _) = throughput(&args, store, Arc::new(plugin), a.tasks, clock.clone()).await?;
+        runtime.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "{lang:<8} {:>10} {:>12} {:>12} {:>14} {:>12.0}",
+            if size < 1_000_000 {
+                format!("{:.0} KB", size as f64 / 1e3)
+            } else {
+                format!("{:.1} MB", size as f64 / 1e6)
+            },
+            format!("{first_load:.2?}"),
+            format!("{second_load:.2?}"),
+            format!("{call:.2?}"),
+            e2e
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Plugin languages under test: builds the `archive` plugin in Rust, Python
+//! and JavaScript, installing the Python and JavaScript toolchains on first use.
+//!
+//! The toolchains are installed by the tests themselves, from their registries,
+//! so `cargo test --workspace` is all a fresh machine needs (besides Python 3
+//! with venv and Node.js with npm): componentize-py goes into a virtualenv at
+//! `target/langs/venv` (version from `plugins/archive-py/requirements.txt`),
+//! jco into `plugins/archive-js/node_modules` (`npm ci`, versions from the
+//! committed `package-lock.json`). Both are reused while their pins do not change.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::root;
+
+/// A language the `archive` plugin is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// plugins/archive (wit-bindgen, wasm32-wasip2).
+    Rust,
+    /// plugins/archive-py (componentize-py).
+    Python,
+    /// plugins/archive-js (jco componentize, QuickJS backend).
+    Js,
+}
+
+/// Every language, in a stable order.
+pub const LANGS: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
+
+impl Lang {
+    /// Short name, as `host new-plugin --lang` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "js",
+        }
+    }
+}
+
+/// Where the language toolchains and built components live.
+pub fn langs_dir() -> PathBuf {
+    let dir = root().join("target").join("langs");
+    std::fs::create_dir_all(&dir).expect("creating target/langs");
+    dir
+}
+
+/// Runs `cmd`, panicking with its output if it fails.
+pub fn run(what: &str, cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {cmd:?}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// True if `out` exists and is newer than every one of `inputs`.
+fn fresh(out: &Path, inputs: &[PathBuf]) -> bool {
+    let Some(t) = modified(out) else { return false };
+    inputs.iter().all(|i| modified(i).is_some_and(|ti| ti <= t))
+}
+
+/// The virtualenv with componentize-py; installs it on first use.
+pub fn python_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = langs_dir().join("venv");
+        let requirements = root().join("plugins/archive-py/requirements.txt");
+        let stamp = venv.join("requirements.installed");
+        if !fresh(&stamp, std::slice::from_ref(&requirements)) {
+            run(
+                "creating the Python virtualenv",
+                Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            );
+            run(
+                "installing componentize-py",
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "-r"])
+                    .arg(&requirements),
+            );
+            std::fs::copy(&requirements, &stamp).expect("writing the install stamp");
+        }
+        venv
+    })
+    .clone()
+}
+
+/// The JavaScript plugin's directory with its npm dependencies installed.
+pub fn js_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("plugins/archive-js");
+        let stamp = dir.join("node_modules/.package-lock.json");
+        if !fresh(&stamp, &[dir.join("package-lock.json")]) {
+            run(
+                "installing jco (npm ci)",
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+                    .current_dir(&dir),
+            );
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Builds the `archive` plugin in `lang` (once per test process); answers the component.
+pub fn archive(lang: Lang) -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    static JS: OnceLock<PathBuf> = OnceLock::new();
+    match lang {
+        Lang::Rust => super::plugin("archive"),
+        Lang::Python => PY.get_or_init(build_python).clone(),
+        Lang::Js => JS.get_or_init(build_js).clone(),
+    }
+}
+
+/// Writes to a per-process name and renames, so test binaries building at once do not clash.
+fn build_into(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let out = langs_dir().join(name);
+    let tmp = langs_dir().join(format!("{name}.{}.tmp", std::process::id()));
+    build(&tmp);
+    std::fs::rename(&tmp, &out).expect("moving the component into place");
+    out
+}
+
+fn build_python() -> PathBuf {
+    let venv = python_venv();
+    build_into("archive-py.wasm", |out| {
+        run(
+            "building plugins/archive-py",
+            Command::new(venv.join("bin/componentize-py"))
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .current_dir(root().join("plugins/archive-py"))
+                .args([
+                    "-d",
+                    "../../wit",
+                    "-w",
+                    "handler-plugin",
+                    "componentize",
+                    "app",
+                    "-o",
+                ])
+                .arg(out),
+        )
+    })
+}
+
+fn build_js() -> PathBuf {
+    let dir = js_dir();
+    build_into("archive-js.wasm", |out| {
+        // The build command is package.json's `build` script.
+        run(
+            "building plugins/archive-js (npm run build)",
+            Command::new("npm")
+                .args(["run", "--silent", "build"])
+                .current_dir(&dir),
+        );
+        std::fs::rename(dir.join("archive-js.wasm"), out).expect("moving archive-js.wasm");
+    })
+}
