@@ -49,6 +49,9 @@ pub struct BenchArgs {
         default_value = "memory-native,memory-wasm,disk-native,disk-wasm"
     )]
     cases: Vec<String>,
+    /// Tasks for the healthy queue in the hostile-neighbour run (0 skips it).
+    #[arg(long, default_value_t = 200_000)]
+    hostile_tasks: usize,
     /// How long the throttled handler runs in the footprint run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     rss_time: Duration,
@@ -101,6 +104,10 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
     );
     println!("wasm plugin: {}", a.plugin.display());
     call_overhead(&a, &runtime, clock.clone()).await?;
+    startup(&a, &tmp.join("startup")).await?;
+    if a.hostile_tasks > 0 {
+        hostile_neighbours(&a, &runtime, clock.clone()).await?;
+    }
     if a.rss_backlog > 0 {
         footprint(&a, &runtime, clock.clone(), &tmp.join("rss")).await?;
     }
@@ -177,6 +184,132 @@ async fn call_overhead(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) 
             per_call.as_nanos() as f64 / size as f64
         );
     }
+    Ok(())
+}
+
+/// Compile vs cached load, and a restart of the real binary with a warm cache.
+async fn startup(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
+    let cache = dir.join("cache");
+    let store: Arc<dyn QueueStore> =
+        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let opts = || taskhost::plugin::RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        ..Default::default()
+    };
+    let mut loads = Vec::new();
+    for _ in 0..2 {
+        let rt = Runtime::with_options(opts())?;
+        let t = Instant::now();
+        let p = load_noop(&rt, &a.plugin, store.clone())?;
+        loads.push((t.elapsed(), p.source()));
+        rt.shutdown();
+    }
+    println!(
+        "  compile {:.2?} ({:?}); cached load in a new engine {:.2?} ({:?})",
+        loads[0].0, loads[0].1, loads[1].0, loads[1].1
+    );
+    // A restart of the real binary: process start, open the queue, load the
+    // plugin from the warm cache, handle one task, shut down.
+    let exe = std::env::current_exe().context("locating the host binary")?;
+    let mut times = Vec::new();
+    for run in 0..4 {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .arg("run")
+            .arg("--plugin")
+            .arg(&a.plugin)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--set",
+                "mode=noop",
+                "--sample-tasks",
+                "1",
+                "--exit-when-drained",
+                "--no-watch",
+            ])
+            .env("TASKHOST_LOG", "warn")
+            .output()
+            .await
+            .context("running the host binary")?;
+        if !out.status.success() {
+            anyhow::bail!("host run failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if run > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    println!(
+        "  restart with a warm cache, process start to one task handled and exit: {:.0?} (median of {})",
+        times[times.len() / 2],
+        times.len()
+    );
+    Ok(())
+}
+
+/// Healthy-queue throughput alone, then beside trapping, looping and
+/// memory-bombing plugins fed all the time.
+async fn hostile_neighbours(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) -> Result<()> {
+    let n = a.hostile_tasks;
+    let mut rates = Vec::new();
+    for with_hostile in [false, true] {
+        let store: Arc<dyn QueueStore> = Arc::new(MemoryStore::new(
+            MemoryOptions {
+                capacity: n.max(1) * 2,
+                ..MemoryOptions::default()
+            },
+            clock.clone(),
+        ));
+        let mut hostile = Vec::new();
+        if with_hostile {
+            for mode in ["trap", "loop", "grow"] {
+                let q = store.queue(mode)?;
+                q.push_batch((0..10_000).map(|_| NewTask::new("x")).collect())
+                    .await?;
+                let spec = PluginSpec {
+                    name: format!("hostile-{mode}"),
+                    path: a.plugin.clone(),
+                    config: [("mode".to_string(), mode.to_string())].into(),
+                    dir: None,
+                    limits: Limits {
+                        memory_mib: 16,
+                        time: Duration::from_millis(100),
+                        ..Limits::default()
+                    },
+                };
+                let plugin = runtime.load(spec, store.clone())?;
+                let cfg = PoolConfig {
+                    batch_size: 10,
+                    max_workers: 1,
+                    max_attempts: 1_000,
+                    retry_backoff: taskhost::backoff::Backoff::new(
+                        Duration::from_millis(1),
+                        Duration::from_millis(1),
+                    ),
+                    ..PoolConfig::default()
+                };
+                hostile.push(
+                    WorkerPool::start(q, Arc::new(plugin), cfg, clock.clone())
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+        }
+        let handler = Arc::new(load_noop(runtime, &a.plugin, store.clone())?);
+        let (e2e, _) = throughput(a, store, handler, n, clock.clone()).await?;
+        let mut failed = 0;
+        for p in hostile {
+            failed += p.shutdown().await.failed_batches;
+        }
+        rates.push((e2e, failed));
+    }
+    println!(
+        "  healthy WASM queue alone {:.0} tasks/s; beside trap + loop + memory-bomb plugins {:.0} tasks/s ({:.2}x; {} hostile batches failed meanwhile)",
+        rates[0].0,
+        rates[1].0,
+        rates[1].0 / rates[0].0,
+        rates[1].1
+    );
     Ok(())
 }
 
