@@ -234,6 +234,7 @@ fn load_noop(
         config: [("mode".to_string(), "noop".to_string())].into(),
         dir: None,
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     };
     runtime
         .load(spec, store)
@@ -252,7 +253,7 @@ async fn throughput(
     let cfg = PoolConfig {
         batch_size: a.batch_size,
         max_workers: a.workers,
-        debounce: Duration::from_millis(1),
+        max_latency: Duration::from_millis(1),
         ..PoolConfig::default()
     };
     let start = Instant::now();

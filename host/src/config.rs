@@ -114,6 +114,10 @@ pub struct PluginConfig {
     /// Memory and time limits per call.
     #[serde(default)]
     pub limits: Limits,
+    /// Hosts the plugin may reach over HTTP (`host`, `host:port`, `*.domain`);
+    /// none means no outbound request at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Batching, workers, retries.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -133,6 +137,7 @@ impl PluginConfig {
             dir: None,
             config: BTreeMap::new(),
             limits: Limits::default(),
+            allowed_hosts: Vec::new(),
             pool: PoolConfig::default(),
         }
     }
@@ -155,6 +160,7 @@ impl PluginConfig {
             config: self.config.clone(),
             dir: self.dir.clone(),
             limits: self.limits,
+            allowed_hosts: self.allowed_hosts.clone(),
         }
     }
 }
@@ -173,6 +179,8 @@ pub struct HostConfig {
     pub memory: MemoryConfig,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
+    /// The pooled client serving plugins' outbound HTTP.
+    pub http: crate::http::HttpOptions,
 }
 
 impl Default for HostConfig {
@@ -183,6 +191,7 @@ impl Default for HostConfig {
             disk: DiskConfig::default(),
             memory: MemoryConfig::default(),
             plugins: Vec::new(),
+            http: crate::http::HttpOptions::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use taskhost::queue::NewTask;
 use taskhost::run::{Queues, RunOptions};
 
 mod bench;
+mod loadbench;
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -35,6 +36,8 @@ enum Cmd {
     Status(StatusArgs),
     /// Measure throughput and memory; prints figures.
     Bench(bench::BenchArgs),
+    /// act_runner's load table: requests/s of a naive runner fleet vs this host.
+    BenchLoad(loadbench::LoadArgs),
 }
 
 /// Where the queues are.
@@ -233,6 +236,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Push(a) => push(a).await,
         Cmd::Status(a) => status(a).await,
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::BenchLoad(a) => loadbench::bench_load(a).await,
     }
 }
 

@@ -161,7 +161,10 @@ async fn run_with(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_options(crate::plugin::RuntimeOptions {
+        http: cfg.http,
+        ..Default::default()
+    })?;
     // Load every plugin before starting any pool: a broken file stops the
     // host at start, naming the file, before a task is leased.
     let mut loaded = Vec::new();

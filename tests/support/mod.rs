@@ -37,6 +37,7 @@ pub fn plugin(name: &str) -> PathBuf {
                 ])
                 .arg(&target)
                 .args(["-p", "archive", "-p", "testkit", "-p", "wrong-world"])
+                .args(["-p", "log-report", "-p", "http-source"])
                 .output()
                 .map_err(|e| format!("running cargo: {e}"))?;
             if !out.status.success() {
