@@ -54,7 +54,7 @@ fn store() -> Arc<dyn QueueStore> {
 async fn drained(queue: &Arc<dyn BaseQueue>) {
     loop {
         let s = queue.stats().await.unwrap();
-        if s.len() == 0 {
+        if s.is_empty() {
             return;
         }
         queue.wait_for_work(Duration::from_millis(50)).await;
