@@ -165,6 +165,56 @@ impl PluginConfig {
     }
 }
 
+/// One source plugin: polled by the host, its tasks enqueued on `queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePluginConfig {
+    /// Name in logs; defaults to the file name without `.wasm`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The component file (world `source-plugin`).
+    pub path: PathBuf,
+    /// The queue its tasks go to.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Values it reads with `get-config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Memory and time limits per poll.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Hosts it may reach over HTTP; none means no outbound request at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Poll schedule and capacity.
+    #[serde(default)]
+    pub poll: crate::source::SourceConfig,
+}
+
+impl SourcePluginConfig {
+    /// The name used in logs.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "source".into())
+        })
+    }
+
+    /// What the plugin runtime needs to load it.
+    pub fn spec(&self) -> PluginSpec {
+        PluginSpec {
+            name: self.display_name(),
+            path: self.path.clone(),
+            config: self.config.clone(),
+            dir: None,
+            limits: self.limits,
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
+}
+
 /// The whole host configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -181,6 +231,8 @@ pub struct HostConfig {
     pub plugins: Vec<PluginConfig>,
     /// The pooled client serving plugins' outbound HTTP.
     pub http: crate::http::HttpOptions,
+    /// Source plugins the host polls for tasks, one poller each.
+    pub sources: Vec<SourcePluginConfig>,
 }
 
 impl Default for HostConfig {
@@ -192,6 +244,7 @@ impl Default for HostConfig {
             memory: MemoryConfig::default(),
             plugins: Vec::new(),
             http: crate::http::HttpOptions::default(),
+            sources: Vec::new(),
         }
     }
 }

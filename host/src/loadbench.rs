@@ -53,9 +53,13 @@ pub struct LoadArgs {
     /// Mean time between two bursts of log lines of one task.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     burst_gap: Duration,
-    /// How long each design runs (real time).
+    /// How long each design is measured (real time).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// How long each design runs before measuring starts (lets polling
+    /// back-off reach steady state, as act_runner's table assumes).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -68,6 +72,8 @@ fn now_ms() -> u64 {
 /// What the stand-in server saw.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Off during the warm-up.
+    counting: std::sync::atomic::AtomicBool,
     polls: AtomicU64,
     logs: AtomicU64,
     states: AtomicU64,
@@ -80,8 +86,13 @@ fn gitea(seen: Arc<Seen>) -> Handler {
         let arrived = now_ms();
         let mut resp = http::Response::new(Full::new(Bytes::new()));
         if parts.uri.path() == "/fetch" {
-            seen.polls.fetch_add(1, Ordering::Relaxed);
             *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            if seen.counting.load(Ordering::Relaxed) {
+                seen.polls.fetch_add(1, Ordering::Relaxed);
+            }
+            return resp;
+        }
+        if !seen.counting.load(Ordering::Relaxed) {
             return resp;
         }
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
@@ -203,7 +214,15 @@ impl Sink for NaiveSink {
     async fn step(&self, _job: usize, _step: u32) {}
 }
 
-async fn naive(a: &LoadArgs, base: &str, client: Arc<HttpClient>) -> Result<()> {
+/// Lets the warm-up pass, then counts for `duration`.
+async fn measure(a: &LoadArgs, seen: &Seen) {
+    tokio::time::sleep(a.warmup).await;
+    seen.counting.store(true, Ordering::Relaxed);
+    tokio::time::sleep(a.duration).await;
+    seen.counting.store(false, Ordering::Relaxed);
+}
+
+async fn naive(a: &LoadArgs, base: &str, client: Arc<HttpClient>, seen: &Seen) -> Result<()> {
     let stop = CancellationToken::new();
     let mut set = JoinSet::new();
     let jobs = a.runners * a.tasks;
@@ -264,7 +283,7 @@ async fn naive(a: &LoadArgs, base: &str, client: Arc<HttpClient>) -> Result<()> 
             });
         }
     }
-    tokio::time::sleep(a.duration).await;
+    measure(a, seen).await;
     stop.cancel();
     while set.join_next().await.is_some() {}
     Ok(())
@@ -352,7 +371,7 @@ impl Source for FetchSource {
     }
 }
 
-async fn taskhost(a: &LoadArgs, base: &str, client: Arc<HttpClient>) -> Result<()> {
+async fn taskhost(a: &LoadArgs, base: &str, client: Arc<HttpClient>, seen: &Seen) -> Result<()> {
     let stop = CancellationToken::new();
     let clock = clock::system();
     let mut pools = Vec::new();
@@ -411,7 +430,7 @@ async fn taskhost(a: &LoadArgs, base: &str, client: Arc<HttpClient>) -> Result<(
             stop.clone(),
         ));
     }
-    tokio::time::sleep(a.duration).await;
+    measure(a, seen).await;
     stop.cancel();
     while set.join_next().await.is_some() {}
     for p in pollers {
@@ -471,11 +490,14 @@ pub async fn bench_load(a: LoadArgs) -> Result<()> {
             .await
             .context("starting the stand-in server")?;
         let client = HttpClient::new(opts);
-        eprintln!("running {design} for {:?} ...", a.duration);
+        eprintln!(
+            "running {design}: {:?} warm-up, then {:?} measured ...",
+            a.warmup, a.duration
+        );
         if design == "naive" {
-            naive(&a, &server.url(), client).await?;
+            naive(&a, &server.url(), client, &seen).await?;
         } else {
-            taskhost(&a, &server.url(), client).await?;
+            taskhost(&a, &server.url(), client, &seen).await?;
         }
         let conns = server.stats().connections.load(Ordering::Relaxed);
         server.shutdown().await;
@@ -495,12 +517,13 @@ pub async fn bench_load(a: LoadArgs) -> Result<()> {
         }
     };
     println!(
-        "{} runners x {} tasks, {:.0} % logging (bursts: mean gap {:?}, ~20 lines, 1 in 20 of 300 lines), steps every 20-60 s, {:?} real time",
+        "{} runners x {} tasks, {:.0} % logging (bursts: mean gap {:?}, ~20 lines, 1 in 20 of 300 lines), steps every 20-60 s, {:?} measured after {:?} warm-up (real time)",
         a.runners,
         a.tasks,
         a.logging * 100.0,
         a.burst_gap,
-        a.duration
+        a.duration,
+        a.warmup
     );
     println!();
     println!("| Component | Before (naive) | After (taskhost) | Reduction |");

@@ -191,7 +191,27 @@ async fn run_with(
             "pushed sample tasks"
         );
     }
+    let mut sources = Vec::new();
+    for src in &cfg.sources {
+        src.poll
+            .validate()
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
+        let plugin = crate::source::SourcePlugin::load(
+            &runtime,
+            src.spec(),
+            &src.queue,
+            queues.store().clone(),
+        )?;
+        sources.push((src, plugin, queues.store().queue(&src.queue)?));
+    }
     let started = Instant::now();
+    let mut pollers = Vec::new();
+    for (src, plugin, queue) in sources {
+        tracing::info!(source = %src.display_name(), queue = %src.queue, "polling");
+        let poller = crate::source::Poller::start(Arc::new(plugin), queue, src.poll)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
+        pollers.push(poller);
+    }
     let mut pools = Vec::new();
     for (p, plugin, queue) in loaded {
         tracing::info!(plugin = %p.display_name(), queue = %p.queue, path = %p.path.display(), "serving");
@@ -224,6 +244,10 @@ async fn run_with(
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing running batches"),
         _ = drained => tracing::info!("queues drained"),
+    }
+    // Sources first, so nothing new arrives while the pools wind down.
+    for poller in pollers {
+        poller.shutdown().await;
     }
     let mut plugins = Vec::new();
     for (p, pool) in pools {
