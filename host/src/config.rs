@@ -371,4 +371,51 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("batch_size") && e.contains("plugin a"), "{e}");
     }
+
+    #[test]
+    fn http_triggers_and_sources_parse() {
+        let c = HostConfig::parse(
+            r#"
+            [http]
+            pool_idle_per_host = 4
+            host_rate = 20.0
+            deadline = "5s"
+            [[plugins]]
+            path = "log-report.wasm"
+            allowed_hosts = ["gitea.local:3000"]
+            pool = { max_latency = "3s", interval = "5s", urgent_key_prefix = "urgent:" }
+            [[plugins]]
+            path = "old.wasm"
+            pool = { debounce = "250ms" }
+            [[sources]]
+            path = "http-source.wasm"
+            queue = "jobs"
+            allowed_hosts = ["gitea.local:3000"]
+            poll = { poll_interval = "2s", poll_interval_max = "60s", capacity = 3 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.pool_idle_per_host, 4);
+        assert_eq!(c.http.host_rate, Some(20.0));
+        let p = &c.plugins[0];
+        assert_eq!(p.spec().allowed_hosts, ["gitea.local:3000"]);
+        assert_eq!(p.pool.max_latency, Duration::from_secs(3));
+        assert_eq!(p.pool.interval, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.plugins[1].pool.max_latency,
+            Duration::from_millis(250),
+            "debounce is max_latency's old name"
+        );
+        let s = &c.sources[0];
+        assert_eq!(
+            (s.display_name().as_str(), s.queue.as_str()),
+            ("http-source", "jobs")
+        );
+        assert_eq!(s.poll.poll_interval_max, Duration::from_secs(60));
+        assert!(c.plugins[0].spec().allowed_hosts.len() == 1);
+        assert!(
+            PluginConfig::new("x.wasm").allowed_hosts.is_empty(),
+            "fail closed"
+        );
+    }
 }
