@@ -129,7 +129,6 @@ async fn a_plugin_without_allowed_hosts_reaches_nobody() {
     let queue = store.queue("logs").unwrap();
     queue.push(NewTask::new("{}")).await.unwrap();
     let cfg = PoolConfig {
-        max_attempts: 1,
         max_latency: Duration::ZERO,
         ..PoolConfig::default()
     };
@@ -140,6 +139,13 @@ async fn a_plugin_without_allowed_hosts_reaches_nobody() {
     assert_eq!(server.stats().connections.load(Ordering::Relaxed), 0);
     let dead = queue.dead_letters(1).await.unwrap();
     assert_eq!(dead.len(), 1, "the refused row is kept, not lost");
+    assert!(
+        dead[0]
+            .reason
+            .contains("not in this plugin's allowed_hosts"),
+        "the plugin was told why: {}",
+        dead[0].reason
+    );
     server.shutdown().await;
     runtime.shutdown();
 }

@@ -6,6 +6,32 @@
 //! answer is in; the host bounds them with its own deadline and retries
 //! 429/503 answers itself.
 
+/// Why a request brought no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The host refused it: the destination is not in the plugin's
+    /// `allowed_hosts`. Retrying cannot help.
+    Refused(String),
+    /// Anything else: a bad URL, no connection, a time-out.
+    Failed(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Refused(m) | Error::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(m: String) -> Self {
+        Error::Failed(m)
+    }
+}
+
 /// An answer: status code and whole body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -23,12 +49,12 @@ impl Response {
 }
 
 /// `GET url`.
-pub fn get(url: &str) -> Result<Response, String> {
+pub fn get(url: &str) -> Result<Response, Error> {
     request("GET", url, &[], &[])
 }
 
 /// `POST url` with a body of the given content type.
-pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, String> {
+pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, Error> {
     request("POST", url, &[("content-type", content_type)], body)
 }
 
@@ -54,7 +80,7 @@ pub fn request(
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<Response, String> {
+) -> Result<Response, Error> {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
     use wasi::io::streams::StreamError;
@@ -63,7 +89,7 @@ pub fn request(
     let fields = Fields::new();
     for (k, v) in headers {
         fields
-            .append(&(*k).to_string(), &v.as_bytes().to_vec())
+            .append(k, v.as_bytes())
             .map_err(|e| format!("header {k}: {e:?}"))?;
     }
     let req = OutgoingRequest::new(fields);
@@ -112,7 +138,12 @@ pub fn request(
     };
     let resp = resp
         .map_err(|()| "response already taken".to_string())?
-        .map_err(|e| format!("request failed: {e:?}"))?;
+        .map_err(|e| match e {
+            wasi::http::types::ErrorCode::HttpRequestDenied => Error::Refused(format!(
+                "the host refused the request: {authority} is not in this plugin's allowed_hosts"
+            )),
+            e => Error::Failed(format!("request failed: {e:?}")),
+        })?;
     let status = resp.status();
     let incoming = resp
         .consume()
@@ -126,7 +157,7 @@ pub fn request(
             match stream.blocking_read(64 * 1024) {
                 Ok(b) => data.extend_from_slice(&b),
                 Err(StreamError::Closed) => break,
-                Err(e) => return Err(format!("reading the response: {e:?}")),
+                Err(e) => return Err(format!("reading the response: {e:?}").into()),
             }
         }
     }
@@ -141,9 +172,11 @@ pub fn request(
     url: &str,
     _headers: &[(&str, &str)],
     _body: &[u8],
-) -> Result<Response, String> {
+) -> Result<Response, Error> {
     split(url)?;
-    Err("wasi:http is only available inside WebAssembly".into())
+    Err(Error::Failed(
+        "wasi:http is only available inside WebAssembly".into(),
+    ))
 }
 
 #[cfg(test)]

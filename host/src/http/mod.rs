@@ -11,6 +11,7 @@
 //! deadline is the host's own: a guest's epoch deadline cannot interrupt a
 //! host call.
 
+mod connector;
 mod limit;
 pub mod server;
 
@@ -40,7 +41,8 @@ pub struct HttpOptions {
     /// An idle connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Requests in flight to one host at a time (waits, does not fail).
+    /// Requests in flight to, and connections open to, one host at a time
+    /// (more wait, they do not fail).
     pub host_concurrency: usize,
     /// Requests per second started to one host; unlimited if unset.
     pub host_rate: Option<f64>,
@@ -87,7 +89,7 @@ pub struct HttpStats {
 /// The host's one pooled HTTP client, shared by every plugin.
 #[derive(Debug)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<connector::CappedConnector, Full<Bytes>>,
     opts: HttpOptions,
     gates: Mutex<HashMap<String, Arc<HostGate>>>,
     stats: HttpStats,
@@ -102,7 +104,10 @@ impl HttpClient {
             .pool_max_idle_per_host(opts.pool_idle_per_host)
             .pool_idle_timeout(opts.idle_timeout)
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(connector::CappedConnector::new(
+                connector,
+                opts.host_concurrency,
+            ));
         Arc::new(Self {
             client,
             opts,

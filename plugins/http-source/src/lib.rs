@@ -69,7 +69,7 @@ impl Guest for HttpSource {
         let url = bindings::taskhost::plugin::host::get_config("url")
             .filter(|u| !u.is_empty())
             .ok_or("http-source: no `url` in the plugin's config")?;
-        let resp = taskhost_guest::http::get(&poll_url(&url, max))?;
+        let resp = taskhost_guest::http::get(&poll_url(&url, max)).map_err(|e| e.to_string())?;
         match resp.status {
             204 => Ok(Vec::new()),
             200 => parse(&resp.body, max),

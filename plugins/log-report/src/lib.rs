@@ -5,7 +5,8 @@
 //! other bytes are sent as a JSON string). A batch, which may hold rows of
 //! many jobs, becomes ONE `POST url` with the JSON array of its rows, in
 //! batch order. A 2xx answer marks every row done; 4xx other than 408/429
-//! fails them (the endpoint will never take them); anything else, or no
+//! fails them (the endpoint will never take them), and so does a refusal by
+//! the host (the endpoint is not in `allowed_hosts`); anything else, or no
 //! answer, retries the batch with the host's back-off. 429 and 503 are
 //! retried by the host itself before the plugin sees them.
 
@@ -54,6 +55,8 @@ impl Handler for LogReport {
         };
         let one = match http::post(&url, "application/json", &body(&batch)) {
             Ok(resp) => outcome(resp.status),
+            // Not allowed to reach the endpoint: no retry can help.
+            Err(http::Error::Refused(e)) => Outcome::Fail(format!("log-report: POST {url}: {e}")),
             Err(e) => {
                 warn(&format!("log-report: POST {url}: {e}"));
                 Outcome::Retry(None)
