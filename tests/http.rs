@@ -205,3 +205,71 @@ async fn http_source_feeds_its_queue_through_the_poller() {
     server.shutdown().await;
     runtime.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_run_polls_a_configured_source_into_a_plugins_queue() {
+    let polls = Arc::new(AtomicU64::new(0));
+    let seen = polls.clone();
+    let server = CountingServer::start(Arc::new(move |_, _| {
+        if seen.fetch_add(1, Ordering::Relaxed) == 0 {
+            http::Response::new(Full::new(Bytes::from_static(
+                br#"["job-1", "job-2", "job-3"]"#,
+            )))
+        } else {
+            let mut r = http::Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = http::StatusCode::NO_CONTENT;
+            r
+        }
+    }))
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    let config = tmp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+backend = "memory"
+[[plugins]]
+path = "{archive_wasm}"
+queue = "jobs"
+dir = {{ host = "{archive}", guest = "/archive" }}
+pool = {{ max_latency = "10ms" }}
+[[sources]]
+path = "{source_wasm}"
+queue = "jobs"
+config = {{ url = "{url}/fetch" }}
+allowed_hosts = ["{addr}"]
+poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
+"#,
+            archive_wasm = support::plugin("archive").display(),
+            source_wasm = support::plugin("http-source").display(),
+            archive = archive.display(),
+            url = server.url(),
+            addr = server.addr(),
+        ),
+    )
+    .unwrap();
+    let mut child = support::host()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while support::archived(&archive).len() < 3 || polls.load(Ordering::Relaxed) < 3 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the source's tasks were not archived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let got = support::archived(&archive);
+    for j in ["job-1", "job-2", "job-3"] {
+        assert_eq!(got.get(j), Some(&1), "{j} archived once: {got:?}");
+    }
+    server.shutdown().await;
+}
