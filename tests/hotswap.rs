@@ -54,6 +54,7 @@ fn spec(path: PathBuf, mode: &str) -> PluginSpec {
         .into(),
         dir: None,
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     }
 }
 
@@ -84,7 +85,7 @@ async fn twenty_swaps_under_load_lose_and_fail_nothing() {
     let cfg = PoolConfig {
         batch_size: 10,
         max_workers: 2,
-        debounce: Duration::from_millis(1),
+        max_latency: Duration::from_millis(1),
         ..PoolConfig::default()
     };
     let pool = WorkerPool::start(work.clone(), slot.clone(), cfg, clock::system()).unwrap();

@@ -136,6 +136,7 @@ async fn archive_once(
             guest: "/archive".into(),
         }),
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     };
     let loaded = runtime.load(spec, store).unwrap();
     let outcomes = loaded.call(batch).await.unwrap();

@@ -20,6 +20,7 @@ fn testkit(runtime: &Runtime, store: Arc<dyn QueueStore>, mode: &str, limits: Li
         config: [("mode".to_string(), mode.to_string())].into(),
         dir: None,
         limits,
+        allowed_hosts: Vec::new(),
     };
     runtime.load(spec, store).expect("testkit loads")
 }
@@ -29,7 +30,7 @@ fn fast_retries(max_attempts: u32) -> PoolConfig {
         batch_size: 10,
         max_workers: 2,
         max_attempts,
-        debounce: Duration::from_millis(1),
+        max_latency: Duration::from_millis(1),
         retry_backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
         ..PoolConfig::default()
     }

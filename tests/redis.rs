@@ -74,6 +74,7 @@ fn start_host(
             r#"
 backend = "redis"
 queue_url = "{url}"
+data_dir = "{data}"
 [[plugins]]
 path = "{plugin}"
 dir = {{ host = "{dir}", guest = "/out" }}
@@ -82,6 +83,7 @@ pool = {{ {pool} }}
 "#,
             plugin = plugin.display(),
             dir = dir.display(),
+            data = tmp.join(format!("data-{n}")).display(),
         ),
     )
     .unwrap();
@@ -371,6 +373,7 @@ fn status_refresh_collapses_marks_and_enqueues_each_executions_status() {
             r#"
 backend = "redis"
 queue_url = "{url}"
+data_dir = "{data}"
 [[plugins]]
 path = "{refresh}"
 queue = "status-refresh"
@@ -383,6 +386,7 @@ dir = {{ host = "{archive}", guest = "/archive" }}
 "#,
             refresh = plugin("status-refresh").display(),
             archive_wasm = plugin("archive").display(),
+            data = tmp.path().join("data").display(),
             archive = archive.display(),
         ),
     )

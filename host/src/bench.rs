@@ -277,6 +277,7 @@ async fn hostile_neighbours(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clo
                         time: Duration::from_millis(100),
                         ..Limits::default()
                     },
+                    allowed_hosts: Vec::new(),
                 };
                 let plugin = runtime.load(spec, store.clone())?;
                 let cfg = PoolConfig {
@@ -369,6 +370,7 @@ fn load_noop(
         config: [("mode".to_string(), "noop".to_string())].into(),
         dir: None,
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     };
     runtime
         .load(spec, store)
@@ -387,7 +389,7 @@ async fn throughput(
     let cfg = PoolConfig {
         batch_size: a.batch_size,
         max_workers: a.workers,
-        debounce: Duration::from_millis(1),
+        max_latency: Duration::from_millis(1),
         ..PoolConfig::default()
     };
     let start = Instant::now();

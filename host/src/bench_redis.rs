@@ -200,6 +200,7 @@ fn load_noop(
         config: [("mode".to_string(), "noop".to_string())].into(),
         dir: None,
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     };
     runtime
         .load(spec, store)
@@ -210,7 +211,7 @@ fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
     PoolConfig {
         batch_size: a.batch_size,
         max_workers: a.workers,
-        debounce: Duration::from_millis(1),
+        max_latency: Duration::from_millis(1),
         ..PoolConfig::default()
     }
 }

@@ -153,6 +153,10 @@ pub struct PluginConfig {
     /// Memory and time limits per call.
     #[serde(default)]
     pub limits: Limits,
+    /// Hosts the plugin may reach over HTTP (`host`, `host:port`, `*.domain`);
+    /// none means no outbound request at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Batching, workers, retries.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -172,6 +176,7 @@ impl PluginConfig {
             dir: None,
             config: BTreeMap::new(),
             limits: Limits::default(),
+            allowed_hosts: Vec::new(),
             pool: PoolConfig::default(),
         }
     }
@@ -194,6 +199,57 @@ impl PluginConfig {
             config: self.config.clone(),
             dir: self.dir.clone(),
             limits: self.limits,
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
+}
+
+/// One source plugin: polled by the host, its tasks enqueued on `queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePluginConfig {
+    /// Name in logs; defaults to the file name without `.wasm`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The component file (world `source-plugin`).
+    pub path: PathBuf,
+    /// The queue its tasks go to.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Values it reads with `get-config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Memory and time limits per poll.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Hosts it may reach over HTTP; none means no outbound request at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Poll schedule and capacity.
+    #[serde(default)]
+    pub poll: crate::source::SourceConfig,
+}
+
+impl SourcePluginConfig {
+    /// The name used in logs.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "source".into())
+        })
+    }
+
+    /// What the plugin runtime needs to load it.
+    pub fn spec(&self) -> PluginSpec {
+        PluginSpec {
+            name: self.display_name(),
+            path: self.path.clone(),
+            config: self.config.clone(),
+            dir: None,
+            limits: self.limits,
+            allowed_hosts: self.allowed_hosts.clone(),
         }
     }
 }
@@ -252,6 +308,10 @@ pub struct HostConfig {
     pub redis: RedisConfig,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
+    /// The pooled client serving plugins' outbound HTTP.
+    pub http: crate::http::HttpOptions,
+    /// Source plugins the host polls for tasks, one poller each.
+    pub sources: Vec<SourcePluginConfig>,
 }
 
 impl Default for HostConfig {
@@ -265,6 +325,8 @@ impl Default for HostConfig {
             queue_url: None,
             redis: RedisConfig::default(),
             plugins: Vec::new(),
+            http: crate::http::HttpOptions::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -306,6 +368,7 @@ impl HostConfig {
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("cache"))
             }),
+            http: self.http,
         }
     }
 
@@ -440,5 +503,52 @@ mod tests {
             HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\npool = { batch_size = 0 }").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("batch_size") && e.contains("plugin a"), "{e}");
+    }
+
+    #[test]
+    fn http_triggers_and_sources_parse() {
+        let c = HostConfig::parse(
+            r#"
+            [http]
+            pool_idle_per_host = 4
+            host_rate = 20.0
+            deadline = "5s"
+            [[plugins]]
+            path = "log-report.wasm"
+            allowed_hosts = ["gitea.local:3000"]
+            pool = { max_latency = "3s", interval = "5s", urgent_key_prefix = "urgent:" }
+            [[plugins]]
+            path = "old.wasm"
+            pool = { debounce = "250ms" }
+            [[sources]]
+            path = "http-source.wasm"
+            queue = "jobs"
+            allowed_hosts = ["gitea.local:3000"]
+            poll = { poll_interval = "2s", poll_interval_max = "60s", capacity = 3 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.pool_idle_per_host, 4);
+        assert_eq!(c.http.host_rate, Some(20.0));
+        let p = &c.plugins[0];
+        assert_eq!(p.spec().allowed_hosts, ["gitea.local:3000"]);
+        assert_eq!(p.pool.max_latency, Duration::from_secs(3));
+        assert_eq!(p.pool.interval, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.plugins[1].pool.max_latency,
+            Duration::from_millis(250),
+            "debounce is max_latency's old name"
+        );
+        let s = &c.sources[0];
+        assert_eq!(
+            (s.display_name().as_str(), s.queue.as_str()),
+            ("http-source", "jobs")
+        );
+        assert_eq!(s.poll.poll_interval_max, Duration::from_secs(60));
+        assert!(c.plugins[0].spec().allowed_hosts.len() == 1);
+        assert!(
+            PluginConfig::new("x.wasm").allowed_hosts.is_empty(),
+            "fail closed"
+        );
     }
 }

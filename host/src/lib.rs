@@ -7,8 +7,10 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod plugin;
 pub mod pool;
 pub mod queue;
 pub mod run;
+pub mod source;
 pub mod testing;

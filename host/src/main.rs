@@ -14,6 +14,7 @@ use taskhost::run::{Queues, RunOptions};
 
 mod bench;
 mod bench_redis;
+mod loadbench;
 mod new_plugin;
 
 /// A task-processing host whose handlers are WebAssembly components.
@@ -55,6 +56,8 @@ enum Cmd {
     BenchLangs(bench::langs::BenchLangsArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
+    /// act_runner's load table: requests/s of a naive runner fleet vs this host.
+    BenchLoad(loadbench::LoadArgs),
 }
 
 /// Where the queues are.
@@ -283,6 +286,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::BenchRedis(a) => bench_redis::bench_redis(a).await,
         Cmd::BenchLangs(a) => bench::langs::bench_langs(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
+        Cmd::BenchLoad(a) => loadbench::bench_load(a).await,
     }
 }
 

@@ -222,6 +222,19 @@ async fn run_with(
             "pushed sample tasks"
         );
     }
+    let mut sources = Vec::new();
+    for src in &cfg.sources {
+        src.poll
+            .validate()
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
+        let plugin = crate::source::SourcePlugin::load(
+            &runtime,
+            src.spec(),
+            &src.queue,
+            queues.store().clone(),
+        )?;
+        sources.push((src, plugin, queues.store().queue(&src.queue)?));
+    }
     let started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
@@ -251,6 +264,13 @@ async fn run_with(
     background.spawn(reload_on_sighup(slots.clone(), stop.clone()));
     run_file.write(&slots);
 
+    let mut pollers = Vec::new();
+    for (src, plugin, queue) in sources {
+        tracing::info!(source = %src.display_name(), queue = %src.queue, "polling");
+        let poller = crate::source::Poller::start(Arc::new(plugin), queue, src.poll)
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
+        pollers.push(poller);
+    }
     let mut pools = Vec::new();
     for (p, slot, queue) in loaded {
         tracing::info!(plugin = %p.display_name(), version = %slot.version(), queue = %p.queue, path = %p.path.display(), "serving");
@@ -283,6 +303,10 @@ async fn run_with(
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing running batches"),
         _ = drained => tracing::info!("queues drained"),
+    }
+    // Sources first, so nothing new arrives while the pools wind down.
+    for poller in pollers {
+        poller.shutdown().await;
     }
     stop.cancel();
     while background.join_next().await.is_some() {}

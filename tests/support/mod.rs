@@ -37,7 +37,14 @@ pub fn plugin(name: &str) -> PathBuf {
                 ])
                 .arg(&target)
                 .args(["-p", "archive", "-p", "testkit", "-p", "wrong-world"])
-                .args(["-p", "status-refresh"])
+                .args([
+                    "-p",
+                    "status-refresh",
+                    "-p",
+                    "log-report",
+                    "-p",
+                    "http-source",
+                ])
                 .output()
                 .map_err(|e| format!("running cargo: {e}"))?;
             if !out.status.success() {

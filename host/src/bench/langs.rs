@@ -54,6 +54,7 @@ fn spec(path: &Path, archive: &Path) -> PluginSpec {
             guest: "/archive".into(),
         }),
         limits: Limits::default(),
+        allowed_hosts: Vec::new(),
     }
 }
 
@@ -145,6 +146,7 @@ pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
             repeat: 1,
             cases: Vec::new(),
             rss_time: Duration::ZERO,
+            hostile_tasks: 0,
         };
         let (e2e, _) = throughput(&args, store, Arc::new(plugin), a.tasks, clock.clone()).await?;
         runtime.shutdown();

@@ -22,7 +22,7 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State shared by every batch of one plugin.
 #[derive(Debug)]
-pub(super) struct PluginShared {
+pub(crate) struct PluginShared {
     pub name: String,
     pub config: BTreeMap<String, String>,
     pub queues: Arc<dyn QueueStore>,

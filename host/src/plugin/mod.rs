@@ -27,6 +27,9 @@ use wasmtime::{
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::http::{AllowedHosts, HttpClient, HttpOptions, PluginHttp};
 
 use self::cache::CodeCache;
 use crate::pool::{BatchError, BatchHandler, Outcome};
@@ -181,10 +184,12 @@ pub struct PluginSpec {
     pub dir: Option<DirGrant>,
     /// Memory and time limits.
     pub limits: Limits,
+    /// Hosts the plugin may reach over `wasi:http`; none means none at all.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Engine-wide settings, fixed for the life of the process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeOptions {
     /// Plugin instances alive at once across all pools (pooled slots).
@@ -193,6 +198,8 @@ pub struct RuntimeOptions {
     pub max_memory_mib: u64,
     /// Directory of compiled components; none disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The pooled client serving every plugin's outbound HTTP.
+    pub http: HttpOptions,
 }
 
 impl Default for RuntimeOptions {
@@ -201,6 +208,7 @@ impl Default for RuntimeOptions {
             instances: 256,
             max_memory_mib: 4096,
             cache_dir: None,
+            http: HttpOptions::default(),
         }
     }
 }
@@ -218,6 +226,7 @@ struct RuntimeInner {
     linker: Linker<BatchState>,
     cache: Option<CodeCache>,
     max_memory_mib: u64,
+    http: Arc<HttpClient>,
     stop: Arc<AtomicBool>,
     ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -259,6 +268,8 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::HandlerPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         // A plain thread, not a tokio task: if guests hog every runtime
         // thread, the epoch must still advance to interrupt them.
         let stop = Arc::new(AtomicBool::new(false));
@@ -282,6 +293,7 @@ impl Runtime {
                 linker,
                 cache,
                 max_memory_mib: opts.max_memory_mib,
+                http: HttpClient::new(opts.http),
                 stop,
                 ticker: std::sync::Mutex::new(Some(ticker)),
             }),
@@ -291,6 +303,37 @@ impl Runtime {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The pooled HTTP client every plugin's outbound requests go through.
+    pub fn http(&self) -> &Arc<HttpClient> {
+        &self.inner.http
+    }
+
+    /// The linker holding every host import; other worlds (`source`) link
+    /// against it too.
+    pub(crate) fn linker(&self) -> &Linker<BatchState> {
+        &self.inner.linker
+    }
+
+    /// The per-plugin parts a store needs, for plugins of other worlds.
+    pub(crate) fn parts(&self, spec: &PluginSpec, queues: Arc<dyn QueueStore>) -> PluginParts {
+        PluginParts {
+            shared: Arc::new(host::PluginShared {
+                name: spec.name.clone(),
+                config: spec.config.clone(),
+                queues,
+            }),
+            http: self.plugin_http(spec),
+        }
+    }
+
+    fn plugin_http(&self, spec: &PluginSpec) -> PluginHttp {
+        PluginHttp::new(
+            &spec.name,
+            AllowedHosts::new(&spec.allowed_hosts),
+            self.inner.http.clone(),
+        )
     }
 
     /// Checks, compiles (or takes from the cache) and links a plugin;
@@ -369,6 +412,7 @@ impl Runtime {
         config.insert("taskhost.version".into(), version.clone());
         Ok(Plugin {
             pre,
+            http: self.plugin_http(&spec),
             shared: Arc::new(host::PluginShared {
                 name: spec.name.clone(),
                 config,
@@ -431,9 +475,30 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// What every store of one plugin shares, whatever its world.
+#[derive(Clone)]
+pub(crate) struct PluginParts {
+    shared: Arc<host::PluginShared>,
+    http: PluginHttp,
+}
+
+impl PluginParts {
+    /// A fresh store with the plugin's WASI, limits and time limit.
+    pub(crate) fn store(
+        &self,
+        engine: &Engine,
+        spec: &PluginSpec,
+        queue: Arc<str>,
+        stderr: MemoryOutputPipe,
+    ) -> Result<Store<BatchState>, String> {
+        new_store(engine, spec, &self.shared, &self.http, queue, stderr)
+    }
+}
+
 /// A loaded plugin, ready to handle batches.
 pub struct Plugin {
     pre: HandlerPluginPre<BatchState>,
+    http: PluginHttp,
     spec: PluginSpec,
     shared: Arc<host::PluginShared>,
     version: String,
@@ -460,6 +525,18 @@ pub struct BatchState {
     shared: Arc<host::PluginShared>,
     queue: Arc<str>,
     log_left: usize,
+    http_ctx: WasiHttpCtx,
+    http: PluginHttp,
+}
+
+impl WasiHttpView for BatchState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for BatchState {
@@ -502,48 +579,14 @@ impl Plugin {
         queue: Arc<str>,
         stderr: MemoryOutputPipe,
     ) -> Result<Store<BatchState>, String> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        if let Some(g) = &self.spec.dir {
-            wasi.preopened_dir(&g.host, &g.guest, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    format!("cannot open granted directory {}: {e:#}", g.host.display())
-                })?;
-        }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(
+        new_store(
             self.pre.engine(),
-            BatchState {
-                wasi: wasi.build(),
-                table: ResourceTable::new(),
-                limits,
-                shared: self.shared.clone(),
-                queue,
-                log_left: self.spec.limits.log_bytes,
-            },
-        );
-        store.limiter(|s| &mut s.limits);
-        let limit = self.spec.limits.time;
-        let started = Instant::now();
-        store.set_epoch_deadline(1);
-        // Yield at every tick so a busy guest shares the thread; trap once
-        // the call has used up its time.
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() >= limit {
-                Err(wasmtime::Error::msg(format!(
-                    "time limit of {limit:?} exceeded"
-                )))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        Ok(store)
+            &self.spec,
+            &self.shared,
+            &self.http,
+            queue,
+            stderr,
+        )
     }
 
     /// Runs one batch in a fresh instance.
@@ -588,6 +631,59 @@ impl Plugin {
             .map_err(|e| fail("trapped", e))?;
         Ok(outcomes.into_iter().map(from_wit).collect())
     }
+}
+
+/// A fresh store: WASI without ambient authority, memory and time limits.
+fn new_store(
+    engine: &Engine,
+    spec: &PluginSpec,
+    shared: &Arc<host::PluginShared>,
+    http: &PluginHttp,
+    queue: Arc<str>,
+    stderr: MemoryOutputPipe,
+) -> Result<Store<BatchState>, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stderr(stderr)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if let Some(g) = &spec.dir {
+        wasi.preopened_dir(&g.host, &g.guest, FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot open granted directory {}: {e:#}", g.host.display()))?;
+    }
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(usize::try_from(spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(
+        engine,
+        BatchState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            shared: shared.clone(),
+            queue,
+            log_left: spec.limits.log_bytes,
+            http_ctx: WasiHttpCtx::new(),
+            http: http.clone(),
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    let limit = spec.limits.time;
+    let started = Instant::now();
+    store.set_epoch_deadline(1);
+    // Yield at every tick so a busy guest shares the thread; trap once
+    // the call has used up its time.
+    store.epoch_deadline_callback(move |_| {
+        if started.elapsed() >= limit {
+            Err(wasmtime::Error::msg(format!(
+                "time limit of {limit:?} exceeded"
+            )))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    Ok(store)
 }
 
 #[async_trait]

@@ -3,8 +3,11 @@
 //! The dispatcher takes a worker permit *before* it leases, so nothing sits
 //! leased in memory waiting for a worker: in-flight tasks are bounded by
 //! `max_workers x batch_size` and the backlog stays in the queue (the Argo
-//! lesson). A batch goes out when it is full, or when the debounce after its
-//! first task runs out (Gitea's batch debounce). Workers start on demand up
+//! lesson). One flush mechanism decides when a batch goes out (act_runner's
+//! triggers): at once when it holds `batch_size` tasks or an urgent one; when
+//! its oldest task has waited `max_latency` since it was enqueued; at every
+//! `interval` tick (a periodic sweep). An empty buffer never calls the
+//! handler, whatever fires. Workers start on demand up
 //! to `max_workers` and stop after `idle_timeout` without work, one always
 //! staying (Gitea's worker group).
 
@@ -64,9 +67,16 @@ pub struct PoolConfig {
     pub batch_size: usize,
     /// Most batches handled at the same time.
     pub max_workers: usize,
-    /// How long a partial batch waits for more tasks before it goes out.
+    /// Longest a task waits in a partial batch, counted from when it was
+    /// enqueued (the max-latency trigger; `debounce` is accepted as its old name).
+    #[serde(with = "humantime_serde", alias = "debounce")]
+    pub max_latency: Duration,
+    /// Periodic sweep: whatever is buffered goes out at every tick; none if unset.
     #[serde(with = "humantime_serde")]
-    pub debounce: Duration,
+    pub interval: Option<Duration>,
+    /// Tasks whose unique key starts with this are urgent: their batch goes
+    /// out at once (act_runner's step transitions); none if unset.
+    pub urgent_key_prefix: Option<String>,
     /// A worker with no batch for this long stops (one always stays).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -90,7 +100,9 @@ impl Default for PoolConfig {
         Self {
             batch_size: 100,
             max_workers: 4,
-            debounce: Duration::from_millis(100),
+            max_latency: Duration::from_millis(100),
+            interval: None,
+            urgent_key_prefix: None,
             idle_timeout: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(60),
             poll_interval_max: Duration::from_millis(500),
@@ -112,6 +124,12 @@ impl PoolConfig {
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
+        }
+        if self.interval.is_some_and(|i| i.is_zero()) {
+            return Err("interval must be longer than zero".into());
+        }
+        if self.urgent_key_prefix.as_deref() == Some("") {
+            return Err("urgent_key_prefix must not be empty".into());
         }
         if self.lease_ttl < Duration::from_millis(100) {
             return Err(format!(
@@ -142,6 +160,14 @@ pub struct PoolStats {
     pub queue_errors: AtomicU64,
     /// Most workers alive at once.
     pub peak_workers: AtomicU64,
+    /// Batches sent because they were full.
+    pub flush_full: AtomicU64,
+    /// Batches sent because they held an urgent task or a flush was asked for.
+    pub flush_urgent: AtomicU64,
+    /// Batches sent because their oldest task reached `max_latency`.
+    pub flush_latency: AtomicU64,
+    /// Batches sent by the periodic sweep.
+    pub flush_interval: AtomicU64,
 }
 
 /// A plain copy of [`PoolStats`].
@@ -163,6 +189,14 @@ pub struct PoolSnapshot {
     pub queue_errors: u64,
     /// Most workers alive at once.
     pub peak_workers: u64,
+    /// Batches sent because they were full.
+    pub flush_full: u64,
+    /// Batches sent because they held an urgent task or a flush was asked for.
+    pub flush_urgent: u64,
+    /// Batches sent because their oldest task reached `max_latency`.
+    pub flush_latency: u64,
+    /// Batches sent by the periodic sweep.
+    pub flush_interval: u64,
 }
 
 impl PoolStats {
@@ -178,6 +212,10 @@ impl PoolStats {
             lost_leases: l(&self.lost_leases),
             queue_errors: l(&self.queue_errors),
             peak_workers: l(&self.peak_workers),
+            flush_full: l(&self.flush_full),
+            flush_urgent: l(&self.flush_urgent),
+            flush_latency: l(&self.flush_latency),
+            flush_interval: l(&self.flush_interval),
         }
     }
 }
@@ -207,6 +245,8 @@ struct Shared {
     /// Abandon running batches (grace period over).
     abort: CancellationToken,
     workers: Mutex<JoinSet<()>>,
+    /// Asks the dispatcher to send what it holds now.
+    flush_now: tokio::sync::Notify,
 }
 
 /// A running pool: one dispatcher and its workers over one queue.
@@ -245,6 +285,7 @@ impl WorkerPool {
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             workers: Mutex::new(JoinSet::new()),
+            flush_now: tokio::sync::Notify::new(),
             cfg,
         });
         let dispatcher = tokio::spawn(dispatch_loop(shared.clone(), jobs_tx));
@@ -259,6 +300,12 @@ impl WorkerPool {
     /// Watches the number of live workers.
     pub fn workers(&self) -> watch::Receiver<usize> {
         self.shared.workers_tx.subscribe()
+    }
+
+    /// Sends the partial batch the dispatcher holds at once (an urgent flush
+    /// from inside the process); does nothing when it holds none.
+    pub fn flush(&self) {
+        self.shared.flush_now.notify_one();
     }
 
     /// The queue this pool drains.
@@ -296,12 +343,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why a batch went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Full,
+    Urgent,
+    Latency,
+    Interval,
+}
+
 async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
     let permits = Arc::new(Semaphore::new(s.cfg.max_workers));
     let poll = Backoff::new(Duration::from_millis(5), s.cfg.poll_interval_max);
     let error_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut empty_polls = 0u32;
     let mut errors = 0u32;
+    let mut sweep = s.cfg.interval.map(|i| (i, tokio::time::Instant::now() + i));
     'outer: loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -311,8 +368,10 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
             _ = s.stop.cancelled() => break,
         };
         let mut batch: Vec<Task> = Vec::new();
-        let mut deadline = None;
-        loop {
+        // Enqueue time of the oldest buffered task, for the max-latency trigger.
+        let mut oldest_ms = u64::MAX;
+        let mut asked = false;
+        let reason = loop {
             if s.stop.is_cancelled() {
                 give_back(&s, &batch).await;
                 break 'outer;
@@ -324,6 +383,10 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
             {
                 Ok(got) => {
                     errors = 0;
+                    for t in &got {
+                        oldest_ms = oldest_ms.min(t.enqueued_at_ms);
+                        asked |= is_urgent(&s.cfg, t);
+                    }
                     batch.extend(got);
                 }
                 Err(e) => {
@@ -337,27 +400,56 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
                     }
                 }
             }
+            let now = tokio::time::Instant::now();
+            // A sweep tick that finds the buffer empty calls nobody; the
+            // next tick is then one interval on.
+            let swept = match &mut sweep {
+                Some((every, next)) if *next <= now => {
+                    while *next <= now {
+                        *next += *every;
+                    }
+                    !batch.is_empty()
+                }
+                _ => false,
+            };
             if batch.len() >= s.cfg.batch_size {
-                break;
+                break Flush::Full;
             }
-            let wait = if batch.is_empty() {
+            if asked && !batch.is_empty() {
+                break Flush::Urgent;
+            }
+            asked = false;
+            if swept {
+                break Flush::Interval;
+            }
+            let mut wait = if batch.is_empty() {
                 empty_polls = empty_polls.saturating_add(1);
                 poll.delay(empty_polls)
             } else {
                 empty_polls = 0;
-                let now = tokio::time::Instant::now();
-                let d = *deadline.get_or_insert(now + s.cfg.debounce);
-                if now >= d {
-                    break;
+                let age = Duration::from_millis(s.clock.now_ms().saturating_sub(oldest_ms));
+                match s.cfg.max_latency.checked_sub(age) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break Flush::Latency,
                 }
-                d - now
             };
+            if let Some((_, next)) = sweep {
+                wait = wait.min(next - now);
+            }
             tokio::select! {
                 _ = s.queue.wait_for_work(wait) => {}
+                _ = s.flush_now.notified() => asked = true,
                 _ = s.stop.cancelled() => {}
             }
-        }
+        };
         empty_polls = 0;
+        let counter = match reason {
+            Flush::Full => &s.stats.flush_full,
+            Flush::Urgent => &s.stats.flush_urgent,
+            Flush::Latency => &s.stats.flush_latency,
+            Flush::Interval => &s.stats.flush_interval,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if jobs
             .send(Job {
                 batch,
@@ -371,6 +463,13 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
         spawn_worker_if_needed(&s, &jobs);
     }
     jobs.close();
+}
+
+fn is_urgent(cfg: &PoolConfig, t: &Task) -> bool {
+    match (&cfg.urgent_key_prefix, &t.unique_key) {
+        (Some(p), Some(k)) => k.starts_with(p.as_str()),
+        _ => false,
+    }
 }
 
 /// Starts a worker when queued batches outnumber idle workers.

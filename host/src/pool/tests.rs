@@ -1,5 +1,5 @@
 //! Worker-pool tests modelled on Gitea's worker-queue tests, on tokio's
-//! paused clock so back-off, debounce and idle time pass instantly.
+//! paused clock so back-off, flush triggers and idle time pass instantly.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -235,7 +235,7 @@ async fn partial_batch_waits_for_debounce_then_goes() {
     });
     let cfg = PoolConfig {
         batch_size: 10,
-        debounce: Duration::from_millis(100),
+        max_latency: Duration::from_millis(100),
         ..PoolConfig::default()
     };
     let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).unwrap();
@@ -348,4 +348,151 @@ async fn shutdown_returns_leased_tasks_and_a_reopened_queue_holds_them() {
         "an abandoned delivery is not counted"
     );
     store.close().await;
+}
+
+/// Records when each batch reached the handler and how big it was.
+struct Stamp {
+    t0: tokio::time::Instant,
+    calls: mpsc::UnboundedSender<(Duration, usize)>,
+}
+
+#[async_trait]
+impl BatchHandler for Stamp {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let _ = self.calls.send((self.t0.elapsed(), batch.len()));
+        Ok(vec![Outcome::Done; batch.len()])
+    }
+}
+
+/// A pool with act_runner's defaults (100 rows, 3 s, 5 s) unless overridden.
+fn trigger_pool(
+    cfg: PoolConfig,
+) -> (
+    Arc<dyn BaseQueue>,
+    WorkerPool,
+    mpsc::UnboundedReceiver<(Duration, usize)>,
+) {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Stamp {
+        t0: tokio::time::Instant::now(),
+        calls: tx,
+    });
+    let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).unwrap();
+    (queue, pool, rx)
+}
+
+fn act_runner_triggers() -> PoolConfig {
+    PoolConfig {
+        batch_size: 100,
+        max_latency: Duration::from_secs(3),
+        interval: Some(Duration::from_secs(5)),
+        urgent_key_prefix: Some("urgent:".into()),
+        ..PoolConfig::default()
+    }
+}
+
+async fn push_at(queue: &Arc<dyn BaseQueue>, t0: tokio::time::Instant, at_ms: u64, n: usize) {
+    tokio::time::sleep_until(t0 + Duration::from_millis(at_ms)).await;
+    queue
+        .push_batch((0..n).map(|i| NewTask::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_latency_flushes_the_oldest_task_in_time() {
+    let t0 = tokio::time::Instant::now();
+    let cfg = PoolConfig {
+        interval: None,
+        ..act_runner_triggers()
+    };
+    let (queue, pool, mut calls) = trigger_pool(cfg);
+    // One line at 1 s, a second at 2.5 s: both go when the first is 3 s old.
+    push_at(&queue, t0, 1_000, 1).await;
+    push_at(&queue, t0, 2_500, 1).await;
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!(n, 2);
+    assert!((4_000..=4_010).contains(&ms(at)), "flushed at {at:?}");
+    let stats = pool.shutdown().await;
+    assert_eq!((stats.flush_latency, stats.batches), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_sweeps_what_is_buffered_at_each_tick() {
+    let t0 = tokio::time::Instant::now();
+    let cfg = PoolConfig {
+        max_latency: Duration::from_secs(3_600),
+        ..act_runner_triggers()
+    };
+    let (queue, pool, mut calls) = trigger_pool(cfg);
+    push_at(&queue, t0, 1_000, 3).await;
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!((ms(at), n), (5_000, 3), "first tick at 5 s");
+    push_at(&queue, t0, 12_000, 2).await;
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!(
+        (ms(at), n),
+        (15_000, 2),
+        "the empty tick at 10 s called nobody; the next one sweeps"
+    );
+    let stats = pool.shutdown().await;
+    assert_eq!((stats.flush_interval, stats.batches), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_and_an_urgent_task_go_at_once() {
+    let t0 = tokio::time::Instant::now();
+    let (queue, pool, mut calls) = trigger_pool(act_runner_triggers());
+    push_at(&queue, t0, 1_000, 100).await;
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!((ms(at), n), (1_000, 100), "batch_size flushes at once");
+
+    push_at(&queue, t0, 2_000, 1).await;
+    tokio::time::sleep_until(t0 + Duration::from_millis(2_200)).await;
+    queue
+        .push(NewTask {
+            unique_key: Some("urgent:step-2-started".into()),
+            ..NewTask::new("step")
+        })
+        .await
+        .unwrap();
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!(
+        (ms(at), n),
+        (2_200, 2),
+        "an urgent task takes the buffered one with it"
+    );
+
+    push_at(&queue, t0, 3_000, 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pool.flush();
+    let (at, n) = calls.recv().await.unwrap();
+    assert_eq!((ms(at), n), (3_100, 1), "an in-process flush goes at once");
+    let stats = pool.shutdown().await;
+    assert_eq!(
+        (stats.flush_full, stats.flush_urgent, stats.batches),
+        (1, 2, 3)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_trigger_calls_the_handler_on_an_empty_buffer() {
+    let cfg = PoolConfig {
+        max_latency: Duration::from_millis(10),
+        interval: Some(Duration::from_millis(100)),
+        ..act_runner_triggers()
+    };
+    let (_queue, pool, mut calls) = trigger_pool(cfg.clone());
+    // A flush asked for with nothing buffered is dropped, not carried over.
+    pool.flush();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(calls.try_recv().is_err(), "no call in 60 s of ticks");
+    let stats = pool.shutdown().await;
+    assert_eq!(stats.batches, 0);
 }

@@ -1,0 +1,327 @@
+//! Pooled outbound HTTP for plugins, behind `wasi:http/outgoing-handler`.
+//!
+//! Every plugin's requests go through one process-wide [`HttpClient`]: one
+//! keep-alive connection pool (idle connections per host configurable), so
+//! 10,000 requests to one server reuse a handful of connections instead of
+//! opening one each (act_runner's `MaxIdleConnsPerHost=2` lesson). Per
+//! plugin, [`AllowedHosts`] fails closed: a plugin that lists no host makes
+//! no request. Per destination host, a concurrency limit and a rate limit
+//! hold requests back; 429 and 503 answers are retried by the host with
+//! back-off honouring `Retry-After`, within a per-request deadline. The
+//! deadline is the host's own: a guest's epoch deadline cannot interrupt a
+//! host call.
+
+mod connector;
+mod limit;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
+
+use crate::backoff::Backoff;
+pub use limit::HostGate;
+
+/// Settings of the shared client and of every destination host.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpOptions {
+    /// Idle keep-alive connections kept per destination host.
+    pub pool_idle_per_host: usize,
+    /// An idle connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Requests in flight to, and connections open to, one host at a time
+    /// (more wait, they do not fail).
+    pub host_concurrency: usize,
+    /// Requests per second started to one host; unlimited if unset.
+    pub host_rate: Option<f64>,
+    /// Requests one host may receive at once before the rate applies.
+    pub host_burst: u32,
+    /// Longest one request may take, retries and waits included.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Back-off between retries of a 429/503 answer without `Retry-After`.
+    pub retry_backoff: Backoff,
+    /// Most retries of one request after 429/503.
+    pub max_retries: u32,
+    /// Largest request body a plugin may send (it is buffered for retries).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            pool_idle_per_host: 10,
+            idle_timeout: Duration::from_secs(90),
+            host_concurrency: 16,
+            host_rate: None,
+            host_burst: 10,
+            deadline: Duration::from_secs(30),
+            retry_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+            max_retries: 5,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Counters of the shared client.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Requests plugins made (each counted once, however often retried).
+    pub requests: AtomicU64,
+    /// Requests refused because the host is not allowed.
+    pub refused: AtomicU64,
+    /// Retries after 429/503.
+    pub retries: AtomicU64,
+}
+
+/// The host's one pooled HTTP client, shared by every plugin.
+#[derive(Debug)]
+pub struct HttpClient {
+    client: Client<connector::CappedConnector, Full<Bytes>>,
+    opts: HttpOptions,
+    gates: Mutex<HashMap<String, Arc<HostGate>>>,
+    stats: HttpStats,
+}
+
+impl HttpClient {
+    /// A client with its own connection pool.
+    pub fn new(opts: HttpOptions) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(opts.pool_idle_per_host)
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector::CappedConnector::new(
+                connector,
+                opts.host_concurrency,
+            ));
+        Arc::new(Self {
+            client,
+            opts,
+            gates: Mutex::default(),
+            stats: HttpStats::default(),
+        })
+    }
+
+    /// The client's settings.
+    pub fn options(&self) -> &HttpOptions {
+        &self.opts
+    }
+
+    /// The client's counters.
+    pub fn stats(&self) -> &HttpStats {
+        &self.stats
+    }
+
+    fn gate(&self, authority: &str) -> Arc<HostGate> {
+        let mut g = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(authority.to_owned())
+            .or_insert_with(|| {
+                Arc::new(HostGate::new(
+                    self.opts.host_concurrency,
+                    self.opts.host_rate,
+                    self.opts.host_burst,
+                ))
+            })
+            .clone()
+    }
+
+    /// Sends a buffered request through the pool: waits for the host's
+    /// concurrency and rate limits, retries 429/503 within the deadline.
+    pub async fn send(
+        &self,
+        req: Request<Bytes>,
+    ) -> Result<Response<hyper::body::Incoming>, HttpError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.opts.deadline;
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .ok_or(HttpError::HttpRequestUriInvalid)?;
+        let gate = self.gate(&authority);
+        let (parts, body) = req.into_parts();
+        let mut retries = 0u32;
+        loop {
+            let mut attempt = Request::new(Full::new(body.clone()));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.headers_mut() = parts.headers.clone();
+            let sent = tokio::time::timeout_at(deadline, async {
+                let _permit = gate.acquire().await;
+                self.client.request(attempt).await
+            })
+            .await;
+            let resp = match sent {
+                Err(_) => return Err(HttpError::HttpResponseTimeout),
+                Ok(Err(e)) => return Err(client_error(e)),
+                Ok(Ok(r)) => r,
+            };
+            let status = resp.status();
+            if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
+                || retries >= self.opts.max_retries
+            {
+                return Ok(resp);
+            }
+            retries += 1;
+            let wait = retry_after(resp.headers(), std::time::SystemTime::now())
+                .unwrap_or_else(|| self.opts.retry_backoff.delay(retries));
+            if tokio::time::Instant::now() + wait >= deadline {
+                // No time for another try: the plugin sees the answer.
+                return Ok(resp);
+            }
+            // Read the short error body so the connection goes back to the pool.
+            let _ = tokio::time::timeout_at(deadline, resp.into_body().collect()).await;
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%authority, %status, ?wait, retries, "retrying after back-pressure");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn client_error(e: hyper_util::client::legacy::Error) -> HttpError {
+    if e.is_connect() {
+        HttpError::ConnectionRefused
+    } else {
+        HttpError::InternalError(Some(format!("{e:#}")))
+    }
+}
+
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP date.
+pub fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The hosts one plugin may reach; none means no outbound request at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// From config entries: `host`, `host:port`, or `*.domain`.
+    pub fn new(entries: &[String]) -> Self {
+        Self(
+            entries
+                .iter()
+                .map(|e| e.trim().to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    /// Whether a request to `host` on `port` may go out.
+    pub fn permits(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.to_ascii_lowercase();
+        let with_port = port.map(|p| format!("{host}:{p}"));
+        self.0.iter().any(|e| {
+            if let Some(suffix) = e.strip_prefix("*.") {
+                host.ends_with(&format!(".{suffix}"))
+            } else {
+                *e == host || Some(e) == with_port.as_ref()
+            }
+        })
+    }
+}
+
+type BoxFut<T> = Box<dyn Future<Output = T> + Send>;
+
+/// One plugin's view of outbound HTTP: its allowed hosts and the shared client.
+#[derive(Debug, Clone)]
+pub struct PluginHttp {
+    plugin: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+    client: Arc<HttpClient>,
+}
+
+impl PluginHttp {
+    /// The hooks for one plugin.
+    pub fn new(plugin: &str, allowed: AllowedHosts, client: Arc<HttpClient>) -> Self {
+        Self {
+            plugin: plugin.into(),
+            allowed: Arc::new(allowed),
+            client,
+        }
+    }
+
+    async fn serve(
+        self,
+        req: Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Result<Response<wasmtime_wasi_http::WasiBody>, HttpError> {
+        let uri = req.uri();
+        let host = uri.host().unwrap_or_default();
+        if !self.allowed.permits(host, uri.port_u16()) {
+            self.client.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: host not in allowed_hosts");
+            return Err(HttpError::HttpRequestDenied);
+        }
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            // TLS is not pooled yet: one connection per request, wasmtime's
+            // own client, still within the host's deadline.
+            let sent = tokio::time::timeout(
+                self.client.opts.deadline,
+                wasmtime_wasi_http::default_send_request(req, options),
+            )
+            .await
+            .map_err(|_| HttpError::HttpResponseTimeout)??;
+            let (resp, io) = sent;
+            tokio::spawn(io);
+            return Ok(resp.map(|b| b.boxed_unsync()));
+        }
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, self.client.opts.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|_| HttpError::HttpRequestBodySize(None))?
+            .to_bytes();
+        let resp = self.client.send(Request::from_parts(parts, body)).await?;
+        Ok(resp.map(|b| b.map_err(HttpError::from).boxed_unsync()))
+    }
+}
+
+impl WasiHttpHooks for PluginHttp {
+    fn send_request(
+        &mut self,
+        request: Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<RequestOptions>,
+        fut: BoxFut<Result<(), HttpError>>,
+    ) -> BoxFut<
+        Result<
+            (
+                Response<wasmtime_wasi_http::WasiBody>,
+                BoxFut<Result<(), HttpError>>,
+            ),
+            HttpError,
+        >,
+    > {
+        drop(fut);
+        let this = self.clone();
+        Box::new(async move {
+            let resp = this.serve(request, options).await?;
+            Ok((resp, Box::new(async { Ok(()) }) as BoxFut<_>))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

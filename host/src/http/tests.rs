@@ -1,0 +1,174 @@
+//! The pooled client against a real server on 127.0.0.1.
+
+use std::sync::atomic::AtomicU32;
+
+use http::HeaderMap;
+use tokio::task::JoinSet;
+
+use super::server::{CountingServer, Handler};
+use super::*;
+
+fn ok() -> Handler {
+    Arc::new(|_, body| Response::new(Full::new(body)))
+}
+
+fn get(url: &str) -> Request<Bytes> {
+    Request::get(url).body(Bytes::new()).unwrap()
+}
+
+#[tokio::test]
+async fn ten_thousand_requests_reuse_the_pool() {
+    let server = CountingServer::start(ok()).await.unwrap();
+    let client = HttpClient::new(HttpOptions {
+        pool_idle_per_host: 8,
+        host_concurrency: 8,
+        ..HttpOptions::default()
+    });
+    let mut set = JoinSet::new();
+    for w in 0..32 {
+        let client = client.clone();
+        let url = format!("{}/w{w}", server.url());
+        set.spawn(async move {
+            for _ in 0..(10_000 / 32 + 1) {
+                let resp = client.send(get(&url)).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let conns = server.stats().connections.load(Ordering::Relaxed);
+    let reqs = server.stats().requests.load(Ordering::Relaxed);
+    assert!(reqs >= 10_000);
+    assert!(
+        conns <= 8,
+        "{reqs} requests opened {conns} connections (pool 8)"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn back_pressure_is_retried_honouring_retry_after() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let server = CountingServer::start(Arc::new(move |_, _| {
+        let n = seen.fetch_add(1, Ordering::Relaxed);
+        let mut r = Response::new(Full::new(Bytes::from_static(b"later")));
+        match n {
+            0 => {
+                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, "1".parse().unwrap());
+            }
+            1 => *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+            _ => *r.body_mut() = Full::new(Bytes::from_static(b"done")),
+        }
+        r
+    }))
+    .await
+    .unwrap();
+    let client = HttpClient::new(HttpOptions {
+        retry_backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
+        ..HttpOptions::default()
+    });
+    let t0 = std::time::Instant::now();
+    let resp = client.send(get(&server.url())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"done"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    assert_eq!(client.stats().retries.load(Ordering::Relaxed), 2);
+    assert_eq!(server.stats().connections.load(Ordering::Relaxed), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_that_would_pass_the_deadline_hands_the_answer_back() {
+    let server = CountingServer::start(Arc::new(|_, _| {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, "3600".parse().unwrap());
+        r
+    }))
+    .await
+    .unwrap();
+    let client = HttpClient::new(HttpOptions::default());
+    let resp = client.send(get(&server.url())).await.unwrap();
+    assert_eq!(resp.status(), 503, "the plugin sees the answer at once");
+    assert_eq!(server.stats().requests.load(Ordering::Relaxed), 1);
+    server.shutdown().await;
+}
+
+#[test]
+fn retry_after_reads_seconds_and_dates() {
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let mut h = HeaderMap::new();
+    assert_eq!(retry_after(&h, now), None);
+    h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+    assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+    let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+    h.insert(http::header::RETRY_AFTER, later.parse().unwrap());
+    assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+    h.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+    assert_eq!(retry_after(&h, now), None);
+}
+
+#[test]
+fn allowed_hosts_fail_closed() {
+    let none = AllowedHosts::new(&[]);
+    assert!(!none.permits("127.0.0.1", Some(80)));
+    let some = AllowedHosts::new(&[
+        "api.example.com".into(),
+        "127.0.0.1:8080".into(),
+        "*.corp.test".into(),
+    ]);
+    assert!(some.permits("API.example.com", None));
+    assert!(some.permits("api.example.com", Some(443)));
+    assert!(some.permits("127.0.0.1", Some(8080)));
+    assert!(!some.permits("127.0.0.1", Some(8081)));
+    assert!(some.permits("a.b.corp.test", None));
+    assert!(!some.permits("corp.test", None));
+    assert!(!some.permits("example.com", None));
+}
+
+#[tokio::test]
+async fn a_plugin_request_to_an_unlisted_host_is_refused_without_a_connection() {
+    let server = CountingServer::start(ok()).await.unwrap();
+    let client = HttpClient::new(HttpOptions::default());
+    let mut hooks = PluginHttp::new(
+        "p",
+        AllowedHosts::new(&["other.test".into()]),
+        client.clone(),
+    );
+    let body = Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = Request::get(server.url()).body(body).unwrap();
+    let fut = hooks.send_request(req, None, Box::new(async { Ok(()) }));
+    let err = std::pin::Pin::from(fut).await.err().unwrap();
+    assert!(matches!(err, HttpError::HttpRequestDenied), "{err:?}");
+    assert_eq!(client.stats().refused.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats().connections.load(Ordering::Relaxed), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_gate_holds_the_rate_after_a_burst() {
+    let gate = HostGate::new(100, Some(10.0), 3);
+    let t0 = tokio::time::Instant::now();
+    let mut starts = Vec::new();
+    for _ in 0..6 {
+        let _p = gate.acquire().await;
+        starts.push(t0.elapsed().as_millis() as u64);
+    }
+    assert_eq!(starts, [0, 0, 0, 100, 200, 300]);
+}
