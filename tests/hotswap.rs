@@ -200,6 +200,8 @@ async fn half_written_or_wrong_files_never_replace_a_working_plugin() {
         .wait_for(|v| *v == version_of(&b))
         .await
         .unwrap();
+    // The outcome is recorded just after the swap is published.
+    attempts.wait_for(|&n| n >= 3).await.unwrap();
     assert!(slot.last_error().is_none());
     stop.cancel();
     watcher.await.unwrap();
