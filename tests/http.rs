@@ -231,6 +231,7 @@ async fn host_run_polls_a_configured_source_into_a_plugins_queue() {
         format!(
             r#"
 backend = "memory"
+data_dir = "{data}"
 [[plugins]]
 path = "{archive_wasm}"
 queue = "jobs"
@@ -246,6 +247,7 @@ poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
             archive_wasm = support::plugin("archive").display(),
             source_wasm = support::plugin("http-source").display(),
             archive = archive.display(),
+            data = tmp.path().join("data").display(),
             url = server.url(),
             addr = server.addr(),
         ),
