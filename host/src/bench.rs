@@ -163,16 +163,7 @@ async fn call_overhead(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) 
     let load = t.elapsed();
     println!("wasm no-op plugin: load (read + compile + link) {load:.2?}");
     for size in [1usize, 100] {
-        let batch: Vec<Task> = (0..size as u64)
-            .map(|id| Task {
-                id,
-                queue: "bench".into(),
-                unique_key: None,
-                payload: vec![b'x'; 100],
-                attempt: 1,
-                enqueued_at_ms: 0,
-            })
-            .collect();
+        let batch = synthetic_batch(size);
         let calls = 20_000 / size.max(1) * 10;
         let t = Instant::now();
         for _ in 0..calls {
@@ -359,7 +350,22 @@ fn tempdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn load_noop(
+/// `n` leased-looking tasks with 100-byte payloads, for timing calls.
+pub(crate) fn synthetic_batch(n: usize) -> Vec<Task> {
+    (1..=n as u64)
+        .map(|id| Task {
+            id,
+            queue: "bench".into(),
+            unique_key: None,
+            payload: vec![b'x'; 100],
+            attempt: 1,
+            enqueued_at_ms: 0,
+        })
+        .collect()
+}
+
+/// Loads the testkit component in its no-op mode.
+pub(crate) fn load_noop(
     runtime: &Runtime,
     path: &std::path::Path,
     store: Arc<dyn QueueStore>,

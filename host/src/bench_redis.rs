@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use taskhost::clock::{self, Clock};
-use taskhost::plugin::{Limits, PluginSpec, Runtime};
+use taskhost::plugin::Runtime;
 use taskhost::pool::{PoolConfig, WorkerPool};
 use taskhost::queue::redis::{RedisOptions, RedisStore};
 use taskhost::queue::{NewTask, QueueStore};
@@ -189,24 +189,6 @@ fn store(server: &RedisServer, clock: Arc<dyn Clock>) -> Result<Arc<RedisStore>>
     )?))
 }
 
-fn load_noop(
-    runtime: &Runtime,
-    path: &std::path::Path,
-    store: Arc<dyn QueueStore>,
-) -> Result<taskhost::plugin::Plugin> {
-    let spec = PluginSpec {
-        name: "noop".into(),
-        path: path.to_owned(),
-        config: [("mode".to_string(), "noop".to_string())].into(),
-        dir: None,
-        limits: Limits::default(),
-        allowed_hosts: Vec::new(),
-    };
-    runtime
-        .load(spec, store)
-        .with_context(|| "loading the no-op plugin (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p testkit)")
-}
-
 fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
     PoolConfig {
         batch_size: a.batch_size,
@@ -222,7 +204,7 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let clock = clock::system();
     let store = store(&server, clock.clone())?;
     let queue = store.queue("bench")?;
-    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+    let plugin = crate::bench::load_noop(runtime, &a.plugin, store.clone())?;
     let before = snapshot(&server)?;
     let start = Instant::now();
     let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
@@ -305,7 +287,7 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let mut pools = Vec::new();
     for _ in 0..a.hosts {
         let store = store(&server, clock.clone())?;
-        let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+        let plugin = crate::bench::load_noop(runtime, &a.plugin, store.clone())?;
         let queue = store.queue("status-refresh")?;
         pools.push(
             WorkerPool::start(queue, Arc::new(plugin), pool_config(a), clock.clone())

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use taskhost::clock::{self, Clock};
 use taskhost::plugin::{DirGrant, Limits, Plugin, PluginSpec, Runtime};
+use taskhost::queue::QueueStore;
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
-use taskhost::queue::{QueueStore, Task};
 
 use super::{BenchArgs, throughput};
 
@@ -117,16 +117,7 @@ pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
         first_rt.shutdown();
         let (runtime, plugin, second_load) = timed_load(path, &dir, &cache, store.clone())?;
 
-        let batch: Vec<Task> = (1..=a.batch_size as u64)
-            .map(|id| Task {
-                id,
-                queue: "bench".into(),
-                unique_key: None,
-                payload: vec![b'x'; 100],
-                attempt: 1,
-                enqueued_at_ms: 0,
-            })
-            .collect();
+        let batch = super::synthetic_batch(a.batch_size);
         let mut times = Vec::with_capacity(a.calls);
         for _ in 0..a.calls.max(1) {
             let t = Instant::now();
