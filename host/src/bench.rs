@@ -103,13 +103,14 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
             .unwrap_or(1)
     );
     println!("wasm plugin: {}", a.plugin.display());
+    // Footprint first: the later phases grow the heap and would blur it.
+    if a.rss_backlog > 0 {
+        footprint(&a, &runtime, clock.clone(), &tmp.join("rss")).await?;
+    }
     call_overhead(&a, &runtime, clock.clone()).await?;
     startup(&a, &tmp.join("startup")).await?;
     if a.hostile_tasks > 0 {
         hostile_neighbours(&a, &runtime, clock.clone()).await?;
-    }
-    if a.rss_backlog > 0 {
-        footprint(&a, &runtime, clock.clone(), &tmp.join("rss")).await?;
     }
     println!();
     println!(
@@ -271,14 +272,12 @@ async fn hostile_neighbours(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clo
                     allowed_hosts: Vec::new(),
                 };
                 let plugin = runtime.load(spec, store.clone())?;
+                // Default retry back-off and failure pause: what a host
+                // does with a broken plugin, not an artificial hammering.
                 let cfg = PoolConfig {
                     batch_size: 10,
                     max_workers: 1,
                     max_attempts: 1_000,
-                    retry_backoff: taskhost::backoff::Backoff::new(
-                        Duration::from_millis(1),
-                        Duration::from_millis(1),
-                    ),
                     ..PoolConfig::default()
                 };
                 hostile.push(

@@ -90,6 +90,9 @@ pub struct PoolConfig {
     pub max_attempts: u32,
     /// Back-off between retries of a failed task.
     pub retry_backoff: Backoff,
+    /// Pause before the next lease after consecutive whole-batch failures
+    /// (traps, time-outs): a broken plugin then costs its neighbours little.
+    pub failure_pause: Backoff,
     /// How long running batches may finish after shutdown begins.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -108,6 +111,7 @@ impl Default for PoolConfig {
             poll_interval_max: Duration::from_millis(500),
             max_attempts: 10,
             retry_backoff: Backoff::default(),
+            failure_pause: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -238,6 +242,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     stats: Arc<PoolStats>,
     counts: Mutex<Counts>,
+    /// Whole-batch failures in a row, reset by any batch that succeeds.
+    failing: std::sync::atomic::AtomicU32,
     workers_tx: watch::Sender<usize>,
     jobs_rx: async_channel::Receiver<Job>,
     /// Stop leasing; batches not yet started go back to the queue.
@@ -280,6 +286,7 @@ impl WorkerPool {
             clock,
             stats: Arc::default(),
             counts: Mutex::default(),
+            failing: std::sync::atomic::AtomicU32::new(0),
             workers_tx: watch::channel(0).0,
             jobs_rx,
             stop: CancellationToken::new(),
@@ -367,6 +374,15 @@ async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
             },
             _ = s.stop.cancelled() => break,
         };
+        // Circuit breaker: while batches keep failing as a whole, lease
+        // more slowly (the failed tasks wait out their own retry back-off).
+        let failing = s.failing.load(Ordering::Relaxed);
+        if failing > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(s.cfg.failure_pause.delay(failing)) => {}
+                _ = s.stop.cancelled() => break,
+            }
+        }
         let mut batch: Vec<Task> = Vec::new();
         // Enqueue time of the oldest buffered task, for the max-latency trigger.
         let mut oldest_ms = u64::MAX;
@@ -547,11 +563,14 @@ async fn run_job(s: &Shared, job: Job) {
     };
     let now = s.clock.now_ms();
     let settlements: Vec<Settle> = match result {
-        Ok(outcomes) if outcomes.len() == batch.len() => batch
-            .iter()
-            .zip(outcomes)
-            .map(|(t, o)| settle_outcome(s, t, o, now))
-            .collect(),
+        Ok(outcomes) if outcomes.len() == batch.len() => {
+            s.failing.store(0, Ordering::Relaxed);
+            batch
+                .iter()
+                .zip(outcomes)
+                .map(|(t, o)| settle_outcome(s, t, o, now))
+                .collect()
+        }
         Ok(outcomes) => {
             let e = BatchError(format!(
                 "handler answered {} outcomes for a batch of {} tasks",
@@ -584,6 +603,7 @@ async fn run_job(s: &Shared, job: Job) {
 
 fn batch_failed(s: &Shared, batch: &[Task], e: &BatchError, now: u64) -> Vec<Settle> {
     s.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+    s.failing.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(queue = s.queue.name(), tasks = batch.len(), error = %e, "batch failed");
     batch
         .iter()
