@@ -162,6 +162,15 @@ pub struct PluginConfig {
     pub pool: PoolConfig,
 }
 
+/// A configured name, else the file name without its extension.
+fn name_or_stem(name: &Option<String>, path: &Path, fallback: &str) -> String {
+    name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| fallback.into())
+    })
+}
+
 fn default_queue() -> String {
     "default".into()
 }
@@ -183,12 +192,7 @@ impl PluginConfig {
 
     /// The name used in logs.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            self.path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "plugin".into())
-        })
+        name_or_stem(&self.name, &self.path, "plugin")
     }
 
     /// What the plugin runtime needs to load it.
@@ -233,12 +237,7 @@ pub struct SourcePluginConfig {
 impl SourcePluginConfig {
     /// The name used in logs.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            self.path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "source".into())
-        })
+        name_or_stem(&self.name, &self.path, "source")
     }
 
     /// What the plugin runtime needs to load it.
