@@ -25,6 +25,17 @@ fn testkit(runtime: &Runtime, store: Arc<dyn QueueStore>, mode: &str, limits: Li
     runtime.load(spec, store).expect("testkit loads")
 }
 
+/// A pool serving `queue` with `plugin`, retrying fast.
+fn serve(queue: &Arc<dyn BaseQueue>, plugin: Plugin, max_attempts: u32) -> WorkerPool {
+    WorkerPool::start(
+        queue.clone(),
+        Arc::new(plugin),
+        fast_retries(max_attempts),
+        clock::system(),
+    )
+    .unwrap()
+}
+
 fn fast_retries(max_attempts: u32) -> PoolConfig {
     PoolConfig {
         batch_size: 10,
@@ -82,26 +93,14 @@ async fn hostile_plugins_fail_their_batches_only() {
             _ => limits,
         };
         let plugin = testkit(&runtime, store.clone(), mode, limits);
-        let pool = WorkerPool::start(
-            q.clone(),
-            Arc::new(plugin),
-            fast_retries(2),
-            clock::system(),
-        )
-        .unwrap();
+        let pool = serve(&q, plugin, 2);
         pools.push((q, pool));
     }
     let payloads: Vec<String> = (0..500).map(|i| format!("{i}")).collect();
     let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
     push(&healthy_q, &refs).await;
     let healthy = testkit(&runtime, store.clone(), "noop", Limits::default());
-    let healthy_pool = WorkerPool::start(
-        healthy_q.clone(),
-        Arc::new(healthy),
-        fast_retries(2),
-        clock::system(),
-    )
-    .unwrap();
+    let healthy_pool = serve(&healthy_q, healthy, 2);
 
     assert_eq!(
         settled(&healthy_q).await,
@@ -164,13 +163,7 @@ async fn memory_limit_is_enforced_per_instance() {
         ..Limits::default()
     };
     let plugin = testkit(&runtime, store.clone(), "script", limits);
-    let pool = WorkerPool::start(
-        q.clone(),
-        Arc::new(plugin),
-        fast_retries(1),
-        clock::system(),
-    )
-    .unwrap();
+    let pool = serve(&q, plugin, 1);
     assert_eq!(settled(&q).await.dead, 1);
     pool.shutdown().await;
     let dead = q.dead_letters(1).await.unwrap();
@@ -197,13 +190,7 @@ async fn script_outcomes_become_queue_actions() {
     )
     .await;
     let plugin = testkit(&runtime, store.clone(), "script", Limits::default());
-    let pool = WorkerPool::start(
-        q.clone(),
-        Arc::new(plugin),
-        fast_retries(5),
-        clock::system(),
-    )
-    .unwrap();
+    let pool = serve(&q, plugin, 5);
     let s = settled(&q).await;
     let stats = pool.shutdown().await;
     assert_eq!(s.dead, 2, "fail and the unknown command");

@@ -214,8 +214,14 @@ impl BatchHandler for PluginSlot {
     async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
         let plugin = self.current();
         {
+            // On the hot path: allocate the key only for a version's first batch.
             let mut b = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-            *b.entry(plugin.version().to_owned()).or_default() += 1;
+            match b.get_mut(plugin.version()) {
+                Some(n) => *n += 1,
+                None => {
+                    b.insert(plugin.version().to_owned(), 1);
+                }
+            }
         }
         plugin.call(batch).await
     }
