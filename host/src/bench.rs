@@ -163,6 +163,17 @@ async fn call_overhead(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) 
     let plugin = load_noop(runtime, &a.plugin, store)?;
     let load = t.elapsed();
     println!("wasm no-op plugin: load (read + compile + link) {load:.2?}");
+    let rounds = 200_000u32;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        plugin
+            .instantiate_only()
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let instance = t.elapsed() / rounds;
+    println!("  fresh instance (store + instantiate + drop, no call): {instance:.2?}");
+    let mut per_call = Vec::new();
     for size in [1usize, 100] {
         let batch = synthetic_batch(size);
         let calls = 20_000 / size.max(1) * 10;
@@ -170,10 +181,18 @@ async fn call_overhead(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clock>) 
         for _ in 0..calls {
             plugin.call(&batch).await.map_err(anyhow::Error::msg)?;
         }
-        let per_call = t.elapsed() / calls as u32;
+        let call = t.elapsed() / calls as u32;
+        per_call.push(call);
         println!(
-            "  batch of {size:>3}: {per_call:.2?} per call (fresh instance + handle), {:.0} ns per task",
-            per_call.as_nanos() as f64 / size as f64
+            "  batch of {size:>3}: {call:.2?} per call (fresh instance + handle), {:.0} ns per task, call without the instance {:.0} ns per task",
+            call.as_nanos() as f64 / size as f64,
+            call.saturating_sub(instance).as_nanos() as f64 / size as f64
+        );
+    }
+    if let [one, hundred] = per_call[..] {
+        println!(
+            "  each task beyond the first in a batch of 100: {:.0} ns (lowering into the guest, guest work, outcome)",
+            hundred.saturating_sub(one).as_nanos() as f64 / 99.0
         );
     }
     Ok(())
