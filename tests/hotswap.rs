@@ -305,3 +305,133 @@ fn host_reload_command_swaps_a_running_host() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The same component with a custom section appended: another version
+/// (another hash) that behaves the same.
+fn with_custom_section(bytes: &[u8], note: &str) -> Vec<u8> {
+    let name = b"taskhost-test";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(note.as_bytes());
+    assert!(section.len() < 128, "one-byte LEB128 size");
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}
+
+/// A source plugin named in config is swapped like a handler: polls go on
+/// through the swap, each on one version, and a broken file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use taskhost::http::server::CountingServer;
+    use taskhost::plugin::swap::{Reloaded, SourceSlot};
+    use taskhost::source::{Poller, SourceConfig, SourcePlugin};
+
+    // Each poll gets the next number as its one task.
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    let server = CountingServer::start(Arc::new(move |_, _| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        http::Response::new(Full::new(Bytes::from(format!("[\"{n}\"]"))))
+    }))
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = std::fs::read(support::plugin("http-source")).unwrap();
+    let b = with_custom_section(&a, "version b");
+    let path = tmp.path().join("source.wasm");
+    std::fs::write(&path, &a).unwrap();
+    let spec = PluginSpec {
+        name: "feed".into(),
+        path: path.clone(),
+        config: [("url".to_string(), format!("{}/tasks", server.url()))].into(),
+        dir: None,
+        limits: Limits::default(),
+        allowed_hosts: vec![server.addr().to_string()],
+    };
+    let runtime = Runtime::new().unwrap();
+    let store: Arc<dyn QueueStore> =
+        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let queue = store.queue("jobs").unwrap();
+    let source = SourcePlugin::load_async(&runtime, spec, "jobs", store.clone())
+        .await
+        .unwrap();
+    let slot = SourceSlot::new_source(runtime.clone(), source, store.clone());
+    assert_eq!(slot.version(), version_of(&a));
+    let cfg = SourceConfig {
+        capacity: 1_000_000,
+        ..SourceConfig::default()
+    };
+    let poller = Poller::start(slot.clone(), queue.clone(), cfg).unwrap();
+    let pending_at_least = |n: u64| {
+        let queue = queue.clone();
+        async move {
+            while queue.stats().await.unwrap().pending < n {
+                queue.wait_for_work(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    pending_at_least(20).await;
+
+    // An explicit reload (what SIGHUP and `host reload` do).
+    replace(&path, &b);
+    assert_eq!(
+        slot.reload().await.unwrap(),
+        Reloaded::Swapped {
+            from: version_of(&a),
+            to: version_of(&b)
+        }
+    );
+    let after_swap = queue.stats().await.unwrap().pending;
+    pending_at_least(after_swap + 20).await;
+
+    // A half-written file is refused; version b keeps polling.
+    std::fs::write(&path, &a[..a.len() / 2]).unwrap();
+    let err = slot.reload().await.unwrap_err().to_string();
+    assert!(err.contains("source.wasm"), "{err}");
+    assert_eq!(slot.version(), version_of(&b));
+    let after_refusal = queue.stats().await.unwrap().pending;
+    pending_at_least(after_refusal + 20).await;
+
+    // The file watcher swaps back to version a.
+    let stop = CancellationToken::new();
+    let watcher = slot.watch(Duration::from_millis(5), stop.clone());
+    replace(&path, &a);
+    slot.subscribe()
+        .wait_for(|v| *v == version_of(&a))
+        .await
+        .unwrap();
+    let after_watch = queue.stats().await.unwrap().pending;
+    pending_at_least(after_watch + 20).await;
+    stop.cancel();
+    watcher.await.unwrap();
+    poller.shutdown().await;
+
+    // Every poll was made by one version, both versions polled, and every
+    // task served before the last poll is in the queue exactly once.
+    let polls = slot.batches_by_version();
+    assert!(
+        polls.len() == 2 && polls.values().all(|&n| n >= 20),
+        "{polls:?}"
+    );
+    let served = served.load(Ordering::SeqCst);
+    let tasks = queue
+        .lease(1_000_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut got: Vec<u64> = tasks
+        .iter()
+        .map(|t| std::str::from_utf8(&t.payload).unwrap().parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    let n = got.len() as u64;
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert!(n + 1 >= served, "served {served}, enqueued {n}");
+    server.shutdown().await;
+    runtime.shutdown();
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::clock::{self, Clock};
 use crate::config::{Backend, HostConfig};
 use crate::plugin::Runtime;
-use crate::plugin::swap::PluginSlot;
+use crate::plugin::swap::{PluginSlot, SlotControl, SourceSlot};
 use crate::pool::{PoolSnapshot, WorkerPool};
 use crate::queue::disk::DiskStore;
 use crate::queue::memory::MemoryStore;
@@ -227,22 +227,37 @@ async fn run_with(
         src.poll
             .validate()
             .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
-        let plugin = crate::source::SourcePlugin::load(
+        let plugin = crate::source::SourcePlugin::load_async(
             &runtime,
             src.spec(),
             &src.queue,
             queues.store().clone(),
-        )?;
-        sources.push((src, plugin, queues.store().queue(&src.queue)?));
+        )
+        .await?;
+        let slot = SourceSlot::new_source(runtime.clone(), plugin, queues.store().clone());
+        sources.push((src, slot, queues.store().queue(&src.queue)?));
     }
     let started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
-    let slots: Vec<Arc<PluginSlot>> = loaded.iter().map(|(_, s, _)| s.clone()).collect();
-    let run_file = RunFile::create(&cfg.data_dir, &loaded)?;
+    // Handler and source plugins alike: watched, reloaded on SIGHUP and
+    // shown by `host status`.
+    let mut slots: Vec<Arc<dyn SlotControl>> = Vec::new();
+    let mut slot_queues = Vec::new();
+    for (p, slot, _) in &loaded {
+        slots.push(slot.clone());
+        slot_queues.push(p.queue.clone());
+    }
+    for (src, slot, _) in &sources {
+        slots.push(slot.clone());
+        slot_queues.push(src.queue.clone());
+    }
+    let run_file = RunFile::create(&cfg.data_dir, slot_queues)?;
     for slot in &slots {
         if cfg.runtime.watch {
-            let h = slot.watch(cfg.runtime.watch_interval, stop.child_token());
+            let h = slot
+                .clone()
+                .watch(cfg.runtime.watch_interval, stop.child_token());
             background.spawn(async move {
                 let _ = h.await;
             });
@@ -265,9 +280,9 @@ async fn run_with(
     run_file.write(&slots);
 
     let mut pollers = Vec::new();
-    for (src, plugin, queue) in sources {
-        tracing::info!(source = %src.display_name(), queue = %src.queue, "polling");
-        let poller = crate::source::Poller::start(Arc::new(plugin), queue, src.poll)
+    for (src, slot, queue) in sources {
+        tracing::info!(source = %src.display_name(), version = %slot.version(), queue = %src.queue, "polling");
+        let poller = crate::source::Poller::start(slot, queue, src.poll)
             .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
         pollers.push(poller);
     }
@@ -332,7 +347,10 @@ async fn run_with(
 }
 
 /// Reloads every plugin on SIGHUP (what `host reload` sends).
-async fn reload_on_sighup(slots: Vec<Arc<PluginSlot>>, stop: tokio_util::sync::CancellationToken) {
+async fn reload_on_sighup(
+    slots: Vec<Arc<dyn SlotControl>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -398,23 +416,17 @@ struct RunFile {
 }
 
 impl RunFile {
-    fn create(
-        data_dir: &std::path::Path,
-        loaded: &[(
-            &crate::config::PluginConfig,
-            Arc<PluginSlot>,
-            Arc<dyn crate::queue::BaseQueue>,
-        )],
-    ) -> Result<Arc<Self>> {
+    /// `queues[i]` is the queue of the `i`-th slot later given to `write`.
+    fn create(data_dir: &std::path::Path, queues: Vec<String>) -> Result<Arc<Self>> {
         let dir = run_dir(data_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Arc::new(Self {
             path: dir.join(format!("{}.json", std::process::id())),
-            queues: loaded.iter().map(|(p, _, _)| p.queue.clone()).collect(),
+            queues,
         }))
     }
 
-    fn write(&self, slots: &[Arc<PluginSlot>]) {
+    fn write(&self, slots: &[Arc<dyn SlotControl>]) {
         let info = RunInfo {
             pid: std::process::id(),
             plugins: slots

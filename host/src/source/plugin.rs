@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use wasmtime::component::Component;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::Source;
-use crate::plugin::{BatchState, PluginError, PluginParts, PluginSpec, Runtime};
+use crate::plugin::{BatchState, Loaded, PluginError, PluginParts, PluginSpec, Runtime};
 use crate::queue::{NewTask, QueueStore};
 
 /// Bindings of the `source-plugin` world; shared types and host imports
@@ -34,49 +33,71 @@ pub struct SourcePlugin {
     spec: PluginSpec,
     parts: PluginParts,
     queue: Arc<str>,
+    loaded: Loaded,
 }
 
 impl std::fmt::Debug for SourcePlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourcePlugin")
             .field("spec", &self.spec)
+            .field("version", &self.loaded.version)
             .finish()
     }
 }
 
 impl SourcePlugin {
-    /// Compiles and links a source component whose tasks go to `queue`.
+    /// Compiles (or takes from the cache) and links a source component
+    /// whose tasks go to `queue`. Blocks while compiling: from async code
+    /// use [`SourcePlugin::load_async`].
     pub fn load(
         runtime: &Runtime,
         spec: PluginSpec,
         queue: &str,
         queues: Arc<dyn QueueStore>,
     ) -> Result<Self, PluginError> {
-        let path = spec.path.clone();
-        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
-            path: path.clone(),
-            source,
+        let (pre, loaded) = runtime.prepare(&spec, SOURCE_WORLD, |c| {
+            bindings::SourcePluginPre::new(runtime.linker().instantiate_pre(c)?)
         })?;
-        let component =
-            Component::new(runtime.engine(), &bytes).map_err(|e| PluginError::Compile {
-                path: path.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
-            path: path.clone(),
-            reason: format!("not a {SOURCE_WORLD}: {e:#}"),
-        };
-        let pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = bindings::SourcePluginPre::new(pre).map_err(wrong_world)?;
         Ok(Self {
             pre,
             parts: runtime.parts(&spec, queues),
             spec,
             queue: queue.into(),
+            loaded,
         })
+    }
+
+    /// [`SourcePlugin::load`] on a blocking thread.
+    pub async fn load_async(
+        runtime: &Runtime,
+        spec: PluginSpec,
+        queue: &str,
+        queues: Arc<dyn QueueStore>,
+    ) -> Result<Self, PluginError> {
+        let (rt, queue, name) = (runtime.clone(), queue.to_owned(), spec.name.clone());
+        tokio::task::spawn_blocking(move || Self::load(&rt, spec, &queue, queues))
+            .await
+            .map_err(|e| PluginError::Engine(format!("loading source {name}: {e}")))?
+    }
+
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// The queue its tasks go to.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Version tag: the first 12 hex digits of the component's SHA-256.
+    pub fn version(&self) -> &str {
+        &self.loaded.version
+    }
+
+    /// What loading found out (hash, cache use, load time).
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
     }
 }
 
