@@ -367,7 +367,7 @@ impl HostConfig {
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("cache"))
             }),
-            http: self.http,
+            http: self.http.clone(),
         }
     }
 
