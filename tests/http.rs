@@ -288,24 +288,9 @@ poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
 /// A private CA made for the test (its PEM in `dir/ca.pem`) and server TLS
 /// settings for 127.0.0.1 signed by it.
 fn test_ca(dir: &Path, http2: bool) -> (PathBuf, Arc<rustls::ServerConfig>) {
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "taskhost test CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let (ca_pem, tls) = server::loopback_tls(http2).unwrap();
     let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let tls = server::tls_config(vec![leaf.der().clone()], key, http2).unwrap();
+    std::fs::write(&ca_file, ca_pem).unwrap();
     (ca_file, tls)
 }
 

@@ -128,6 +128,29 @@ pub fn tls_config(
     Ok(Arc::new(cfg))
 }
 
+/// A throwaway CA and a certificate for 127.0.0.1 and localhost signed by
+/// it: the CA's PEM (what a client's `ca_file` must hold to trust the
+/// server) and server TLS settings for [`CountingServer::start_tls`].
+pub fn loopback_tls(
+    http2: bool,
+) -> Result<(String, Arc<rustls::ServerConfig>), Box<dyn std::error::Error + Send + Sync>> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "taskhost loopback CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?
+        .signed_by(&key, &ca)?;
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let tls = tls_config(vec![leaf.der().clone()], key, http2)?;
+    Ok((ca.pem(), tls))
+}
+
 async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,

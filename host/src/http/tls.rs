@@ -12,13 +12,12 @@ use wasmtime_wasi_http::Error as HttpError;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// `ca_file` could not be read.
-    #[error("http.ca_file {path}: {source}")]
+    #[error("http.ca_file {path}: {error}")]
     ReadCa {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error (in the message, so not a `source` too).
+        error: std::io::Error,
     },
     /// `ca_file` holds something that is not a usable PEM certificate.
     #[error("http.ca_file {path}: {reason}")]
@@ -30,7 +29,7 @@ pub enum TlsError {
     },
     /// rustls refused the configuration.
     #[error("TLS setup: {0}")]
-    Setup(#[from] rustls::Error),
+    Setup(rustls::Error),
 }
 
 /// Client settings trusting the bundled Mozilla roots (webpki-roots) and
@@ -40,9 +39,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        let pem = std::fs::read(path).map_err(|error| TlsError::ReadCa {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let bad = |reason: String| TlsError::BadCa {
             path: path.to_owned(),
@@ -65,7 +64,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .map_err(TlsError::Setup)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(config)

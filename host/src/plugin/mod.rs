@@ -116,7 +116,7 @@ pub enum PluginError {
     Engine(String),
     /// The outbound HTTP client could not be set up.
     #[error("outbound HTTP: {0}")]
-    Http(#[from] crate::http::TlsError),
+    Http(crate::http::TlsError),
 }
 
 /// A directory of the host a plugin may use, and where the guest sees it.
@@ -274,7 +274,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         // Before the epoch thread, which a failure here would leave running.
-        let http = HttpClient::new(opts.http)?;
+        let http = HttpClient::new(opts.http).map_err(PluginError::Http)?;
         // A plain thread, not a tokio task: if guests hog every runtime
         // thread, the epoch must still advance to interrupt them.
         let stop = Arc::new(AtomicBool::new(false));
