@@ -510,3 +510,49 @@ async fn a_429_with_retry_after_is_retried_by_the_host_and_the_task_is_done_once
     server.shutdown().await;
     runtime.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_first_https_requests_shares_one_http2_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = test_ca(tmp.path(), true);
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    let client = taskhost::http::HttpClient::new(HttpOptions {
+        pool_idle_per_host: 64,
+        host_concurrency: 64,
+        ca_file: Some(ca_file),
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    // 64 callers start together, before any connection exists: none of
+    // them may fail, and they share the one connection that wins.
+    let start = Arc::new(tokio::sync::Barrier::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, start, url) = (client.clone(), start.clone(), server.url());
+        set.spawn(async move {
+            start.wait().await;
+            let req = http::Request::post(url)
+                .body(Bytes::from_static(b"[1]"))
+                .unwrap();
+            let resp = client.send(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let s = server.stats();
+    assert_eq!(s.http2.load(Ordering::Relaxed), 64);
+    assert_eq!(
+        s.connections.load(Ordering::Relaxed),
+        1,
+        "one connect, shared"
+    );
+    server.shutdown().await;
+}
