@@ -1,22 +1,25 @@
 //! Plugins making outbound HTTP through `wasi:http` and the host's pooled
-//! client, against a real server on 127.0.0.1 that counts connections.
+//! client, against a real server on 127.0.0.1 that counts connections:
+//! plain http://, and https:// with a CA made at test time (HTTP/2 where the
+//! server offers it, HTTP/1.1 keep-alive where it does not).
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use taskhost::clock;
 use taskhost::http::HttpOptions;
-use taskhost::http::server::CountingServer;
+use taskhost::http::server::{self, CountingServer, Handler};
 use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions};
-use taskhost::pool::{PoolConfig, WorkerPool};
+use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{BaseQueue, NewTask, QueueStore};
-use taskhost::source::{Poller, SourceConfig, SourcePlugin};
+use taskhost::source::{Poller, Source, SourceConfig, SourcePlugin};
 
 fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
     PluginSpec {
@@ -30,10 +33,16 @@ fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
 }
 
 fn runtime(pool: usize) -> Runtime {
+    runtime_trusting(pool, None)
+}
+
+/// A runtime whose client also trusts the CA in `ca_file`.
+fn runtime_trusting(pool: usize, ca_file: Option<PathBuf>) -> Runtime {
     Runtime::with_options(RuntimeOptions {
         http: HttpOptions {
             pool_idle_per_host: pool,
             host_concurrency: pool,
+            ca_file,
             ..HttpOptions::default()
         },
         ..RuntimeOptions::default()
@@ -273,5 +282,277 @@ poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
     for j in ["job-1", "job-2", "job-3"] {
         assert_eq!(got.get(j), Some(&1), "{j} archived once: {got:?}");
     }
+    server.shutdown().await;
+}
+
+/// A private CA made for the test (its PEM in `dir/ca.pem`) and server TLS
+/// settings for 127.0.0.1 signed by it.
+fn test_ca(dir: &Path, http2: bool) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    let (ca_pem, tls) = server::loopback_tls(http2).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    (ca_file, tls)
+}
+
+/// Answers with an empty 200 and counts the JSON rows it was sent.
+fn counting_rows(rows: &Arc<AtomicU64>) -> Handler {
+    let seen = rows.clone();
+    Arc::new(move |_, body| {
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+        seen.fetch_add(v.len() as u64, Ordering::Relaxed);
+        http::Response::new(Full::new(Bytes::new()))
+    })
+}
+
+/// Pushes `n` log rows and lets log-report ship them one request each
+/// through `runtime`; returns the pool's counts.
+async fn ship_rows(runtime: &Runtime, server: &CountingServer, n: usize) -> PoolSnapshot {
+    let store = store();
+    let url = format!("{}/report", server.url());
+    let plugin = runtime
+        .load(
+            spec("log-report", &url, &[server.addr().to_string()]),
+            store.clone(),
+        )
+        .unwrap();
+    let queue = store.queue("logs").unwrap();
+    queue
+        .push_batch(
+            (0..n)
+                .map(|i| NewTask::new(format!(r#"{{"job":{},"line":"line {i}"}}"#, i % 7)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let cfg = PoolConfig {
+        batch_size: 1,
+        max_workers: 16,
+        max_latency: Duration::ZERO,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), cfg, clock::system()).unwrap();
+    drained(&queue).await;
+    pool.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_plugin_requests_are_multiplexed_over_http2_on_a_few_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = test_ca(tmp.path(), true);
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    let runtime = runtime_trusting(8, Some(ca_file));
+    let n = 10_000;
+    let stats = ship_rows(&runtime, &server, n).await;
+    assert_eq!((stats.done, stats.dead), (n as u64, 0));
+    assert_eq!(rows.load(Ordering::Relaxed), n as u64);
+    let s = server.stats();
+    let (reqs, h2, conns) = (
+        s.requests.load(Ordering::Relaxed),
+        s.http2.load(Ordering::Relaxed),
+        s.connections.load(Ordering::Relaxed),
+    );
+    assert_eq!(reqs, n as u64, "one request per batch");
+    assert_eq!(h2, reqs, "every request came as HTTP/2");
+    // One multiplexed connection; a second only if the first was lost.
+    assert!(
+        conns <= 2,
+        "{reqs} HTTP/2 requests opened {conns} connections (pool 8)"
+    );
+    eprintln!("https + h2: {reqs} requests over {conns} connection(s)");
+    server.shutdown().await;
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http1_only_tls_server_is_served_by_pooled_keep_alive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = test_ca(tmp.path(), false);
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    let runtime = runtime_trusting(8, Some(ca_file));
+    let n = 2_000;
+    let stats = ship_rows(&runtime, &server, n).await;
+    assert_eq!((stats.done, stats.dead), (n as u64, 0));
+    assert_eq!(rows.load(Ordering::Relaxed), n as u64);
+    let s = server.stats();
+    let (reqs, h2, conns) = (
+        s.requests.load(Ordering::Relaxed),
+        s.http2.load(Ordering::Relaxed),
+        s.connections.load(Ordering::Relaxed),
+    );
+    assert_eq!(reqs, n as u64);
+    assert_eq!(h2, 0, "the server offered only http/1.1");
+    assert!(
+        conns <= 8,
+        "{reqs} requests opened {conns} connections (pool 8)"
+    );
+    server.shutdown().await;
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_fails_the_plugins_request_and_the_host_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The server's CA is not given to the client: only the public roots.
+    let (_ca_file, tls) = test_ca(tmp.path(), true);
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    let runtime = runtime(4);
+    let allowed = [server.addr().to_string()];
+
+    // What the plugin is told: the wasi:http error names the certificate.
+    let source = SourcePlugin::load(
+        &runtime,
+        spec("http-source", &format!("{}/tasks", server.url()), &allowed),
+        "jobs",
+        store(),
+    )
+    .unwrap();
+    let err = source.poll(10).await.unwrap_err();
+    assert!(
+        err.contains("TlsCertificateError"),
+        "the plugin sees a TLS certificate error: {err}"
+    );
+
+    // A handler's task follows the plugin's outcome (log-report retries a
+    // failed request) until its attempts are spent; nothing is lost.
+    let store = store();
+    let plugin = runtime
+        .load(
+            spec("log-report", &format!("{}/r", server.url()), &allowed),
+            store.clone(),
+        )
+        .unwrap();
+    let queue = store.queue("logs").unwrap();
+    queue.push(NewTask::new(r#"{"line":"x"}"#)).await.unwrap();
+    let cfg = PoolConfig {
+        max_latency: Duration::ZERO,
+        max_attempts: 2,
+        retry_backoff: taskhost::backoff::Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ),
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), cfg, clock::system()).unwrap();
+    drained(&queue).await;
+    let stats = pool.shutdown().await;
+    assert_eq!((stats.done, stats.dead), (0, 1));
+    let dead = queue.dead_letters(1).await.unwrap();
+    assert_eq!(dead.len(), 1, "the row is kept as a dead letter");
+    assert!(
+        dead[0].reason.contains("gave up after 2 attempts"),
+        "{}",
+        dead[0].reason
+    );
+    let s = server.stats();
+    assert_eq!(
+        s.requests.load(Ordering::Relaxed),
+        0,
+        "no request got through"
+    );
+    // The server notes a refused handshake when the client's alert arrives.
+    let end = Instant::now() + Duration::from_secs(10);
+    while s.tls_failures.load(Ordering::Relaxed) < 3 {
+        assert!(Instant::now() < end, "every try was a refused handshake");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The host is still up: the same runtime serves a plain server.
+    let plain = CountingServer::start(counting_rows(&rows)).await.unwrap();
+    let stats = ship_rows(&runtime, &plain, 3).await;
+    assert_eq!((stats.done, stats.dead), (3, 0));
+    plain.shutdown().await;
+    server.shutdown().await;
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_retried_by_the_host_and_the_task_is_done_once() {
+    let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let log = arrivals.clone();
+    let server = CountingServer::start(Arc::new(move |_, _| {
+        let mut log = log.lock().unwrap();
+        log.push(Instant::now());
+        let mut r = http::Response::new(Full::new(Bytes::new()));
+        if log.len() == 1 {
+            *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, "1".parse().unwrap());
+        }
+        r
+    }))
+    .await
+    .unwrap();
+    let runtime = runtime(4);
+    let stats = ship_rows(&runtime, &server, 1).await;
+    assert_eq!(
+        (stats.done, stats.retried, stats.dead),
+        (1, 0, 0),
+        "the plugin saw success, once"
+    );
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 2, "the host retried the 429 once");
+    assert!(
+        arrivals[1] - arrivals[0] >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured: {:?}",
+        arrivals[1] - arrivals[0]
+    );
+    assert_eq!(runtime.http().stats().retries.load(Ordering::Relaxed), 1);
+    assert_eq!(runtime.http().stats().requests.load(Ordering::Relaxed), 1);
+    server.shutdown().await;
+    runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_first_https_requests_shares_one_http2_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = test_ca(tmp.path(), true);
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    let client = taskhost::http::HttpClient::new(HttpOptions {
+        pool_idle_per_host: 64,
+        host_concurrency: 64,
+        ca_file: Some(ca_file),
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    // 64 callers start together, before any connection exists: none of
+    // them may fail, and they share the one connection that wins.
+    let start = Arc::new(tokio::sync::Barrier::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, start, url) = (client.clone(), start.clone(), server.url());
+        set.spawn(async move {
+            start.wait().await;
+            let req = http::Request::post(url)
+                .body(Bytes::from_static(b"[1]"))
+                .unwrap();
+            let resp = client.send(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let s = server.stats();
+    assert_eq!(s.http2.load(Ordering::Relaxed), 64);
+    assert_eq!(
+        s.connections.load(Ordering::Relaxed),
+        1,
+        "one connect, shared"
+    );
     server.shutdown().await;
 }

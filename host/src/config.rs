@@ -367,7 +367,7 @@ impl HostConfig {
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("cache"))
             }),
-            http: self.http,
+            http: self.http.clone(),
         }
     }
 
@@ -512,6 +512,7 @@ mod tests {
             pool_idle_per_host = 4
             host_rate = 20.0
             deadline = "5s"
+            ca_file = "private-ca.pem"
             [[plugins]]
             path = "log-report.wasm"
             allowed_hosts = ["gitea.local:3000"]
@@ -529,6 +530,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.http.pool_idle_per_host, 4);
         assert_eq!(c.http.host_rate, Some(20.0));
+        assert_eq!(c.http.ca_file, Some(PathBuf::from("private-ca.pem")));
         let p = &c.plugins[0];
         assert_eq!(p.spec().allowed_hosts, ["gitea.local:3000"]);
         assert_eq!(p.pool.max_latency, Duration::from_secs(3));

@@ -489,7 +489,7 @@ pub async fn bench_load(a: LoadArgs) -> Result<()> {
         let server = CountingServer::start(gitea(seen.clone()))
             .await
             .context("starting the stand-in server")?;
-        let client = HttpClient::new(opts);
+        let client = HttpClient::new(opts.clone()).context("starting the HTTP client")?;
         eprintln!(
             "running {design}: {:?} warm-up, then {:?} measured ...",
             a.warmup, a.duration

@@ -14,6 +14,7 @@ use taskhost::run::{Queues, RunOptions};
 
 mod bench;
 mod bench_redis;
+mod httpsbench;
 mod loadbench;
 mod new_plugin;
 
@@ -58,6 +59,8 @@ enum Cmd {
     NewPlugin(new_plugin::NewPluginArgs),
     /// act_runner's load table: requests/s of a naive runner fleet vs this host.
     BenchLoad(loadbench::LoadArgs),
+    /// Requests/s of the pooled client over https (HTTP/2, HTTP/1.1) vs a connection per request.
+    BenchHttps(httpsbench::HttpsBenchArgs),
 }
 
 /// Where the queues are.
@@ -287,6 +290,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::BenchLangs(a) => bench::langs::bench_langs(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
         Cmd::BenchLoad(a) => loadbench::bench_load(a).await,
+        Cmd::BenchHttps(a) => httpsbench::bench_https(a).await,
     }
 }
 

@@ -129,3 +129,107 @@ impl Write for CappedConn {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
+
+/// How long a superseded connect waits before failing (see [`H2Gate`]).
+pub const SUPERSEDED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the last https connection to a host negotiated.
+#[derive(Debug, Default)]
+struct Negotiated {
+    /// Held while connecting to a host not known to speak HTTP/1.1 only.
+    connecting: tokio::sync::Mutex<()>,
+    /// The last connection negotiated HTTP/1.1 (connect freely, up to the cap).
+    http1: std::sync::atomic::AtomicBool,
+    /// HTTP/2 connections made so far.
+    h2_made: std::sync::atomic::AtomicU64,
+}
+
+/// Above the TLS layer: one https connect at a time to a host that may
+/// speak HTTP/2, so a burst of requests opens one multiplexed connection
+/// instead of one each. hyper-util's pool keeps only the first connection
+/// that negotiates h2 and hands it to every waiting request, so a connect
+/// that waited behind one that made an h2 connection opens nothing: it
+/// fails after [`SUPERSEDED_GRACE`], by which time its request has the
+/// shared connection (hyper-util then drops the failure unseen; failing at
+/// once could beat the h2 handshake and reach the request). Hosts that
+/// answer HTTP/1.1 connect in parallel as before; plain http:// is passed
+/// through untouched.
+#[derive(Debug, Clone)]
+pub struct H2Gate<C> {
+    inner: C,
+    hosts: Arc<Mutex<HashMap<String, Arc<Negotiated>>>>,
+}
+
+impl<C> H2Gate<C> {
+    /// Wraps the TLS connector `inner`.
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            hosts: Arc::default(),
+        }
+    }
+
+    fn host(&self, uri: &Uri) -> Arc<Negotiated> {
+        let key = uri
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.entry(key).or_default().clone()
+    }
+}
+
+impl<C> tower_service::Service<Uri> for H2Gate<C>
+where
+    C: tower_service::Service<Uri, Error = BoxError> + Clone + Send + 'static,
+    C::Response: Connection + Send,
+    C::Future: Send,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Box::pin(self.inner.call(uri));
+        }
+        use std::sync::atomic::Ordering::SeqCst;
+        let host = self.host(&uri);
+        let made_before = host.h2_made.load(SeqCst);
+        // The clone is ready: HttpsConnector's readiness is its TCP
+        // connector's, which always is.
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let mut one = if host.http1.load(SeqCst) {
+                None
+            } else {
+                Some(host.connecting.lock().await)
+            };
+            if host.h2_made.load(SeqCst) > made_before {
+                drop(one);
+                tokio::time::sleep(SUPERSEDED_GRACE).await;
+                return Err(
+                    "superseded: an HTTP/2 connection to this host opened meanwhile".into(),
+                );
+            }
+            if host.http1.load(SeqCst) {
+                // HTTP/1.1 after all: each request needs its own connection.
+                one = None;
+            }
+            let conn = inner.call(uri).await?;
+            // Recorded before the lock goes, so the next in line sees it.
+            if conn.connected().is_negotiated_h2() {
+                host.http1.store(false, SeqCst);
+                host.h2_made.fetch_add(1, SeqCst);
+            } else {
+                host.http1.store(true, SeqCst);
+            }
+            drop(one);
+            Ok(conn)
+        })
+    }
+}

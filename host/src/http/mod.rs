@@ -3,7 +3,10 @@
 //! Every plugin's requests go through one process-wide [`HttpClient`]: one
 //! keep-alive connection pool (idle connections per host configurable), so
 //! 10,000 requests to one server reuse a handful of connections instead of
-//! opening one each (act_runner's `MaxIdleConnsPerHost=2` lesson). Per
+//! opening one each (act_runner's `MaxIdleConnsPerHost=2` lesson). http://
+//! and https:// share it; over TLS the client offers ALPN `h2` and
+//! `http/1.1`, so a server that speaks HTTP/2 gets every request multiplexed
+//! on one connection. Per
 //! plugin, [`AllowedHosts`] fails closed: a plugin that lists no host makes
 //! no request. Per destination host, a concurrency limit and a rate limit
 //! hold requests back; 429 and 503 answers are retried by the host with
@@ -14,8 +17,10 @@
 mod connector;
 mod limit;
 pub mod server;
+mod tls;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -31,9 +37,10 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use crate::backoff::Backoff;
 pub use limit::HostGate;
+pub use tls::TlsError;
 
 /// Settings of the shared client and of every destination host.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpOptions {
     /// Idle keep-alive connections kept per destination host.
@@ -57,6 +64,9 @@ pub struct HttpOptions {
     pub max_retries: u32,
     /// Largest request body a plugin may send (it is buffered for retries).
     pub max_body_bytes: usize,
+    /// PEM file of extra CA certificates https:// servers may chain to (a
+    /// private CA), trusted besides the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpOptions {
@@ -71,6 +81,7 @@ impl Default for HttpOptions {
             retry_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
             max_retries: 5,
             max_body_bytes: 16 << 20,
+            ca_file: None,
         }
     }
 }
@@ -89,31 +100,38 @@ pub struct HttpStats {
 /// The host's one pooled HTTP client, shared by every plugin.
 #[derive(Debug)]
 pub struct HttpClient {
-    client: Client<connector::CappedConnector, Full<Bytes>>,
+    client: Client<connector::H2Gate<HttpsConnector<connector::CappedConnector>>, Full<Bytes>>,
     opts: HttpOptions,
     gates: Mutex<HashMap<String, Arc<HostGate>>>,
     stats: HttpStats,
 }
 
 impl HttpClient {
-    /// A client with its own connection pool.
-    pub fn new(opts: HttpOptions) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    /// A client with its own connection pool; fails if `ca_file` cannot be used.
+    pub fn new(opts: HttpOptions) -> Result<Arc<Self>, TlsError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        // The TLS layer above hands https:// URIs down for the TCP part.
+        tcp.enforce_http(false);
+        let connector = connector::H2Gate::new(
+            HttpsConnectorBuilder::new()
+                .with_tls_config(tls::client_config(opts.ca_file.as_deref())?)
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(connector::CappedConnector::new(tcp, opts.host_concurrency)),
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(opts.pool_idle_per_host)
             .pool_idle_timeout(opts.idle_timeout)
             .pool_timer(TokioTimer::new())
-            .build(connector::CappedConnector::new(
-                connector,
-                opts.host_concurrency,
-            ));
-        Arc::new(Self {
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Arc::new(Self {
             client,
             opts,
             gates: Mutex::default(),
             stats: HttpStats::default(),
-        })
+        }))
     }
 
     /// The client's settings.
@@ -167,7 +185,7 @@ impl HttpClient {
             .await;
             let resp = match sent {
                 Err(_) => return Err(HttpError::HttpResponseTimeout),
-                Ok(Err(e)) => return Err(client_error(e)),
+                Ok(Err(e)) => return Err(client_error(e, &authority)),
                 Ok(Ok(r)) => r,
             };
             let status = resp.status();
@@ -192,8 +210,12 @@ impl HttpClient {
     }
 }
 
-fn client_error(e: hyper_util::client::legacy::Error) -> HttpError {
-    if e.is_connect() {
+fn client_error(e: hyper_util::client::legacy::Error, authority: &str) -> HttpError {
+    if let Some(code) = tls::error_code(&e) {
+        // The code tells the plugin what failed; the log says why.
+        tracing::warn!(%authority, error = ?e, "TLS handshake failed: {code}");
+        code
+    } else if e.is_connect() {
         HttpError::ConnectionRefused
     } else {
         HttpError::InternalError(Some(format!("{e:#}")))
@@ -266,7 +288,6 @@ impl PluginHttp {
     async fn serve(
         self,
         req: Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<RequestOptions>,
     ) -> Result<Response<wasmtime_wasi_http::WasiBody>, HttpError> {
         let uri = req.uri();
         let host = uri.host().unwrap_or_default();
@@ -275,18 +296,11 @@ impl PluginHttp {
             tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: host not in allowed_hosts");
             return Err(HttpError::HttpRequestDenied);
         }
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-            // TLS is not pooled yet: one connection per request, wasmtime's
-            // own client, still within the host's deadline.
-            let sent = tokio::time::timeout(
-                self.client.opts.deadline,
-                wasmtime_wasi_http::default_send_request(req, options),
-            )
-            .await
-            .map_err(|_| HttpError::HttpResponseTimeout)??;
-            let (resp, io) = sent;
-            tokio::spawn(io);
-            return Ok(resp.map(|b| b.boxed_unsync()));
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP)
+            && uri.scheme() != Some(&http::uri::Scheme::HTTPS)
+        {
+            tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: scheme is neither http nor https");
+            return Err(HttpError::HttpRequestUriInvalid);
         }
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, self.client.opts.max_body_bytes)
@@ -303,7 +317,9 @@ impl WasiHttpHooks for PluginHttp {
     fn send_request(
         &mut self,
         request: Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<RequestOptions>,
+        // The guest's per-request time-outs are not applied: connections
+        // are shared, and the host's `deadline` bounds every request.
+        _options: Option<RequestOptions>,
         fut: BoxFut<Result<(), HttpError>>,
     ) -> BoxFut<
         Result<
@@ -317,7 +333,7 @@ impl WasiHttpHooks for PluginHttp {
         drop(fut);
         let this = self.clone();
         Box::new(async move {
-            let resp = this.serve(request, options).await?;
+            let resp = this.serve(request).await?;
             Ok((resp, Box::new(async { Ok(()) }) as BoxFut<_>))
         })
     }

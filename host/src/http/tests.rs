@@ -23,7 +23,8 @@ async fn ten_thousand_requests_reuse_the_pool() {
         pool_idle_per_host: 8,
         host_concurrency: 8,
         ..HttpOptions::default()
-    });
+    })
+    .unwrap();
     let mut set = JoinSet::new();
     for w in 0..32 {
         let client = client.clone();
@@ -72,7 +73,8 @@ async fn back_pressure_is_retried_honouring_retry_after() {
     let client = HttpClient::new(HttpOptions {
         retry_backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
         ..HttpOptions::default()
-    });
+    })
+    .unwrap();
     let t0 = std::time::Instant::now();
     let resp = client.send(get(&server.url())).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -101,7 +103,7 @@ async fn a_retry_that_would_pass_the_deadline_hands_the_answer_back() {
     }))
     .await
     .unwrap();
-    let client = HttpClient::new(HttpOptions::default());
+    let client = HttpClient::new(HttpOptions::default()).unwrap();
     let resp = client.send(get(&server.url())).await.unwrap();
     assert_eq!(resp.status(), 503, "the plugin sees the answer at once");
     assert_eq!(server.stats().requests.load(Ordering::Relaxed), 1);
@@ -143,7 +145,7 @@ fn allowed_hosts_fail_closed() {
 #[tokio::test]
 async fn a_plugin_request_to_an_unlisted_host_is_refused_without_a_connection() {
     let server = CountingServer::start(ok()).await.unwrap();
-    let client = HttpClient::new(HttpOptions::default());
+    let client = HttpClient::new(HttpOptions::default()).unwrap();
     let mut hooks = PluginHttp::new(
         "p",
         AllowedHosts::new(&["other.test".into()]),
@@ -171,4 +173,36 @@ async fn host_gate_holds_the_rate_after_a_burst() {
         starts.push(t0.elapsed().as_millis() as u64);
     }
     assert_eq!(starts, [0, 0, 0, 100, 200, 300]);
+}
+
+#[test]
+fn an_unusable_ca_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.pem");
+    let opts = |ca: &std::path::Path| HttpOptions {
+        ca_file: Some(ca.to_owned()),
+        ..HttpOptions::default()
+    };
+    let err = HttpClient::new(opts(&missing)).unwrap_err().to_string();
+    assert!(
+        err.contains("http.ca_file") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let err = HttpClient::new(opts(&junk)).unwrap_err().to_string();
+    assert!(err.contains("no `BEGIN CERTIFICATE`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_scheme_other_than_http_or_https_is_refused() {
+    let client = HttpClient::new(HttpOptions::default()).unwrap();
+    let mut hooks = PluginHttp::new("p", AllowedHosts::new(&["example.com".into()]), client);
+    let body = Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = Request::get("ftp://example.com/x").body(body).unwrap();
+    let fut = hooks.send_request(req, None, Box::new(async { Ok(()) }));
+    let err = std::pin::Pin::from(fut).await.err().unwrap();
+    assert!(matches!(err, HttpError::HttpRequestUriInvalid), "{err:?}");
 }

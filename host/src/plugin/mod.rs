@@ -118,6 +118,9 @@ pub enum PluginError {
     /// The engine could not be set up.
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// The outbound HTTP client could not be set up.
+    #[error("outbound HTTP: {0}")]
+    Http(crate::http::TlsError),
 }
 
 /// A directory of the host a plugin may use, and where the guest sees it.
@@ -288,6 +291,8 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        // Before the epoch thread, which a failure here would leave running.
+        let http = HttpClient::new(opts.http).map_err(PluginError::Http)?;
         // A plain thread, not a tokio task: if guests hog every runtime
         // thread, the epoch must still advance to interrupt them.
         let stop = Arc::new(AtomicBool::new(false));
@@ -311,7 +316,7 @@ impl Runtime {
                 linker,
                 cache,
                 max_memory_mib: opts.max_memory_mib,
-                http: HttpClient::new(opts.http),
+                http,
                 stop,
                 ticker: std::sync::Mutex::new(Some(ticker)),
             }),
