@@ -175,9 +175,7 @@ pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
             "one-host" => one_host(&a, &runtime).await?,
             "harbor-queue" => harbor_queue(&a, &runtime).await?,
             "harbor-scan" => harbor_scan(&a).await?,
-            other => bail!(
-                "unknown case {other:?} (scripts, one-host, harbor-queue, harbor-scan)"
-            ),
+            other => bail!("unknown case {other:?} (scripts, one-host, harbor-queue, harbor-scan)"),
         }
     }
     runtime.shutdown();
@@ -232,7 +230,11 @@ async fn scripts(a: &BenchRedisArgs) -> Result<()> {
             let tasks = (start..(start + b).min(n))
                 .map(|i| {
                     let t = NewTask::new(payload.clone());
-                    if keyed { t.unique(format!("key-{i}")) } else { t }
+                    if keyed {
+                        t.unique(format!("key-{i}"))
+                    } else {
+                        t
+                    }
                 })
                 .collect();
             queue.push_batch(tasks).await?;

@@ -964,7 +964,9 @@ impl BaseQueue for RedisQueue {
                 })(),
                 _ => None,
             };
-            out.push(dead.ok_or_else(|| self.bad_reply("dead letters", &Value::Array(f.to_vec())))?);
+            out.push(
+                dead.ok_or_else(|| self.bad_reply("dead letters", &Value::Array(f.to_vec())))?,
+            );
         }
         Ok(out)
     }
@@ -1074,10 +1076,20 @@ mod tests {
         for key in [None, Some(""), Some("a:b:c"), Some("ключ")] {
             let v = pack(1_234, key, b"x:y\n");
             let (enq, k, p) = unpack(v).unwrap();
-            assert_eq!((enq, k.as_deref(), p.as_slice()), (1_234, key, &b"x:y\n"[..]));
+            assert_eq!(
+                (enq, k.as_deref(), p.as_slice()),
+                (1_234, key, &b"x:y\n"[..])
+            );
         }
-        assert_eq!(parse_member(Member::new(u64::MAX, u32::MAX).bytes()), Some((u64::MAX, u32::MAX)));
-        assert_eq!(unpack(b"12:5:ab".to_vec()), None, "key longer than the value");
+        assert_eq!(
+            parse_member(Member::new(u64::MAX, u32::MAX).bytes()),
+            Some((u64::MAX, u32::MAX))
+        );
+        assert_eq!(
+            unpack(b"12:5:ab".to_vec()),
+            None,
+            "key longer than the value"
+        );
     }
 
     #[test]
