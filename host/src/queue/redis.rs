@@ -689,8 +689,9 @@ fn unpack(mut v: Vec<u8>) -> Option<(u64, Option<String>, Vec<u8>)> {
         b"-" => (None, b + 1),
         n => {
             let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
-            let k = v.get(b + 1..b + 1 + n)?;
-            (Some(String::from_utf8(k.to_vec()).ok()?), b + 1 + n)
+            let end = (b + 1).checked_add(n)?;
+            let k = v.get(b + 1..end)?;
+            (Some(String::from_utf8(k.to_vec()).ok()?), end)
         }
     };
     v.drain(..start);
