@@ -28,8 +28,8 @@ pub struct BenchRedisArgs {
     /// Tasks per batch.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// Workers per host.
-    #[arg(long, default_value_t = 2)]
+    /// Workers per host (the pool's default; 4 beat 2 and 8 on 2 cores).
+    #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Executions of the Harbor scenario.
     #[arg(long, default_value_t = 1_000_000)]
@@ -40,11 +40,11 @@ pub struct BenchRedisArgs {
     /// Hosts (queue) and scanners (SCAN) in the Harbor scenario.
     #[arg(long, default_value_t = 5)]
     hosts: usize,
-    /// Cases to run: one-host, harbor-queue, harbor-scan.
+    /// Cases to run: scripts, one-host, harbor-queue, harbor-scan.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "one-host,harbor-queue,harbor-scan"
+        default_value = "scripts,one-host,harbor-queue,harbor-scan"
     )]
     cases: Vec<String>,
 }
@@ -171,10 +171,11 @@ pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
     );
     for case in &a.cases {
         match case.as_str() {
+            "scripts" => scripts(&a).await?,
             "one-host" => one_host(&a, &runtime).await?,
             "harbor-queue" => harbor_queue(&a, &runtime).await?,
             "harbor-scan" => harbor_scan(&a).await?,
-            other => bail!("unknown case {other:?} (one-host, harbor-queue, harbor-scan)"),
+            other => bail!("unknown case {other:?} (scripts, one-host, harbor-queue, harbor-scan)"),
         }
     }
     runtime.shutdown();
@@ -196,6 +197,67 @@ fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
         max_latency: Duration::from_millis(1),
         ..PoolConfig::default()
     }
+}
+
+/// Redis's cost of each queue script alone: one client pushes `tasks`
+/// (without, then with unique keys), leases them all and acks them all, in
+/// batches, one phase after the other, so each phase's `EVALSHA` time is
+/// one script's.
+async fn scripts(a: &BenchRedisArgs) -> Result<()> {
+    let server = RedisServer::start()?;
+    let clock = clock::system();
+    let queue = store(&server, clock)?.queue("scripts")?;
+    let n = a.tasks.min(200_000);
+    let b = a.batch_size;
+    println!("Redis cost per task of each script, {n} tasks, batch {b}, one client:");
+    let ttl = Duration::from_secs(600);
+    for keyed in [false, true] {
+        let label = if keyed { "unique key" } else { "no key" };
+        let phase = |name: &str, before: RedisCost| -> Result<RedisCost> {
+            let now = snapshot(&server)?;
+            let c = now - before;
+            println!(
+                "  {name:<7} ({label:<10}) {:>6.2} us/task in scripts, Redis CPU {:>6.2} us/task, {:.4} script calls/task",
+                c.script_secs * 1e6 / n as f64,
+                c.cpu * 1e6 / n as f64,
+                c.scripts as f64 / n as f64
+            );
+            Ok(now)
+        };
+        let payload = vec![b'x'; 100];
+        let mut at = snapshot(&server)?;
+        for start in (0..n).step_by(b) {
+            let tasks = (start..(start + b).min(n))
+                .map(|i| {
+                    let t = NewTask::new(payload.clone());
+                    if keyed {
+                        t.unique(format!("key-{i}"))
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            queue.push_batch(tasks).await?;
+        }
+        at = phase("push", at)?;
+        let mut leased = Vec::with_capacity(n);
+        loop {
+            let got = queue.lease(b, ttl).await?;
+            if got.is_empty() {
+                break;
+            }
+            leased.extend(got.iter().map(|t| t.lease()));
+        }
+        at = phase("lease", at)?;
+        for chunk in leased.chunks(b) {
+            queue.ack(chunk).await?;
+        }
+        phase("ack", at)?;
+        if leased.len() != n {
+            bail!("leased {} of {n} tasks", leased.len());
+        }
+    }
+    Ok(())
 }
 
 /// One host pushes `tasks` while its pool drains them through the no-op component.

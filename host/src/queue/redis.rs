@@ -12,14 +12,18 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `taskhost:{q}:seq` | string | last task id (`INCRBY` per push batch) |
-//! | `taskhost:{q}:ready` | list | ids visible now, oldest first |
-//! | `taskhost:{q}:leased` | sorted set | leased ids scored by lease expiry (ms) |
-//! | `taskhost:{q}:delayed` | sorted set | delayed ids scored by visible-at (ms) |
-//! | `taskhost:{q}:pay`, `att`, `enq`, `key` | hashes | id -> payload, attempt, enqueued-at ms, unique key |
+//! | `taskhost:{q}:t` | hash | id -> the task's immutable fields packed in one value: `<enqueued_at>:<key length or ->:<key><payload>` |
+//! | `taskhost:{q}:ready` | list | visible tasks, oldest first: `id` (never leased) or `id:attempt` (attempts so far) |
+//! | `taskhost:{q}:leased` | sorted set | `id:attempt` of each lease, scored by lease expiry (ms) |
+//! | `taskhost:{q}:delayed` | sorted set | `id` (delayed push) or `id:attempt` (retry), scored by visible-at (ms) |
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
-//! | `taskhost:{q}:dead` | list | dead-lettered ids, newest first, trimmed |
+//! | `taskhost:{q}:dead` | list | `id:attempt` of dead letters, newest first, trimmed |
 //! | `taskhost:{q}:reason`, `failed` | hashes | id -> dead-letter reason, failed-at ms |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
+//!
+//! This layout replaced one with a hash per field (`pay`, `att`, `enq`,
+//! `key`) before any release; queues written by that layout are not
+//! migrated (drain them with the old binary first).
 //!
 //! # Why this layout
 //!
@@ -33,17 +37,27 @@
 //! pending list rather than jumping to what expired.
 //!
 //! Each state change is one Lua script, so it is atomic: push (capacity check,
-//! unique-key check, id, hash, list or delayed set), lease (promote due retries
-//! and expired leases, pop, count the attempt, record the lease), renew, and
-//! settle (a whole batch of acks/retries/dead letters/releases in one call).
-//! A settlement or renewal is applied only if the task is still in `leased`
-//! with the same attempt, so a host whose lease was taken over cannot settle
-//! it. Task fields live in a few per-queue hashes (one field per task)
-//! rather than a hash per task, so every script reads and writes a whole
-//! batch with a handful of variadic commands (`HMGET`, `HSET`, `ZADD`,
-//! `ZMSCORE`, `HDEL`): Redis's cost per task is then a few hash and sorted-set
-//! operations, not a command each. One host needs a handful of round trips
-//! per batch, not per task.
+//! unique-key check, id, task value, list or delayed set), lease (promote due
+//! retries and expired leases, pop, record the lease), renew, and settle (a
+//! whole batch of acks/retries/dead letters/releases in one call).
+//!
+//! Redis's CPU per task is what limits throughput (one Redis core serves
+//! every host), and inside a script it grows with the values moved between
+//! Lua and Redis. So each task costs as few as we could make it:
+//! - its immutable fields are one hash value, written once at push, read
+//!   once at lease (one `HMGET` for the batch), deleted once at ack;
+//! - its attempt lives in the queue elements, not in a hash: a lease is the
+//!   member `id:attempt` of `leased`, so one `ZMSCORE` both proves that a
+//!   settlement's holder still holds the lease and checks its attempt (a
+//!   host whose lease was taken over holds an older attempt and is refused),
+//!   and an expired lease or a retry goes back carrying its attempt count;
+//! - every command is variadic over the batch (no `redis.call` per task),
+//!   and in-batch duplicate unique keys are collapsed in Lua;
+//! - the handle that leased a task remembers its unique key until it
+//!   settles it, so an ack need not read the key back (an unknown key, e.g.
+//!   after a restart of the handle, is read from the task value instead).
+//!
+//! One host needs a handful of round trips per batch, not per task.
 //!
 //! Times come from the store's [`Clock`] and travel as script arguments, so
 //! tests drive lease expiry and retries deterministically, and hosts agree as
@@ -114,7 +128,9 @@ impl Default for RedisOptions {
 
 /// Lua helpers: `chunked` runs `cmd key` with `list` appended and `mget`
 /// reads `list` with `cmd key`, both in chunks that stay under Lua's stack
-/// limit for `unpack`, so one call serves a whole batch.
+/// limit for `unpack`, so one call serves a whole batch. `idof` is the id
+/// of a queue element (`id` or `id:attempt`); `keyof` the unique key inside
+/// a packed task, or nil.
 const HELPERS: &str = r#"
 local function chunked(cmd, key, list)
   for i = 1, #list, 1000 do
@@ -122,6 +138,7 @@ local function chunked(cmd, key, list)
   end
 end
 local function mget(cmd, key, list)
+  if #list <= 1000 then return redis.call(cmd, key, unpack(list)) end
   local out = {}
   for i = 1, #list, 1000 do
     local part = redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
@@ -129,36 +146,50 @@ local function mget(cmd, key, list)
   end
   return out
 end
+local function idof(e)
+  local p = string.find(e, ':', 1, true)
+  if p then return string.sub(e, 1, p - 1), tonumber(string.sub(e, p + 1)) end
+  return e, 0
+end
+local function keyof(packed)
+  local a = string.find(packed, ':', 1, true)
+  local b = string.find(packed, ':', a + 1, true)
+  local n = string.sub(packed, a + 1, b - 1)
+  if n == '-' then return nil end
+  return string.sub(packed, b + 1, b + tonumber(n))
+end
 "#;
 
-/// Push: ARGV = now, capacity (0 = none), then per task: has_key, key, payload, delay_ms.
-/// Returns {0} when the batch does not fit, else {1, kind1, id1, kind2, id2, ...}
-/// with kind 1 = created, 0 = duplicate. Ids are reserved with one INCRBY
-/// per batch; a duplicate leaves a gap.
+/// Push: ARGV = capacity (0 = none), now, then per task: has_key, key,
+/// packed task, delay_ms. Returns {0} when the batch does not fit, else
+/// {1, first_id, i1, id1, i2, id2, ...}: created tasks get consecutive ids
+/// from first_id in batch order, and task i (0-based) of each pair is a
+/// duplicate of the existing task id. Ids are reserved with one INCRBY per
+/// batch.
 const PUSH: &str = r#"
 local pre = KEYS[1]
-local now = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-local n = (#ARGV - 2) / 4
+local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local keys = {}
-for i = 0, n - 1 do
-  if ARGV[3 + i * 4] == '1' then keys[#keys + 1] = ARGV[4 + i * 4] end
+for b = 3, #ARGV, 4 do
+  if ARGV[b] == '1' then keys[#keys + 1] = ARGV[b + 1] end
 end
 local known = {}
 if #keys > 0 then
   local ids = mget('HMGET', pre .. 'unique', keys)
   for j, k in ipairs(keys) do
-    if ids[j] then known[k] = tonumber(ids[j]) end
+    if ids[j] then known[k] = ids[j] end
   end
 end
 local fresh, seen = 0, {}
-for i = 0, n - 1 do
-  local b = 3 + i * 4
+for b = 3, #ARGV, 4 do
   if ARGV[b] == '0' then
     fresh = fresh + 1
-  elseif not known[ARGV[b + 1]] and not seen[ARGV[b + 1]] then
-    seen[ARGV[b + 1]] = true
-    fresh = fresh + 1
+  else
+    local k = ARGV[b + 1]
+    if not known[k] and not seen[k] then
+      seen[k] = true
+      fresh = fresh + 1
+    end
   end
 end
 if cap > 0 then
@@ -167,43 +198,32 @@ if cap > 0 then
   if count + fresh > cap then return {0} end
 end
 local id = redis.call('INCRBY', pre .. 'seq', fresh) - fresh
-local out, pay, att, enq, key, uniq, ready, delayed = {1}, {}, {}, {}, {}, {}, {}, {}
-for i = 0, n - 1 do
-  local b = 3 + i * 4
-  local has_key, k, payload, delay = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
-  local dup = has_key == '1' and known[k]
+local out, t, uniq, ready, delayed = {1, id + 1}, {}, {}, {}, {}
+for b = 3, #ARGV, 4 do
+  local keyed, k = ARGV[b] == '1', ARGV[b + 1]
+  local dup = keyed and known[k]
   if dup then
-    out[#out + 1] = 0
+    out[#out + 1] = (b - 3) / 4
     out[#out + 1] = dup
   else
     id = id + 1
-    if has_key == '1' then
+    if keyed then
       known[k] = id
-      key[#key + 1] = id
-      key[#key + 1] = k
       uniq[#uniq + 1] = k
       uniq[#uniq + 1] = id
     end
-    pay[#pay + 1] = id
-    pay[#pay + 1] = payload
-    att[#att + 1] = id
-    att[#att + 1] = 0
-    enq[#enq + 1] = id
-    enq[#enq + 1] = now
+    t[#t + 1] = id
+    t[#t + 1] = ARGV[b + 2]
+    local delay = tonumber(ARGV[b + 3])
     if delay > 0 then
       delayed[#delayed + 1] = now + delay
       delayed[#delayed + 1] = id
     else
       ready[#ready + 1] = id
     end
-    out[#out + 1] = 1
-    out[#out + 1] = id
   end
 end
-chunked('HSET', pre .. 'pay', pay)
-chunked('HSET', pre .. 'att', att)
-chunked('HSET', pre .. 'enq', enq)
-chunked('HSET', pre .. 'key', key)
+chunked('HSET', pre .. 't', t)
 chunked('HSET', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('RPUSH', pre .. 'ready', ready)
@@ -211,7 +231,7 @@ return out
 "#;
 
 /// Lease: ARGV = now, until, max, promote_limit.
-/// Returns a flat list of (id, attempt, payload, key or false, enqueued_at).
+/// Returns a flat list of (`id:attempt`, packed task).
 const LEASE: &str = r#"
 local pre = KEYS[1]
 local now, untl, max, lim = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -227,84 +247,86 @@ for _, set in ipairs({'delayed', 'leased'}) do
     chunked('RPUSH', pre .. 'ready', due)
   end
 end
-local ids = redis.call('LPOP', pre .. 'ready', max)
-local out = {}
-if not ids then return out end
-local pays = mget('HMGET', pre .. 'pay', ids)
-local atts = mget('HMGET', pre .. 'att', ids)
-local keys = mget('HMGET', pre .. 'key', ids)
-local enqs = mget('HMGET', pre .. 'enq', ids)
-local att, z = {}, {}
+local got = redis.call('LPOP', pre .. 'ready', max)
+if not got then return {} end
+local ids, att = {}, {}
+for i, e in ipairs(got) do
+  ids[i], att[i] = idof(e)
+end
+local packed = mget('HMGET', pre .. 't', ids)
+local out, z = {}, {}
 for i, id in ipairs(ids) do
-  if pays[i] then
-    local a = tonumber(atts[i]) + 1
-    att[#att + 1] = id
-    att[#att + 1] = a
+  if packed[i] then
+    local m = id .. ':' .. (att[i] + 1)
     z[#z + 1] = untl
-    z[#z + 1] = id
-    out[#out + 1] = tonumber(id)
-    out[#out + 1] = a
-    out[#out + 1] = pays[i]
-    out[#out + 1] = keys[i]
-    out[#out + 1] = tonumber(enqs[i])
+    z[#z + 1] = m
+    out[#out + 1] = m
+    out[#out + 1] = packed[i]
   end
 end
-chunked('HSET', pre .. 'att', att)
 chunked('ZADD', pre .. 'leased', z)
 return out
 "#;
 
-/// Renew: ARGV = until, then pairs (id, attempt). Returns how many were held.
+/// Renew: ARGV = until, then `id:attempt` members. Returns how many were held.
 const RENEW: &str = r#"
 local pre = KEYS[1]
-local held = 0
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
-  if redis.call('ZSCORE', pre .. 'leased', id)
-     and redis.call('HGET', pre .. 'att', id) == ARGV[i + 1] then
-    redis.call('ZADD', pre .. 'leased', 'XX', ARGV[1], id)
-    held = held + 1
+local members = {}
+for i = 2, #ARGV do members[#members + 1] = ARGV[i] end
+local held = mget('ZMSCORE', pre .. 'leased', members)
+local z = {}
+for i, m in ipairs(members) do
+  if held[i] then
+    z[#z + 1] = ARGV[1]
+    z[#z + 1] = m
   end
 end
-return held
+chunked('ZADD', pre .. 'leased', z)
+return #z / 2
 "#;
 
-/// Settle: ARGV = now, dead_capacity, then quads (id, attempt, action, arg) with
-/// action a = ack, r = retry at arg, d = dead-letter with reason arg, l = release.
-/// Returns {applied, lost}. Reads and writes go out once per batch, not per
-/// task. A task's unique-key entry points at it for as long as the task
-/// exists, so it is removed without a check.
+/// Settle: ARGV = now, dead_capacity, then per settlement: `id:attempt`,
+/// op, key. Op is `a<kind>` ack, `d<kind><reason>` dead-letter, `r<at ms>`
+/// retry, `l` release; kind 0 = no unique key, 1 = the key is the third
+/// field, ? = unknown to the caller (read from the task). Three fields per
+/// task, not six: each argument costs Redis a parse and a Lua string.
+/// Returns {applied, lost}. A task's unique-key entry points at it for as
+/// long as the task exists, so it is removed without a check.
 const SETTLE: &str = r#"
 local pre = KEYS[1]
 local now, deadcap = ARGV[1], tonumber(ARGV[2])
-local ids = {}
-for i = 3, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
-local atts = mget('HMGET', pre .. 'att', ids)
-local held = mget('ZMSCORE', pre .. 'leased', ids)
-local keys = mget('HMGET', pre .. 'key', ids)
+local members = {}
+for b = 3, #ARGV, 3 do members[#members + 1] = ARGV[b] end
+local held = mget('ZMSCORE', pre .. 'leased', members)
 local applied, lost, taken = 0, 0, {}
-local zrem, gone, uniq, delayed, back, dead, reasons, failed, att =
+local zrem, gone, uniq, lookup, delayed, back, dead, reasons, failed =
   {}, {}, {}, {}, {}, {}, {}, {}, {}
-for j, id in ipairs(ids) do
-  local b = 3 + (j - 1) * 4
-  local act, arg = ARGV[b + 2], ARGV[b + 3]
-  if held[j] and atts[j] == ARGV[b + 1] and not taken[id] then
-    taken[id] = true
+for j, m in ipairs(members) do
+  local b = 3 + (j - 1) * 3
+  if held[j] and not taken[m] then
+    taken[m] = true
     applied = applied + 1
-    zrem[#zrem + 1] = id
-    if act == 'r' then
-      delayed[#delayed + 1] = arg
-      delayed[#delayed + 1] = id
-    elseif act == 'l' then
-      att[#att + 1] = id
-      att[#att + 1] = tonumber(atts[j]) - 1
-      back[#back + 1] = id
-    else
-      if keys[j] then uniq[#uniq + 1] = keys[j] end
-      if act == 'd' then
-        dead[#dead + 1] = id
+    zrem[#zrem + 1] = m
+    local op = ARGV[b + 1]
+    local act = string.byte(op, 1)
+    if act == 114 then -- r
+      delayed[#delayed + 1] = string.sub(op, 2)
+      delayed[#delayed + 1] = m
+    elseif act == 108 then -- l
+      local id, a = idof(m)
+      back[#back + 1] = a > 1 and (id .. ':' .. (a - 1)) or id
+    else -- a or d
+      local id = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
+      local kind = string.byte(op, 2)
+      if kind == 49 then -- 1
+        uniq[#uniq + 1] = ARGV[b + 2]
+      elseif kind == 63 then -- ?
+        lookup[#lookup + 1] = id
+      end
+      if act == 100 then -- d
+        dead[#dead + 1] = m
         reasons[#reasons + 1] = id
-        reasons[#reasons + 1] = arg
+        reasons[#reasons + 1] = string.sub(op, 3)
         failed[#failed + 1] = id
         failed[#failed + 1] = now
       else
@@ -315,22 +337,28 @@ for j, id in ipairs(ids) do
     lost = lost + 1
   end
 end
+if #lookup > 0 then
+  for _, p in ipairs(mget('HMGET', pre .. 't', lookup)) do
+    local k = p and keyof(p)
+    if k then uniq[#uniq + 1] = k end
+  end
+end
 chunked('ZREM', pre .. 'leased', zrem)
+chunked('HDEL', pre .. 't', gone)
 chunked('HDEL', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
-chunked('HSET', pre .. 'att', att)
 chunked('LPUSH', pre .. 'ready', back)
-chunked('HSET', pre .. 'reason', reasons)
-chunked('HSET', pre .. 'failed', failed)
-chunked('LPUSH', pre .. 'dead', dead)
-for _, h in ipairs({'pay', 'att', 'enq', 'key'}) do
-  chunked('HDEL', pre .. h, gone)
-end
-local over = redis.call('LLEN', pre .. 'dead') - deadcap
-if over > 0 then
-  local old = redis.call('RPOP', pre .. 'dead', over)
-  for _, h in ipairs({'pay', 'att', 'enq', 'key', 'reason', 'failed'}) do
-    chunked('HDEL', pre .. h, old)
+if #dead > 0 then
+  chunked('HSET', pre .. 'reason', reasons)
+  chunked('HSET', pre .. 'failed', failed)
+  chunked('LPUSH', pre .. 'dead', dead)
+  local over = redis.call('LLEN', pre .. 'dead') - deadcap
+  if over > 0 then
+    local old = {}
+    for i, e in ipairs(redis.call('RPOP', pre .. 'dead', over)) do old[i] = idof(e) end
+    for _, h in ipairs({'t', 'reason', 'failed'}) do
+      chunked('HDEL', pre .. h, old)
+    end
   end
 end
 return {applied, lost}
@@ -351,18 +379,16 @@ return {
 "#;
 
 /// Dead letters: ARGV = limit. Returns a flat list of
-/// (id, attempt, payload, key or false, enqueued_at, reason, failed_at).
+/// (`id:attempt`, packed task, reason, failed_at).
 const DEAD: &str = r#"
 local pre = KEYS[1]
 local out = {}
-for _, id in ipairs(redis.call('LRANGE', pre .. 'dead', 0, tonumber(ARGV[1]) - 1)) do
-  local p = redis.call('HGET', pre .. 'pay', id)
+for _, e in ipairs(redis.call('LRANGE', pre .. 'dead', 0, tonumber(ARGV[1]) - 1)) do
+  local id = idof(e)
+  local p = redis.call('HGET', pre .. 't', id)
   if p then
-    out[#out + 1] = tonumber(id)
-    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'att', id))
+    out[#out + 1] = e
     out[#out + 1] = p
-    out[#out + 1] = redis.call('HGET', pre .. 'key', id)
-    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'enq', id))
     out[#out + 1] = redis.call('HGET', pre .. 'reason', id) or ''
     out[#out + 1] = tonumber(redis.call('HGET', pre .. 'failed', id) or 0)
   end
@@ -386,10 +412,10 @@ impl Scripts {
         Self {
             push: Script::new(&format!("{HELPERS}{PUSH}")),
             lease: Script::new(&format!("{HELPERS}{LEASE}")),
-            renew: Script::new(RENEW),
+            renew: Script::new(&format!("{HELPERS}{RENEW}")),
             settle: Script::new(&format!("{HELPERS}{SETTLE}")),
             stats: Script::new(STATS),
-            dead: Script::new(DEAD),
+            dead: Script::new(&format!("{HELPERS}{DEAD}")),
         }
     }
 }
@@ -428,20 +454,38 @@ impl Shared {
         }
     }
 
-    /// Runs a script; one attempt.
-    async fn run(&self, inv: &redis::ScriptInvocation<'_>) -> Result<Value, QueueError> {
+    /// Starts a call of `script` on the queue with key prefix `prefix`.
+    fn call<'a>(&self, script: &'a Script, prefix: &str) -> Call<'a> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(prefix);
+        Call { script, cmd }
+    }
+
+    /// Runs a script call once, loading the script if Redis lost it
+    /// (a restart).
+    async fn try_run(&self, call: &Call<'_>) -> redis::RedisResult<Value> {
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(|e| self.error(e))
+        match call.cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call.script.load_async(&mut conn).await?;
+                call.cmd.query_async(&mut conn).await
+            }
+            r => r,
+        }
+    }
+
+    /// Runs a script; one attempt.
+    async fn run(&self, call: &Call<'_>) -> Result<Value, QueueError> {
+        self.try_run(call).await.map_err(|e| self.error(e))
     }
 
     /// Runs an idempotent script, retrying connection errors with back-off.
-    async fn run_retrying(&self, inv: &redis::ScriptInvocation<'_>) -> Result<Value, QueueError> {
+    async fn run_retrying(&self, call: &Call<'_>) -> Result<Value, QueueError> {
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let deadline = tokio::time::Instant::now() + self.opts.retry_for;
         let mut failures = 0;
         loop {
-            let mut conn = self.conn.clone();
-            match inv.invoke_async(&mut conn).await {
+            match self.try_run(call).await {
                 Ok(v) => return Ok(v),
                 Err(e) if is_connection(&e) && tokio::time::Instant::now() < deadline => {
                     failures += 1;
@@ -452,6 +496,20 @@ impl Shared {
                 Err(e) => return Err(self.error(e)),
             }
         }
+    }
+}
+
+/// One script call being built: `EVALSHA <sha> 1 <prefix> <args>` in one
+/// buffer (a `ScriptInvocation` allocates per argument).
+struct Call<'a> {
+    script: &'a Script,
+    cmd: redis::Cmd,
+}
+
+impl Call<'_> {
+    fn arg<T: redis::ToRedisArgs>(&mut self, a: T) -> &mut Self {
+        self.cmd.arg(a);
+        self
     }
 }
 
@@ -544,6 +602,7 @@ impl QueueStore for RedisStore {
             prefix: format!("taskhost:{{{name}}}:"),
             shared: self.shared.clone(),
             registered: AtomicBool::new(false),
+            keys: Mutex::new(HashMap::new()),
         });
         qs.insert(name.to_owned(), q.clone());
         Ok(q)
@@ -568,6 +627,75 @@ pub struct RedisQueue {
     prefix: String,
     shared: Arc<Shared>,
     registered: AtomicBool,
+    /// Unique key (or none) of each task this handle leased and has not
+    /// settled yet, so settle need not read it back from Redis.
+    keys: Mutex<HashMap<u64, Option<String>>>,
+}
+
+/// Most entries [`RedisQueue::keys`] keeps; leases never settled through
+/// this handle (a holder that gave up) would otherwise pile up. Clearing it
+/// costs only speed: settle then reads the keys from Redis.
+const KEYS_LIMIT: usize = 100_000;
+
+/// `id:attempt`, the member of a lease in `leased`, without allocating.
+struct Member {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Member {
+    fn new(id: u64, attempt: u32) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut w = &mut buf[..];
+        // 20 + 1 + 10 digits always fit in 32 bytes.
+        let _ = write!(w, "{id}:{attempt}");
+        let len = 32 - w.len();
+        Self { buf, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A task's immutable fields as one hash value:
+/// `<enqueued_at>:<key length or ->:<key><payload>`.
+fn pack(enqueued_at: u64, key: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut v = Vec::with_capacity(payload.len() + key.map_or(0, str::len) + 24);
+    let _ = match key {
+        Some(k) => write!(v, "{enqueued_at}:{}:{k}", k.len()),
+        None => write!(v, "{enqueued_at}:-:"),
+    };
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Splits `id:attempt`.
+fn parse_member(m: &[u8]) -> Option<(u64, u32)> {
+    let s = std::str::from_utf8(m).ok()?;
+    let (id, att) = s.split_once(':')?;
+    Some((id.parse().ok()?, att.parse().ok()?))
+}
+
+/// The reverse of [`pack`]: (enqueued_at, key, payload), reusing the
+/// buffer for the payload.
+fn unpack(mut v: Vec<u8>) -> Option<(u64, Option<String>, Vec<u8>)> {
+    let a = v.iter().position(|&b| b == b':')?;
+    let b = a + 1 + v[a + 1..].iter().position(|&b| b == b':')?;
+    let enq = std::str::from_utf8(&v[..a]).ok()?.parse().ok()?;
+    let (key, start) = match &v[a + 1..b] {
+        b"-" => (None, b + 1),
+        n => {
+            let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
+            let end = (b + 1).checked_add(n)?;
+            let k = v.get(b + 1..end)?;
+            (Some(String::from_utf8(k.to_vec()).ok()?), end)
+        }
+    };
+    v.drain(..start);
+    Some((enq, key, v))
 }
 
 impl RedisQueue {
@@ -578,18 +706,28 @@ impl RedisQueue {
         }
     }
 
-    fn decode_task(&self, f: &[Value]) -> Option<Task> {
+    /// A task from its `id:attempt` and packed fields.
+    fn decode_task(&self, member: &Value, packed: Value) -> Option<Task> {
+        let Value::BulkString(m) = member else {
+            return None;
+        };
+        let (id, attempt) = parse_member(m)?;
+        let Value::BulkString(p) = packed else {
+            return None;
+        };
+        let (enqueued_at_ms, unique_key, payload) = unpack(p)?;
         Some(Task {
-            id: int(&f[0])? as u64,
+            id,
             queue: self.name.clone(),
-            attempt: int(&f[1])? as u32,
-            payload: bytes(&f[2])?,
-            unique_key: match &f[3] {
-                Value::Nil => None,
-                v => Some(String::from_utf8_lossy(&bytes(v)?).into_owned()),
-            },
-            enqueued_at_ms: int(&f[4])? as u64,
+            attempt,
+            payload,
+            unique_key,
+            enqueued_at_ms,
         })
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<String>>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds the queue to the set `host status` lists; once per process.
@@ -625,11 +763,12 @@ fn bytes(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn array(v: Value) -> Option<Vec<Value>> {
+/// The elements of an array reply, or the reply back when it is not one.
+fn array(v: Value) -> Result<Vec<Value>, Value> {
     match v {
-        Value::Array(a) => Some(a),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
+        Value::Array(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        v => Err(v),
     }
 }
 
@@ -658,9 +797,9 @@ impl BaseQueue for RedisQueue {
         let poll = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         let mut waits = 0;
         loop {
-            let mut inv = self.shared.scripts.push.key(&self.prefix);
-            inv.arg(self.shared.clock.now_ms())
-                .arg(opts.capacity.unwrap_or(0));
+            let now = self.shared.clock.now_ms();
+            let mut inv = self.shared.call(&self.shared.scripts.push, &self.prefix);
+            inv.arg(opts.capacity.unwrap_or(0)).arg(now);
             for t in &tasks {
                 let delay = t
                     .delay
@@ -669,20 +808,16 @@ impl BaseQueue for RedisQueue {
                     Some(k) => inv.arg("1").arg(k.as_bytes()),
                     None => inv.arg("0").arg(""),
                 };
-                inv.arg(t.payload.as_slice()).arg(delay);
+                inv.arg(pack(now, t.unique_key.as_deref(), &t.payload))
+                    .arg(delay);
             }
             let v = self.shared.run(&inv).await?;
-            let reply = array(v.clone()).ok_or_else(|| self.bad_reply("push", &v))?;
+            let reply = array(v).map_err(|v| self.bad_reply("push", &v))?;
             match reply.first().and_then(int) {
                 Some(1) => {
-                    return reply[1..]
-                        .chunks(2)
-                        .map(|c| match (int(&c[0]), c.get(1).and_then(int)) {
-                            (Some(1), Some(id)) => Ok(Pushed::Created(id as u64)),
-                            (Some(0), Some(id)) => Ok(Pushed::Duplicate(id as u64)),
-                            _ => Err(self.bad_reply("push", &v)),
-                        })
-                        .collect();
+                    return self
+                        .pushed(tasks.len(), &reply)
+                        .ok_or_else(|| self.bad_reply("push", &Value::Array(reply)));
                 }
                 Some(0) => {
                     if tokio::time::Instant::now() >= deadline {
@@ -695,7 +830,7 @@ impl BaseQueue for RedisQueue {
                     waits += 1;
                     tokio::time::sleep(poll.delay(waits)).await;
                 }
-                _ => return Err(self.bad_reply("push", &v)),
+                _ => return Err(self.bad_reply("push", &Value::Array(reply))),
             }
         }
     }
@@ -705,32 +840,42 @@ impl BaseQueue for RedisQueue {
             return Ok(Vec::new());
         }
         let now = self.shared.clock.now_ms();
-        let mut inv = self.shared.scripts.lease.key(&self.prefix);
+        let mut inv = self.shared.call(&self.shared.scripts.lease, &self.prefix);
         inv.arg(now)
             .arg(clock::after(now, ttl))
             .arg(max)
             .arg(self.shared.opts.promote_limit);
         let v = self.shared.run(&inv).await?;
-        let flat = array(v.clone()).ok_or_else(|| self.bad_reply("lease", &v))?;
-        flat.chunks(5)
-            .map(|f| {
-                if f.len() < 5 {
-                    return None;
-                }
-                self.decode_task(f)
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.bad_reply("lease", &v))
+        let flat = array(v).map_err(|v| self.bad_reply("lease", &v))?;
+        if flat.len() % 2 != 0 {
+            return Err(self.bad_reply("lease", &Value::Array(flat)));
+        }
+        let mut tasks = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(m), Some(p)) = (it.next(), it.next()) {
+            match self.decode_task(&m, p) {
+                Some(t) => tasks.push(t),
+                None => return Err(self.bad_reply("lease", &m)),
+            }
+        }
+        let mut keys = self.keys();
+        if keys.len() + tasks.len() > KEYS_LIMIT {
+            keys.clear();
+        }
+        for t in &tasks {
+            keys.insert(t.id, t.unique_key.clone());
+        }
+        Ok(tasks)
     }
 
     async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
         if leases.is_empty() {
             return Ok(0);
         }
-        let mut inv = self.shared.scripts.renew.key(&self.prefix);
+        let mut inv = self.shared.call(&self.shared.scripts.renew, &self.prefix);
         inv.arg(clock::after(self.shared.clock.now_ms(), ttl));
         for l in leases {
-            inv.arg(l.id).arg(l.attempt);
+            inv.arg(Member::new(l.id, l.attempt).bytes());
         }
         let v = self.shared.run_retrying(&inv).await?;
         int(&v)
@@ -742,34 +887,52 @@ impl BaseQueue for RedisQueue {
         if settlements.is_empty() {
             return Ok(Settled::default());
         }
-        let mut inv = self.shared.scripts.settle.key(&self.prefix);
+        let mut inv = self.shared.call(&self.shared.scripts.settle, &self.prefix);
         inv.arg(self.shared.clock.now_ms())
             .arg(self.shared.opts.dead_capacity);
-        for s in &settlements {
-            inv.arg(s.lease.id).arg(s.lease.attempt);
-            match &s.action {
-                Action::Ack => inv.arg("a").arg(""),
-                Action::RetryAt(at) => inv.arg("r").arg(*at),
-                Action::DeadLetter(reason) => inv.arg("d").arg(reason.as_str()),
-                Action::Release => inv.arg("l").arg(""),
-            };
+        {
+            let mut keys = self.keys();
+            for s in &settlements {
+                let id = s.lease.id;
+                inv.arg(Member::new(id, s.lease.attempt).bytes());
+                // Only acks and dead letters free the key; the entry stays
+                // for a task that will be leased again.
+                let key = match s.action {
+                    Action::Ack | Action::DeadLetter(_) => keys.remove(&id),
+                    Action::RetryAt(_) | Action::Release => None,
+                };
+                let (ack, kind, key) = match &key {
+                    Some(Some(k)) => ("a1", "1", k.as_str()),
+                    Some(None) => ("a0", "0", ""),
+                    None => ("a?", "?", ""),
+                };
+                match &s.action {
+                    Action::Ack => inv.arg(ack),
+                    Action::DeadLetter(reason) => inv.arg(format!("d{kind}{reason}")),
+                    Action::RetryAt(at) => inv.arg(format!("r{at}")),
+                    Action::Release => inv.arg("l"),
+                };
+                inv.arg(key);
+            }
         }
         let v = self.shared.run_retrying(&inv).await?;
-        let r = array(v.clone()).ok_or_else(|| self.bad_reply("settle", &v))?;
-        match (r.first().and_then(int), r.get(1).and_then(int)) {
-            (Some(applied), Some(lost)) => Ok(Settled {
-                applied: applied as usize,
-                lost: lost as usize,
-            }),
+        match &v {
+            Value::Array(r) => match (r.first().and_then(int), r.get(1).and_then(int)) {
+                (Some(applied), Some(lost)) => Ok(Settled {
+                    applied: applied as usize,
+                    lost: lost as usize,
+                }),
+                _ => Err(self.bad_reply("settle", &v)),
+            },
             _ => Err(self.bad_reply("settle", &v)),
         }
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let mut inv = self.shared.scripts.stats.key(&self.prefix);
+        let mut inv = self.shared.call(&self.shared.scripts.stats, &self.prefix);
         inv.arg(self.shared.clock.now_ms());
         let v = self.shared.run(&inv).await?;
-        let r = array(v.clone()).ok_or_else(|| self.bad_reply("stats", &v))?;
+        let r = array(v).map_err(|v| self.bad_reply("stats", &v))?;
         let n: Option<Vec<u64>> = r.iter().map(|x| int(x).map(|n| n as u64)).collect();
         match n.as_deref() {
             Some(&[pending, delayed, leased, dead]) => Ok(QueueStats {
@@ -778,7 +941,7 @@ impl BaseQueue for RedisQueue {
                 leased,
                 dead,
             }),
-            _ => Err(self.bad_reply("stats", &v)),
+            _ => Err(self.bad_reply("stats", &Value::Array(r))),
         }
     }
 
@@ -786,23 +949,52 @@ impl BaseQueue for RedisQueue {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut inv = self.shared.scripts.dead.key(&self.prefix);
+        let mut inv = self.shared.call(&self.shared.scripts.dead, &self.prefix);
         inv.arg(limit);
         let v = self.shared.run(&inv).await?;
-        let flat = array(v.clone()).ok_or_else(|| self.bad_reply("dead letters", &v))?;
-        flat.chunks(7)
-            .map(|f| {
-                if f.len() < 7 {
-                    return None;
-                }
-                Some(DeadTask {
-                    task: self.decode_task(&f[..5])?,
-                    reason: String::from_utf8_lossy(&bytes(&f[5])?).into_owned(),
-                    failed_at_ms: int(&f[6])? as u64,
+        let flat = array(v).map_err(|v| self.bad_reply("dead letters", &v))?;
+        let mut out = Vec::with_capacity(flat.len() / 4);
+        for f in flat.chunks(4) {
+            let dead = match f {
+                [m, p, reason, at] => (|| {
+                    Some(DeadTask {
+                        task: self.decode_task(m, p.clone())?,
+                        reason: String::from_utf8_lossy(&bytes(reason)?).into_owned(),
+                        failed_at_ms: int(at)? as u64,
+                    })
+                })(),
+                _ => None,
+            };
+            out.push(
+                dead.ok_or_else(|| self.bad_reply("dead letters", &Value::Array(f.to_vec())))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl RedisQueue {
+    /// Push results from the script's reply `{1, first_id, i, id, ...}`.
+    fn pushed(&self, n: usize, reply: &[Value]) -> Option<Vec<Pushed>> {
+        let mut next = reply.get(1).and_then(int)? as u64;
+        let mut dups = HashMap::new();
+        for pair in reply[2..].chunks(2) {
+            match pair {
+                [i, id] => dups.insert(int(i)? as usize, int(id)? as u64),
+                _ => return None,
+            };
+        }
+        Some(
+            (0..n)
+                .map(|i| match dups.get(&i) {
+                    Some(&id) => Pushed::Duplicate(id),
+                    None => {
+                        next += 1;
+                        Pushed::Created(next - 1)
+                    }
                 })
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.bad_reply("dead letters", &v))
+                .collect(),
+        )
     }
 }
 
@@ -863,6 +1055,42 @@ mod tests {
         let q = store.queue("q").unwrap();
         let e = q.push(NewTask::new("x")).await.unwrap_err().to_string();
         assert!(e.contains("unreachable"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_handle_that_did_not_lease_a_task_still_frees_its_key() {
+        let server = RedisServer::start().unwrap();
+        let clock = ManualClock::new(1_000);
+        let open = || RedisStore::open(&server.url(), RedisOptions::default(), clock.clone());
+        let (a, b) = (open().unwrap(), open().unwrap());
+        let (qa, qb) = (a.queue("q").unwrap(), b.queue("q").unwrap());
+        qa.push(NewTask::new("p").unique("k:1")).await.unwrap();
+        let got = qa.lease(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got[0].unique_key.as_deref(), Some("k:1"));
+        assert_eq!(qb.ack(&[got[0].lease()]).await.unwrap().applied, 1);
+        let again = qa.push(NewTask::new("p").unique("k:1")).await.unwrap();
+        assert!(matches!(again, Pushed::Created(_)), "the key was freed");
+    }
+
+    #[test]
+    fn packed_tasks_round_trip() {
+        for key in [None, Some(""), Some("a:b:c"), Some("ключ")] {
+            let v = pack(1_234, key, b"x:y\n");
+            let (enq, k, p) = unpack(v).unwrap();
+            assert_eq!(
+                (enq, k.as_deref(), p.as_slice()),
+                (1_234, key, &b"x:y\n"[..])
+            );
+        }
+        assert_eq!(
+            parse_member(Member::new(u64::MAX, u32::MAX).bytes()),
+            Some((u64::MAX, u32::MAX))
+        );
+        assert_eq!(
+            unpack(b"12:5:ab".to_vec()),
+            None,
+            "key longer than the value"
+        );
     }
 
     #[test]
