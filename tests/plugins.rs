@@ -42,7 +42,12 @@ fn fast_retries(max_attempts: u32) -> PoolConfig {
         max_workers: 2,
         max_attempts,
         max_latency: Duration::from_millis(1),
-        retry_backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+        // No jitter: a failed batch's tasks come back at the same moment and
+        // so in one batch again, which the per-attempt counts rely on.
+        retry_backoff: Backoff {
+            jitter: 0.0,
+            ..Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+        },
         ..PoolConfig::default()
     }
 }
