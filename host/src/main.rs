@@ -28,8 +28,8 @@ mod new_plugin;
     after_help = "Plugins are hot-swapped: `host run` watches each plugin file and, once a change has \
 settled, compiles the new file beside the running one; if it is a valid component of the \
 handler world, new batches go to it while running batches finish on the old version, \
-otherwise the old version keeps serving and the error is logged. `host reload` (or SIGHUP) \
-asks for the same at once."
+otherwise the old version keeps serving and the error is logged. Source plugins ([[sources]]) \
+are swapped the same way. `host reload` (or SIGHUP) asks for the same at once."
 )]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `taskhost=debug`.
