@@ -77,6 +77,9 @@ impl Queues {
         if let Some(d) = &self.disk {
             d.close().await;
         }
+        if let Some(r) = &self.redis {
+            r.close().await;
+        }
     }
 }
 

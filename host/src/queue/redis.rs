@@ -20,6 +20,7 @@
 //! | `taskhost:{q}:dead` | list | `id:attempt` of dead letters, newest first, trimmed |
 //! | `taskhost:{q}:reason`, `failed` | hashes | id -> dead-letter reason, failed-at ms |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
+//! | `taskhost:{q}:wake` | pub/sub channel | an empty message whenever a push or release made tasks ready |
 //!
 //! This layout replaced one with a hash per field (`pay`, `att`, `enq`,
 //! `key`) before any release; queues written by that layout are not
@@ -59,6 +60,14 @@
 //!
 //! One host needs a handful of round trips per batch, not per task.
 //!
+//! An idle host does not poll: its queues' `wait_for_work` waits on the
+//! `wake` channel (one `PSUBSCRIBE` connection per store, started by the
+//! first wait), so new work is picked up at once and an idle host costs
+//! Redis nothing until work arrives. The wait keeps its time-out, so
+//! retries and expired leases falling due (which publish nothing) and any
+//! wake lost while the subscription was down are still found by the worker
+//! pool's back-off polling.
+//!
 //! Times come from the store's [`Clock`] and travel as script arguments, so
 //! tests drive lease expiry and retries deterministically, and hosts agree as
 //! far as their wall clocks do (keep them NTP-synced; a lease TTL of many
@@ -76,8 +85,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -227,6 +240,8 @@ chunked('HSET', pre .. 't', t)
 chunked('HSET', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('RPUSH', pre .. 'ready', ready)
+-- Idle hosts wait on this channel instead of polling.
+if #ready > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 return out
 "#;
 
@@ -348,6 +363,7 @@ chunked('HDEL', pre .. 't', gone)
 chunked('HDEL', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('LPUSH', pre .. 'ready', back)
+if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 if #dead > 0 then
   chunked('HSET', pre .. 'reason', reasons)
   chunked('HSET', pre .. 'failed', failed)
@@ -427,7 +443,21 @@ struct Shared {
     opts: RedisOptions,
     clock: Arc<dyn Clock>,
     scripts: Scripts,
+    client: redis::Client,
+    /// Per queue name: woken when Redis says work arrived.
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    listener: Mutex<Option<Listener>>,
+    listening: watch::Sender<bool>,
 }
+
+/// The task listening for wake-ups on Redis (started by the first wait).
+struct Listener {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Channels the push and settle scripts publish to when tasks become ready.
+const WAKE_PATTERN: &str = "taskhost:{*}:wake";
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -439,6 +469,38 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The wake-up of queue `name`.
+    fn wake_of(&self, name: &str) -> Arc<Notify> {
+        self.wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Starts the wake-up listener unless it runs.
+    fn ensure_listening(self: &Arc<Self>) {
+        let mut l = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen(Arc::downgrade(self), stop.clone()));
+        *l = Some(Listener { stop, task });
+    }
+
+    fn wake_all(&self) {
+        for n in self
+            .wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            n.notify_one();
+        }
+    }
+
     fn error(&self, e: redis::RedisError) -> QueueError {
         let unreachable = e.is_io_error()
             || e.is_connection_refusal()
@@ -536,6 +598,70 @@ pub struct RedisStore {
     queues: Mutex<HashMap<String, Arc<RedisQueue>>>,
 }
 
+/// Subscribes to every queue's wake channel and wakes its waiter on each
+/// message. Resubscribes with back-off after a lost connection; meanwhile
+/// waiters fall back to their time-outs (the worker pool's polling), so a
+/// lost wake-up only delays, never loses, work.
+async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        let Some((client, timeout)) = shared
+            .upgrade()
+            .map(|s| (s.client.clone(), s.opts.connect_timeout))
+        else {
+            return;
+        };
+        let connect = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.psubscribe(WAKE_PATTERN).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(timeout, connect) => r,
+        };
+        match connected {
+            Ok(Ok(mut ps)) => {
+                failures = 0;
+                if let Some(s) = shared.upgrade() {
+                    s.listening.send_replace(true);
+                    // Whatever arrived while nobody listened: look again.
+                    s.wake_all();
+                }
+                let mut messages = ps.on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Some(s) = shared.upgrade() else { return };
+                    let channel = msg.get_channel_name();
+                    if let Some(name) = channel
+                        .strip_prefix("taskhost:{")
+                        .and_then(|c| c.strip_suffix("}:wake"))
+                    {
+                        s.wake_of(name).notify_one();
+                    }
+                }
+                if let Some(s) = shared.upgrade() {
+                    s.listening.send_replace(false);
+                }
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, "redis wake-up listener cannot subscribe; waiters poll meanwhile");
+            }
+            Err(_) => failures = failures.saturating_add(1),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+        }
+    }
+}
+
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://host:port/db`); connects lazily.
     ///
@@ -556,7 +682,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(bad)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(bad)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 url: shown,
@@ -564,6 +690,10 @@ impl RedisStore {
                 opts,
                 clock,
                 scripts: Scripts::new(),
+                client,
+                wakes: Mutex::new(HashMap::new()),
+                listener: Mutex::new(None),
+                listening: watch::channel(false).0,
             }),
             queues: Mutex::new(HashMap::new()),
         })
@@ -582,6 +712,41 @@ impl RedisStore {
     pub fn url(&self) -> &str {
         &self.shared.url
     }
+
+    /// Whether the wake-up listener is subscribed (starts it if needed).
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.shared.ensure_listening();
+        self.shared.listening.subscribe()
+    }
+
+    /// Stops the wake-up listener and waits for it.
+    pub async fn close(&self) {
+        let listener = self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(l) = listener {
+            l.stop.cancel();
+            let _ = l.task.await;
+        }
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Queue handles may outlive the store; the listener must not.
+        if let Some(l) = self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            l.stop.cancel();
+        }
+    }
 }
 
 #[async_trait]
@@ -598,6 +763,7 @@ impl QueueStore for RedisStore {
             return Ok(q.clone());
         }
         let q = Arc::new(RedisQueue {
+            wake: self.shared.wake_of(name),
             name: name.into(),
             prefix: format!("taskhost:{{{name}}}:"),
             shared: self.shared.clone(),
@@ -630,6 +796,9 @@ pub struct RedisQueue {
     /// Unique key (or none) of each task this handle leased and has not
     /// settled yet, so settle need not read it back from Redis.
     keys: Mutex<HashMap<u64, Option<String>>>,
+    /// Woken by the store's listener when a push or release on any host
+    /// made tasks ready here.
+    wake: Arc<Notify>,
 }
 
 /// Most entries [`RedisQueue::keys`] keeps; leases never settled through
@@ -774,6 +943,13 @@ fn array(v: Value) -> Result<Vec<Value>, Value> {
 
 #[async_trait]
 impl BaseQueue for RedisQueue {
+    async fn wait_for_work(&self, timeout: Duration) {
+        self.shared.ensure_listening();
+        // A wake that came while nobody waited is kept (one permit), so a
+        // push between a failed lease and this wait is not missed.
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -1004,6 +1180,76 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::queue::settle_all;
     use crate::testing::RedisServer;
+
+    /// An idle host waiting for work is woken by another host's push (or
+    /// release) through Redis, long before its time-out, and again after
+    /// Redis restarted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_on_another_host_wakes_a_waiting_host() {
+        const LONG: Duration = Duration::from_secs(3600);
+        let mut server = RedisServer::start().unwrap();
+        let open =
+            || RedisStore::open(&server.url(), RedisOptions::default(), clock::system()).unwrap();
+        let (idle, busy) = (open(), open());
+        let (waiting, pushing) = (idle.queue("jobs").unwrap(), busy.queue("jobs").unwrap());
+        let mut listening = idle.listening();
+        listening.wait_for(|&on| on).await.unwrap();
+        // The listener's first subscription wakes every waiter once (it
+        // cannot know what it missed); use that permit up.
+        waiting.wait_for_work(Duration::from_millis(1)).await;
+
+        let waiter = {
+            let q = waiting.clone();
+            tokio::spawn(async move { q.wait_for_work(LONG).await })
+        };
+        pushing
+            .push(NewTask::new("later").delayed(LONG))
+            .await
+            .unwrap();
+        pushing.push(NewTask::new("now")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the push woke the waiting host")
+            .unwrap();
+        let leased = waiting.lease(10, LONG).await.unwrap();
+        assert_eq!(leased.len(), 1, "only the ready task");
+
+        // A release hands the task back and wakes a waiter too.
+        let waiter = {
+            let q = waiting.clone();
+            tokio::spawn(async move { q.wait_for_work(LONG).await })
+        };
+        pushing
+            .settle(settle_all(&[leased[0].lease()], Action::Release))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the release woke the waiting host")
+            .unwrap();
+
+        // After a Redis restart the listener subscribes again.
+        server.kill();
+        listening.wait_for(|&on| !on).await.unwrap();
+        server.restart().unwrap();
+        listening.wait_for(|&on| on).await.unwrap();
+        waiting.wait_for_work(Duration::from_millis(1)).await;
+        let waiter = {
+            let q = waiting.clone();
+            tokio::spawn(async move { q.wait_for_work(LONG).await })
+        };
+        // The connection manager reconnects on its own; retry the push
+        // until Redis takes it.
+        while pushing.push(NewTask::new("again")).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("a push after the restart woke the waiting host")
+            .unwrap();
+        idle.close().await;
+        busy.close().await;
+    }
 
     #[tokio::test]
     async fn a_batch_settles_each_lease_once_and_dead_letters_are_trimmed() {
