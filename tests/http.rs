@@ -335,25 +335,35 @@ async fn ship_rows(runtime: &Runtime, server: &CountingServer, n: usize) -> Pool
     pool.shutdown().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn https_plugin_requests_are_multiplexed_over_http2_on_a_few_connections() {
+/// Ships `n` rows through log-report to a TLS server that offers HTTP/2 or
+/// not; every row arrives. Returns the server's (requests, HTTP/2 requests,
+/// connections).
+async fn ship_over_tls(n: usize, http2: bool) -> (u64, u64, u64) {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca_file, tls) = test_ca(tmp.path(), true);
+    let (ca_file, tls) = test_ca(tmp.path(), http2);
     let rows = Arc::new(AtomicU64::new(0));
     let server = CountingServer::start_tls(counting_rows(&rows), tls)
         .await
         .unwrap();
     let runtime = runtime_trusting(8, Some(ca_file));
-    let n = 10_000;
     let stats = ship_rows(&runtime, &server, n).await;
     assert_eq!((stats.done, stats.dead), (n as u64, 0));
     assert_eq!(rows.load(Ordering::Relaxed), n as u64);
     let s = server.stats();
-    let (reqs, h2, conns) = (
+    let counts = (
         s.requests.load(Ordering::Relaxed),
         s.http2.load(Ordering::Relaxed),
         s.connections.load(Ordering::Relaxed),
     );
+    server.shutdown().await;
+    runtime.shutdown();
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_plugin_requests_are_multiplexed_over_http2_on_a_few_connections() {
+    let n = 10_000;
+    let (reqs, h2, conns) = ship_over_tls(n, true).await;
     assert_eq!(reqs, n as u64, "one request per batch");
     assert_eq!(h2, reqs, "every request came as HTTP/2");
     // One multiplexed connection; a second only if the first was lost.
@@ -362,37 +372,18 @@ async fn https_plugin_requests_are_multiplexed_over_http2_on_a_few_connections()
         "{reqs} HTTP/2 requests opened {conns} connections (pool 8)"
     );
     eprintln!("https + h2: {reqs} requests over {conns} connection(s)");
-    server.shutdown().await;
-    runtime.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_http1_only_tls_server_is_served_by_pooled_keep_alive() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (ca_file, tls) = test_ca(tmp.path(), false);
-    let rows = Arc::new(AtomicU64::new(0));
-    let server = CountingServer::start_tls(counting_rows(&rows), tls)
-        .await
-        .unwrap();
-    let runtime = runtime_trusting(8, Some(ca_file));
     let n = 2_000;
-    let stats = ship_rows(&runtime, &server, n).await;
-    assert_eq!((stats.done, stats.dead), (n as u64, 0));
-    assert_eq!(rows.load(Ordering::Relaxed), n as u64);
-    let s = server.stats();
-    let (reqs, h2, conns) = (
-        s.requests.load(Ordering::Relaxed),
-        s.http2.load(Ordering::Relaxed),
-        s.connections.load(Ordering::Relaxed),
-    );
+    let (reqs, h2, conns) = ship_over_tls(n, false).await;
     assert_eq!(reqs, n as u64);
     assert_eq!(h2, 0, "the server offered only http/1.1");
     assert!(
         conns <= 8,
         "{reqs} requests opened {conns} connections (pool 8)"
     );
-    server.shutdown().await;
-    runtime.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

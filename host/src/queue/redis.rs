@@ -1194,14 +1194,15 @@ mod tests {
         let (waiting, pushing) = (idle.queue("jobs").unwrap(), busy.queue("jobs").unwrap());
         let mut listening = idle.listening();
         listening.wait_for(|&on| on).await.unwrap();
+        let wait = |q: &Arc<dyn BaseQueue>| {
+            let q = q.clone();
+            tokio::spawn(async move { q.wait_for_work(LONG).await })
+        };
         // The listener's first subscription wakes every waiter once (it
         // cannot know what it missed); use that permit up.
         waiting.wait_for_work(Duration::from_millis(1)).await;
 
-        let waiter = {
-            let q = waiting.clone();
-            tokio::spawn(async move { q.wait_for_work(LONG).await })
-        };
+        let waiter = wait(&waiting);
         pushing
             .push(NewTask::new("later").delayed(LONG))
             .await
@@ -1215,10 +1216,7 @@ mod tests {
         assert_eq!(leased.len(), 1, "only the ready task");
 
         // A release hands the task back and wakes a waiter too.
-        let waiter = {
-            let q = waiting.clone();
-            tokio::spawn(async move { q.wait_for_work(LONG).await })
-        };
+        let waiter = wait(&waiting);
         pushing
             .settle(settle_all(&[leased[0].lease()], Action::Release))
             .await
@@ -1234,10 +1232,7 @@ mod tests {
         server.restart().unwrap();
         listening.wait_for(|&on| on).await.unwrap();
         waiting.wait_for_work(Duration::from_millis(1)).await;
-        let waiter = {
-            let q = waiting.clone();
-            tokio::spawn(async move { q.wait_for_work(LONG).await })
-        };
+        let waiter = wait(&waiting);
         // The connection manager reconnects on its own; retry the push
         // until Redis takes it.
         while pushing.push(NewTask::new("again")).await.is_err() {
