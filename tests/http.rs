@@ -73,41 +73,9 @@ async fn drained(queue: &Arc<dyn BaseQueue>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_plugin_requests_use_no_more_connections_than_the_pool() {
     let rows = Arc::new(AtomicU64::new(0));
-    let seen = rows.clone();
-    let server = CountingServer::start(Arc::new(move |_, body| {
-        let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-        seen.fetch_add(v.len() as u64, Ordering::Relaxed);
-        http::Response::new(Full::new(Bytes::new()))
-    }))
-    .await
-    .unwrap();
+    let server = CountingServer::start(counting_rows(&rows)).await.unwrap();
     let runtime = runtime(8);
-    let store = store();
-    let url = format!("{}/report", server.url());
-    let plugin = runtime
-        .load(
-            spec("log-report", &url, &[server.addr().to_string()]),
-            store.clone(),
-        )
-        .unwrap();
-    let queue = store.queue("logs").unwrap();
-    queue
-        .push_batch(
-            (0..10_000)
-                .map(|i| NewTask::new(format!(r#"{{"job":{},"line":"line {i}"}}"#, i % 7)))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    let cfg = PoolConfig {
-        batch_size: 1,
-        max_workers: 16,
-        max_latency: Duration::ZERO,
-        ..PoolConfig::default()
-    };
-    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), cfg, clock::system()).unwrap();
-    drained(&queue).await;
-    let stats = pool.shutdown().await;
+    let stats = ship_rows(&runtime, &server, 10_000).await;
     assert_eq!(stats.done, 10_000);
     assert_eq!(rows.load(Ordering::Relaxed), 10_000);
     let (reqs, conns) = (
