@@ -38,12 +38,8 @@ impl CappedConnector {
     }
 
     fn cap(&self, uri: &Uri) -> Arc<Semaphore> {
-        let key = uri
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .unwrap_or_default();
         let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
-        caps.entry(key)
+        caps.entry(host_key(uri))
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
             .clone()
     }
@@ -170,13 +166,16 @@ impl<C> H2Gate<C> {
     }
 
     fn host(&self, uri: &Uri) -> Arc<Negotiated> {
-        let key = uri
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .unwrap_or_default();
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.entry(key).or_default().clone()
+        hosts.entry(host_key(uri)).or_default().clone()
     }
+}
+
+/// The destination a connection is for: host and port, case-folded.
+fn host_key(uri: &Uri) -> String {
+    uri.authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 impl<C> tower_service::Service<Uri> for H2Gate<C>
