@@ -138,13 +138,22 @@ struct Negotiated {
     http1: std::sync::atomic::AtomicBool,
     /// HTTP/2 connections made so far.
     h2_made: std::sync::atomic::AtomicU64,
+    /// When the last HTTP/2 connection was made.
+    last_h2: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// A connect asked for this soon after an HTTP/2 connection to the same
+/// host was made counts as superseded too: hyper-util asks for it when a
+/// request arrives after that connection's connect finished but before its
+/// handshake put it in the pool, and the request gets that connection.
+pub const H2_HANDSHAKE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Above the TLS layer: one https connect at a time to a host that may
 /// speak HTTP/2, so a burst of requests opens one multiplexed connection
 /// instead of one each. hyper-util's pool keeps only the first connection
 /// that negotiates h2 and hands it to every waiting request, so a connect
-/// that waited behind one that made an h2 connection opens nothing: it
+/// that waited behind one that made an h2 connection (or was asked for
+/// within [`H2_HANDSHAKE_WINDOW`] of one) opens nothing: it
 /// fails after [`SUPERSEDED_GRACE`], by which time its request has the
 /// shared connection (hyper-util then drops the failure unseen; failing at
 /// once could beat the h2 handshake and reach the request). Hosts that
@@ -208,7 +217,12 @@ where
             } else {
                 Some(host.connecting.lock().await)
             };
-            if host.h2_made.load(SeqCst) > made_before {
+            let recent = host
+                .last_h2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() < H2_HANDSHAKE_WINDOW);
+            if host.h2_made.load(SeqCst) > made_before || recent {
                 drop(one);
                 tokio::time::sleep(SUPERSEDED_GRACE).await;
                 return Err(
@@ -224,6 +238,8 @@ where
             if conn.connected().is_negotiated_h2() {
                 host.http1.store(false, SeqCst);
                 host.h2_made.fetch_add(1, SeqCst);
+                *host.last_h2.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(tokio::time::Instant::now());
             } else {
                 host.http1.store(true, SeqCst);
             }
