@@ -67,7 +67,12 @@ struct RedisCost {
 /// Commands the queue's Lua scripts run. Redis counts them in INFO like
 /// client commands; the bench sends none of them itself on the queue runs.
 const SCRIPT_INNER: &[&str] = &[
+    "incr",
     "incrby",
+    "decrby",
+    "get",
+    "publish",
+    "ltrim",
     "hset",
     "hget",
     "hexists",
@@ -169,14 +174,25 @@ pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    let (mut queue_cost, mut scan_cost) = (None, None);
     for case in &a.cases {
         match case.as_str() {
             "scripts" => scripts(&a).await?,
             "one-host" => one_host(&a, &runtime).await?,
-            "harbor-queue" => harbor_queue(&a, &runtime).await?,
-            "harbor-scan" => harbor_scan(&a).await?,
+            "harbor-queue" => queue_cost = Some(harbor_queue(&a, &runtime).await?),
+            "harbor-scan" => scan_cost = Some(harbor_scan(&a).await?),
             other => bail!("unknown case {other:?} (scripts, one-host, harbor-queue, harbor-scan)"),
         }
+    }
+    if let (Some(q), Some(s)) = (queue_cost, scan_cost) {
+        println!(
+            "Harbor: Redis CPU of SCAN-and-refresh / queue drain = {:.2}s / {:.2}s = {:.1}x; client commands per execution {:.4} vs {:.4}",
+            s.cpu,
+            q.cpu,
+            s.cpu / q.cpu.max(1e-9),
+            s.client_commands as f64 / a.executions.max(1) as f64,
+            q.client_commands as f64 / a.executions.max(1) as f64,
+        );
     }
     runtime.shutdown();
     Ok(())
@@ -310,7 +326,7 @@ fn execution_key(i: usize) -> String {
 
 /// Harbor's outdated marks as queue pushes (unique key = execution id),
 /// drained by `hosts` hosts, each with its own connection and pool.
-async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
+async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<RedisCost> {
     let server = RedisServer::start()?;
     let clock = clock::system();
     let n = a.executions;
@@ -377,13 +393,13 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
         per_host.iter().sum::<u64>() as f64 / n as f64,
         created
     );
-    Ok(())
+    Ok(cost)
 }
 
 /// Harbor's old way: SET a key per mark, then `hosts` scanners SCAN for the
 /// keys, refresh each execution they find and DEL its key, until a full
 /// pass finds none.
-async fn harbor_scan(a: &BenchRedisArgs) -> Result<()> {
+async fn harbor_scan(a: &BenchRedisArgs) -> Result<RedisCost> {
     let server = RedisServer::start()?;
     let n = a.executions;
     println!(
@@ -462,5 +478,5 @@ async fn harbor_scan(a: &BenchRedisArgs) -> Result<()> {
         "  refreshes per execution {:.3}",
         refreshes.load(Ordering::Relaxed) as f64 / n as f64
     );
-    Ok(())
+    Ok(cost)
 }

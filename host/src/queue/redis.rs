@@ -7,56 +7,69 @@
 //! all of a queue's keys in one Redis Cluster slot, so each script below may
 //! touch any of them (the scripts get the prefix as their one `KEYS` entry
 //! and derive the rest, as BullMQ's do; they share the slot, so this holds on
-//! a cluster). Needs Redis >= 6.2 (`LPOP`/`RPOP` with a count, `ZMSCORE`).
+//! a cluster). Needs Redis >= 6.2 (`LPOP` with a count, `ZMSCORE`).
+//!
+//! A task is one string, its *element*, which moves whole between the keys
+//! below and exists in exactly one of them at a time:
+//! `<id>:<attempts>:<enqueued_at>:<key length or ->:<key><payload>`, where
+//! `attempts` counts the deliveries so far (the next lease is delivery
+//! `attempts + 1`).
 //!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `taskhost:{q}:seq` | string | last task id (`INCRBY` per push batch) |
-//! | `taskhost:{q}:t` | hash | id -> the task's immutable fields packed in one value: `<enqueued_at>:<key length or ->:<key><payload>` |
-//! | `taskhost:{q}:ready` | list | visible tasks, oldest first: `id` (never leased) or `id:attempt` (attempts so far) |
-//! | `taskhost:{q}:leased` | sorted set | `id:attempt` of each lease, scored by lease expiry (ms) |
-//! | `taskhost:{q}:delayed` | sorted set | `id` (delayed push) or `id:attempt` (retry), scored by visible-at (ms) |
+//! | `taskhost:{q}:ready` | list | elements visible now, oldest first |
+//! | `taskhost:{q}:bseq` | string | last lease batch number |
+//! | `taskhost:{q}:l:<batch>` | list | the elements one lease call handed out and not yet settled |
+//! | `taskhost:{q}:leased` | sorted set | batch numbers, scored by lease expiry (ms) |
+//! | `taskhost:{q}:held` | string | how many elements the `l:` lists hold (for capacity and stats) |
+//! | `taskhost:{q}:delayed` | sorted set | elements of delayed pushes and retries, scored by visible-at (ms) |
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
-//! | `taskhost:{q}:dead` | list | `id:attempt` of dead letters, newest first, trimmed |
-//! | `taskhost:{q}:reason`, `failed` | hashes | id -> dead-letter reason, failed-at ms |
+//! | `taskhost:{q}:dead` | list | `<failed_at>:<reason length>:<reason><element>`, newest first, trimmed |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
 //! | `taskhost:{q}:wake` | pub/sub channel | an empty message whenever a push or release made tasks ready |
 //!
-//! This layout replaced one with a hash per field (`pay`, `att`, `enq`,
-//! `key`) before any release; queues written by that layout are not
-//! migrated (drain them with the old binary first).
+//! This layout replaced two earlier ones (a hash per field, then one hash
+//! of packed tasks with a lease entry per task) before any release; queues
+//! written by those are not migrated (drain them with the old binary
+//! first). An element this layout cannot read is reported in the log and
+//! left in Redis; it never stops the tasks beside it.
 //!
 //! # Why this layout
 //!
-//! A leased task stays in Redis (in `leased`) until its holder settles it, so a
-//! host that dies loses nothing: its leases expire and the next lease call of
-//! any host moves them back to `ready`. That move reads only the expired head
-//! of the `leased` sorted set, bounded per call, so reclaiming never scans
-//! all keys (Harbor's SCAN over `execution:id:*` is what this replaces).
-//! Lists with a lease sorted set were chosen over Streams: Streams keep acked
-//! entries until trimmed, have no per-entry delay, and XAUTOCLAIM walks the
-//! pending list rather than jumping to what expired.
+//! A leased task stays in Redis (in its batch's `l:` list) until its holder
+//! settles it, so a host that dies loses nothing: its leases expire and the
+//! next lease call of any host moves them back to `ready`. That move reads
+//! only the expired head of the `leased` sorted set, bounded per call, so
+//! reclaiming never scans all keys (Harbor's SCAN over `execution:id:*` is
+//! what this replaces). Lists with a lease sorted set were chosen over
+//! Streams: Streams keep acked entries until trimmed, have no per-entry
+//! delay, and XAUTOCLAIM walks the pending list rather than jumping to what
+//! expired.
 //!
 //! Each state change is one Lua script, so it is atomic: push (capacity check,
-//! unique-key check, id, task value, list or delayed set), lease (promote due
-//! retries and expired leases, pop, record the lease), renew, and settle (a
-//! whole batch of acks/retries/dead letters/releases in one call).
+//! unique-key check, ids, elements to `ready` or `delayed`), lease (promote
+//! due retries, reclaim expired batches, pop, record the batch), renew, and
+//! settle (a whole batch of acks/retries/dead letters/releases in one call).
 //!
 //! Redis's CPU per task is what limits throughput (one Redis core serves
-//! every host), and inside a script it grows with the values moved between
-//! Lua and Redis. So each task costs as few as we could make it:
-//! - its immutable fields are one hash value, written once at push, read
-//!   once at lease (one `HMGET` for the batch), deleted once at ack;
-//! - its attempt lives in the queue elements, not in a hash: a lease is the
-//!   member `id:attempt` of `leased`, so one `ZMSCORE` both proves that a
-//!   settlement's holder still holds the lease and checks its attempt (a
-//!   host whose lease was taken over holds an older attempt and is refused),
-//!   and an expired lease or a retry goes back carrying its attempt count;
-//! - every command is variadic over the batch (no `redis.call` per task),
-//!   and in-batch duplicate unique keys are collapsed in Lua;
-//! - the handle that leased a task remembers its unique key until it
-//!   settles it, so an ack need not read the key back (an unknown key, e.g.
-//!   after a restart of the handle, is read from the task value instead).
+//! every host), and what it costs is touching large per-task structures
+//! (a hash or sorted set entry per task is a cache miss or two each time)
+//! and moving values between Lua and Redis. So the lease is kept per
+//! *batch*, not per task:
+//! - a lease call pops up to `max` elements and stores them as they are in
+//!   one new list, with one `leased` entry for the batch: no per-task hash
+//!   read, no per-task lease entry;
+//! - acking a whole batch (what the worker pool does) deletes that list
+//!   without reading it; only the unique keys are freed one by one, and
+//!   only for tasks that have one. Settling part of a batch (or retrying,
+//!   dead-lettering, releasing) reads the list and keeps the rest held;
+//! - renewing is one `ZADD` per batch;
+//! - a lease proves itself by its batch: a batch whose lease expired was
+//!   reclaimed and its number is never used again, so a host whose lease
+//!   was taken over is refused. Hence only the handle that leased a task
+//!   can settle or renew it (it remembers each lease's batch and unique
+//!   key); another handle's settlement counts as lost.
 //!
 //! One host needs a handful of round trips per batch, not per task.
 //!
@@ -77,11 +90,12 @@
 //!
 //! The connection is a [`ConnectionManager`]: it reconnects in the background
 //! after a connection error. Errors carry the (password-free) URL and say when
-//! Redis is unreachable. `renew` and `settle` are idempotent (they check the
-//! attempt), so they are retried on connection errors with the shared
-//! [`Backoff`] for up to [`RedisOptions::retry_for`]; lease errors are
-//! backed off by the worker pool; a push error is returned to the caller, so
-//! nothing acknowledged as pushed is lost.
+//! Redis is unreachable. `renew` and `settle` are idempotent (a settlement
+//! applies only to an element still in its batch), so they are retried on
+//! connection errors with the shared [`Backoff`] for up to
+//! [`RedisOptions::retry_for`]; lease errors are backed off by the worker
+//! pool; a push error is returned to the caller, so nothing acknowledged as
+//! pushed is lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,8 +156,7 @@ impl Default for RedisOptions {
 /// Lua helpers: `chunked` runs `cmd key` with `list` appended and `mget`
 /// reads `list` with `cmd key`, both in chunks that stay under Lua's stack
 /// limit for `unpack`, so one call serves a whole batch. `idof` is the id
-/// of a queue element (`id` or `id:attempt`); `keyof` the unique key inside
-/// a packed task, or nil.
+/// of an element; `bump` counts one more delivery in it.
 const HELPERS: &str = r#"
 local function chunked(cmd, key, list)
   for i = 1, #list, 1000 do
@@ -161,24 +174,25 @@ local function mget(cmd, key, list)
 end
 local function idof(e)
   local p = string.find(e, ':', 1, true)
-  if p then return string.sub(e, 1, p - 1), tonumber(string.sub(e, p + 1)) end
-  return e, 0
+  return p and string.sub(e, 1, p - 1) or e
 end
-local function keyof(packed)
-  local a = string.find(packed, ':', 1, true)
-  local b = string.find(packed, ':', a + 1, true)
-  local n = string.sub(packed, a + 1, b - 1)
-  if n == '-' then return nil end
-  return string.sub(packed, b + 1, b + tonumber(n))
+-- An element this layout did not write is moved as it is, never an error
+-- that would stop every lease of the queue.
+local function bump(e)
+  local a = string.find(e, ':', 1, true)
+  local b = a and string.find(e, ':', a + 1, true)
+  local n = b and tonumber(string.sub(e, a + 1, b - 1))
+  if not n then return e end
+  return string.sub(e, 1, a) .. (n + 1) .. string.sub(e, b)
 end
 "#;
 
 /// Push: ARGV = capacity (0 = none), now, then per task: has_key, key,
-/// packed task, delay_ms. Returns {0} when the batch does not fit, else
-/// {1, first_id, i1, id1, i2, id2, ...}: created tasks get consecutive ids
-/// from first_id in batch order, and task i (0-based) of each pair is a
-/// duplicate of the existing task id. Ids are reserved with one INCRBY per
-/// batch.
+/// element without its `id:0:` head, delay_ms. Returns {0} when the batch
+/// does not fit, else {1, first_id, i1, id1, i2, id2, ...}: created tasks
+/// get consecutive ids from first_id in batch order, and task i (0-based)
+/// of each pair is a duplicate of the existing task id. Ids are reserved
+/// with one INCRBY per batch.
 const PUSH: &str = r#"
 local pre = KEYS[1]
 local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -206,12 +220,12 @@ for b = 3, #ARGV, 4 do
   end
 end
 if cap > 0 then
-  local count = redis.call('LLEN', pre .. 'ready') + redis.call('ZCARD', pre .. 'leased')
-    + redis.call('ZCARD', pre .. 'delayed')
+  local count = redis.call('LLEN', pre .. 'ready') + redis.call('ZCARD', pre .. 'delayed')
+    + tonumber(redis.call('GET', pre .. 'held') or 0)
   if count + fresh > cap then return {0} end
 end
 local id = redis.call('INCRBY', pre .. 'seq', fresh) - fresh
-local out, t, uniq, ready, delayed = {1, id + 1}, {}, {}, {}, {}
+local out, uniq, ready, delayed = {1, id + 1}, {}, {}, {}
 for b = 3, #ARGV, 4 do
   local keyed, k = ARGV[b] == '1', ARGV[b + 1]
   local dup = keyed and known[k]
@@ -225,18 +239,16 @@ for b = 3, #ARGV, 4 do
       uniq[#uniq + 1] = k
       uniq[#uniq + 1] = id
     end
-    t[#t + 1] = id
-    t[#t + 1] = ARGV[b + 2]
+    local e = id .. ':0:' .. ARGV[b + 2]
     local delay = tonumber(ARGV[b + 3])
     if delay > 0 then
       delayed[#delayed + 1] = now + delay
-      delayed[#delayed + 1] = id
+      delayed[#delayed + 1] = e
     else
-      ready[#ready + 1] = id
+      ready[#ready + 1] = e
     end
   end
 end
-chunked('HSET', pre .. 't', t)
 chunked('HSET', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('RPUSH', pre .. 'ready', ready)
@@ -245,137 +257,143 @@ if #ready > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 return out
 "#;
 
-/// Lease: ARGV = now, until, max, promote_limit.
-/// Returns a flat list of (`id:attempt`, packed task).
+/// Lease: ARGV = now, until, max, promote_limit. Promotes due retries and
+/// reclaims expired batches first. Returns {} or {batch, {element, ...}}.
 const LEASE: &str = r#"
 local pre = KEYS[1]
 local now, untl, max, lim = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-for _, set in ipairs({'delayed', 'leased'}) do
-  local due = redis.call('ZRANGEBYSCORE', pre .. set, '-inf', now, 'LIMIT', 0, lim)
-  if #due > 0 then
-    if #due < lim then
-      -- Everything due was read, so this removes exactly those.
-      redis.call('ZREMRANGEBYSCORE', pre .. set, '-inf', now)
-    else
-      chunked('ZREM', pre .. set, due)
-    end
-    chunked('RPUSH', pre .. 'ready', due)
+local due = redis.call('ZRANGEBYSCORE', pre .. 'delayed', '-inf', now, 'LIMIT', 0, lim)
+if #due > 0 then
+  if #due < lim then
+    -- Everything due was read, so this removes exactly those.
+    redis.call('ZREMRANGEBYSCORE', pre .. 'delayed', '-inf', now)
+  else
+    chunked('ZREM', pre .. 'delayed', due)
+  end
+  chunked('RPUSH', pre .. 'ready', due)
+end
+local expired = redis.call('ZRANGEBYSCORE', pre .. 'leased', '-inf', now, 'LIMIT', 0, lim)
+if #expired > 0 then
+  local back = {}
+  for _, batch in ipairs(expired) do
+    local l = pre .. 'l:' .. batch
+    -- The expired delivery counts as an attempt.
+    for _, e in ipairs(redis.call('LRANGE', l, 0, -1)) do back[#back + 1] = bump(e) end
+    redis.call('DEL', l)
+  end
+  chunked('ZREM', pre .. 'leased', expired)
+  if #back > 0 then
+    redis.call('DECRBY', pre .. 'held', #back)
+    chunked('RPUSH', pre .. 'ready', back)
   end
 end
 local got = redis.call('LPOP', pre .. 'ready', max)
 if not got then return {} end
-local ids, att = {}, {}
-for i, e in ipairs(got) do
-  ids[i], att[i] = idof(e)
-end
-local packed = mget('HMGET', pre .. 't', ids)
-local out, z = {}, {}
-for i, id in ipairs(ids) do
-  if packed[i] then
-    local m = id .. ':' .. (att[i] + 1)
-    z[#z + 1] = untl
-    z[#z + 1] = m
-    out[#out + 1] = m
-    out[#out + 1] = packed[i]
+local batch = redis.call('INCR', pre .. 'bseq')
+chunked('RPUSH', pre .. 'l:' .. batch, got)
+redis.call('ZADD', pre .. 'leased', untl, batch)
+redis.call('INCRBY', pre .. 'held', #got)
+return {batch, got}
+"#;
+
+/// Renew: ARGV = until, then batch numbers. Extends those still held and
+/// returns a 1 (held) or 0 per batch.
+const RENEW: &str = r#"
+local pre = KEYS[1]
+local batches = {}
+for i = 2, #ARGV do batches[#batches + 1] = ARGV[i] end
+local held = mget('ZMSCORE', pre .. 'leased', batches)
+local z, out = {}, {}
+for i, b in ipairs(batches) do
+  out[i] = held[i] and 1 or 0
+  if held[i] then
+    z[#z + 1] = ARGV[1]
+    z[#z + 1] = b
   end
 end
 chunked('ZADD', pre .. 'leased', z)
 return out
 "#;
 
-/// Renew: ARGV = until, then `id:attempt` members. Returns how many were held.
-const RENEW: &str = r#"
-local pre = KEYS[1]
-local members = {}
-for i = 2, #ARGV do members[#members + 1] = ARGV[i] end
-local held = mget('ZMSCORE', pre .. 'leased', members)
-local z = {}
-for i, m in ipairs(members) do
-  if held[i] then
-    z[#z + 1] = ARGV[1]
-    z[#z + 1] = m
-  end
-end
-chunked('ZADD', pre .. 'leased', z)
-return #z / 2
-"#;
-
-/// Settle: ARGV = now, dead_capacity, then per settlement: `id:attempt`,
-/// op, key. Op is `a<kind>` ack, `d<kind><reason>` dead-letter, `r<at ms>`
-/// retry, `l` release; kind 0 = no unique key, 1 = the key is the third
-/// field, ? = unknown to the caller (read from the task). Three fields per
-/// task, not six: each argument costs Redis a parse and a Lua string.
-/// Returns {applied, lost}. A task's unique-key entry points at it for as
-/// long as the task exists, so it is removed without a check.
+/// Settle: ARGV = now, dead_capacity, then per leased batch: batch, n, and
+/// n settlements of three fields: id, op, unique key. Op is `a` ack, `k`
+/// ack freeing the key, `d<reason>` dead-letter, `D<reason>` dead-letter
+/// freeing the key, `r<at ms>` retry, `l` release. Returns {applied, lost}.
+///
+/// When a batch is acked whole (the common case) its record is deleted
+/// without being read; otherwise its elements are matched by id, and those
+/// not settled stay in the record.
 const SETTLE: &str = r#"
 local pre = KEYS[1]
 local now, deadcap = ARGV[1], tonumber(ARGV[2])
-local members = {}
-for b = 3, #ARGV, 3 do members[#members + 1] = ARGV[b] end
-local held = mget('ZMSCORE', pre .. 'leased', members)
-local applied, lost, taken = 0, 0, {}
-local zrem, gone, uniq, lookup, delayed, back, dead, reasons, failed =
-  {}, {}, {}, {}, {}, {}, {}, {}, {}
-for j, m in ipairs(members) do
-  local b = 3 + (j - 1) * 3
-  if held[j] and not taken[m] then
-    taken[m] = true
-    applied = applied + 1
-    zrem[#zrem + 1] = m
-    local op = ARGV[b + 1]
-    local act = string.byte(op, 1)
-    if act == 114 then -- r
-      delayed[#delayed + 1] = string.sub(op, 2)
-      delayed[#delayed + 1] = m
-    elseif act == 108 then -- l
-      local id, a = idof(m)
-      back[#back + 1] = a > 1 and (id .. ':' .. (a - 1)) or id
-    else -- a or d
-      local id = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
-      local kind = string.byte(op, 2)
-      if kind == 49 then -- 1
-        uniq[#uniq + 1] = ARGV[b + 2]
-      elseif kind == 63 then -- ?
-        lookup[#lookup + 1] = id
-      end
-      if act == 100 then -- d
-        dead[#dead + 1] = m
-        reasons[#reasons + 1] = id
-        reasons[#reasons + 1] = string.sub(op, 3)
-        failed[#failed + 1] = id
-        failed[#failed + 1] = now
-      else
-        gone[#gone + 1] = id
+local applied, lost = 0, 0
+local gone, uniq, delayed, back, dead = {}, {}, {}, {}, {}
+local b = 3
+while b <= #ARGV do
+  local batch, n = ARGV[b], tonumber(ARGV[b + 1])
+  local first = b + 2
+  b = first + 3 * n
+  local l = pre .. 'l:' .. batch
+  if not redis.call('ZSCORE', pre .. 'leased', batch) then
+    lost = lost + n
+  else
+    local whole = redis.call('LLEN', l) == n
+    if whole then
+      for j = first, b - 1, 3 do
+        local c = string.byte(ARGV[j + 1], 1)
+        if c ~= 97 and c ~= 107 then whole = false break end -- a, k
       end
     end
-  else
-    lost = lost + 1
+    if whole then
+      for j = first, b - 1, 3 do
+        if string.byte(ARGV[j + 1], 1) == 107 then uniq[#uniq + 1] = ARGV[j + 2] end
+      end
+      applied = applied + n
+      redis.call('DEL', l)
+      gone[#gone + 1] = batch
+    else
+      local els = redis.call('LRANGE', l, 0, -1)
+      local at, taken = {}, {}
+      for i, e in ipairs(els) do at[idof(e)] = i end
+      for j = first, b - 1, 3 do
+        local i = at[ARGV[j]]
+        if i and not taken[i] then
+          taken[i] = true
+          applied = applied + 1
+          local e, op = els[i], ARGV[j + 1]
+          local c = string.byte(op, 1)
+          if c == 107 or c == 68 then uniq[#uniq + 1] = ARGV[j + 2] end -- k, D
+          if c == 114 then -- r: this delivery counts
+            delayed[#delayed + 1] = string.sub(op, 2)
+            delayed[#delayed + 1] = bump(e)
+          elseif c == 108 then -- l: it does not
+            back[#back + 1] = e
+          elseif c == 100 or c == 68 then -- d, D
+            local reason = string.sub(op, 2)
+            dead[#dead + 1] = now .. ':' .. #reason .. ':' .. reason .. e
+          end
+        else
+          lost = lost + 1
+        end
+      end
+      local rest = {}
+      for i, e in ipairs(els) do
+        if not taken[i] then rest[#rest + 1] = e end
+      end
+      redis.call('DEL', l)
+      if #rest > 0 then chunked('RPUSH', l, rest) else gone[#gone + 1] = batch end
+    end
   end
 end
-if #lookup > 0 then
-  for _, p in ipairs(mget('HMGET', pre .. 't', lookup)) do
-    local k = p and keyof(p)
-    if k then uniq[#uniq + 1] = k end
-  end
-end
-chunked('ZREM', pre .. 'leased', zrem)
-chunked('HDEL', pre .. 't', gone)
+if applied > 0 then redis.call('DECRBY', pre .. 'held', applied) end
+chunked('ZREM', pre .. 'leased', gone)
 chunked('HDEL', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('LPUSH', pre .. 'ready', back)
 if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 if #dead > 0 then
-  chunked('HSET', pre .. 'reason', reasons)
-  chunked('HSET', pre .. 'failed', failed)
   chunked('LPUSH', pre .. 'dead', dead)
-  local over = redis.call('LLEN', pre .. 'dead') - deadcap
-  if over > 0 then
-    local old = {}
-    for i, e in ipairs(redis.call('RPOP', pre .. 'dead', over)) do old[i] = idof(e) end
-    for _, h in ipairs({'t', 'reason', 'failed'}) do
-      chunked('HDEL', pre .. h, old)
-    end
-  end
+  redis.call('LTRIM', pre .. 'dead', 0, deadcap - 1)
 end
 return {applied, lost}
 "#;
@@ -385,31 +403,16 @@ const STATS: &str = r#"
 local pre = KEYS[1]
 local now = ARGV[1]
 local due = redis.call('ZCOUNT', pre .. 'delayed', '-inf', now)
-local expired = redis.call('ZCOUNT', pre .. 'leased', '-inf', now)
+local expired = 0
+for _, b in ipairs(redis.call('ZRANGEBYSCORE', pre .. 'leased', '-inf', now)) do
+  expired = expired + redis.call('LLEN', pre .. 'l:' .. b)
+end
 return {
   redis.call('LLEN', pre .. 'ready') + due + expired,
   redis.call('ZCARD', pre .. 'delayed') - due,
-  redis.call('ZCARD', pre .. 'leased') - expired,
+  tonumber(redis.call('GET', pre .. 'held') or 0) - expired,
   redis.call('LLEN', pre .. 'dead'),
 }
-"#;
-
-/// Dead letters: ARGV = limit. Returns a flat list of
-/// (`id:attempt`, packed task, reason, failed_at).
-const DEAD: &str = r#"
-local pre = KEYS[1]
-local out = {}
-for _, e in ipairs(redis.call('LRANGE', pre .. 'dead', 0, tonumber(ARGV[1]) - 1)) do
-  local id = idof(e)
-  local p = redis.call('HGET', pre .. 't', id)
-  if p then
-    out[#out + 1] = e
-    out[#out + 1] = p
-    out[#out + 1] = redis.call('HGET', pre .. 'reason', id) or ''
-    out[#out + 1] = tonumber(redis.call('HGET', pre .. 'failed', id) or 0)
-  end
-end
-return out
 "#;
 
 /// The scripts, hashed once per store.
@@ -420,7 +423,6 @@ struct Scripts {
     renew: Script,
     settle: Script,
     stats: Script,
-    dead: Script,
 }
 
 impl Scripts {
@@ -431,7 +433,6 @@ impl Scripts {
             renew: Script::new(&format!("{HELPERS}{RENEW}")),
             settle: Script::new(&format!("{HELPERS}{SETTLE}")),
             stats: Script::new(STATS),
-            dead: Script::new(&format!("{HELPERS}{DEAD}")),
         }
     }
 }
@@ -768,7 +769,7 @@ impl QueueStore for RedisStore {
             prefix: format!("taskhost:{{{name}}}:"),
             shared: self.shared.clone(),
             registered: AtomicBool::new(false),
-            keys: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         });
         qs.insert(name.to_owned(), q.clone());
         Ok(q)
@@ -793,78 +794,98 @@ pub struct RedisQueue {
     prefix: String,
     shared: Arc<Shared>,
     registered: AtomicBool,
-    /// Unique key (or none) of each task this handle leased and has not
-    /// settled yet, so settle need not read it back from Redis.
-    keys: Mutex<HashMap<u64, Option<String>>>,
+    /// The leases this handle holds: only their holder can settle or renew
+    /// them, as only it knows their batch.
+    held: Mutex<HashMap<Lease, Held>>,
     /// Woken by the store's listener when a push or release on any host
     /// made tasks ready here.
     wake: Arc<Notify>,
 }
 
-/// Most entries [`RedisQueue::keys`] keeps; leases never settled through
-/// this handle (a holder that gave up) would otherwise pile up. Clearing it
-/// costs only speed: settle then reads the keys from Redis.
-const KEYS_LIMIT: usize = 100_000;
-
-/// `id:attempt`, the member of a lease in `leased`, without allocating.
-struct Member {
-    buf: [u8; 32],
-    len: usize,
+/// What a handle keeps of a lease it holds until it settles it.
+#[derive(Debug)]
+struct Held {
+    /// The lease call that handed the task out: its record in Redis.
+    batch: u64,
+    /// The task's unique key, freed by an ack or a dead letter.
+    key: Option<String>,
 }
 
-impl Member {
-    fn new(id: u64, attempt: u32) -> Self {
-        use std::io::Write;
-        let mut buf = [0u8; 32];
-        let mut w = &mut buf[..];
-        // 20 + 1 + 10 digits always fit in 32 bytes.
-        let _ = write!(w, "{id}:{attempt}");
-        let len = 32 - w.len();
-        Self { buf, len }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-/// A task's immutable fields as one hash value:
-/// `<enqueued_at>:<key length or ->:<key><payload>`.
-fn pack(enqueued_at: u64, key: Option<&str>, payload: &[u8]) -> Vec<u8> {
+/// A new task's element without its `id:0:` head, which the push script
+/// adds: `<enqueued_at>:<key length or ->:<key><payload>`, written into `out`.
+fn pack(out: &mut Vec<u8>, enqueued_at: u64, key: Option<&str>, payload: &[u8]) {
     use std::io::Write;
-    let mut v = Vec::with_capacity(payload.len() + key.map_or(0, str::len) + 24);
+    out.clear();
     let _ = match key {
-        Some(k) => write!(v, "{enqueued_at}:{}:{k}", k.len()),
-        None => write!(v, "{enqueued_at}:-:"),
+        Some(k) => write!(out, "{enqueued_at}:{}:{k}", k.len()),
+        None => write!(out, "{enqueued_at}:-:"),
     };
-    v.extend_from_slice(payload);
-    v
+    out.extend_from_slice(payload);
 }
 
-/// Splits `id:attempt`.
-fn parse_member(m: &[u8]) -> Option<(u64, u32)> {
-    let s = std::str::from_utf8(m).ok()?;
-    let (id, att) = s.split_once(':')?;
-    Some((id.parse().ok()?, att.parse().ok()?))
+/// A task element as stored in Redis.
+#[derive(Debug, PartialEq, Eq)]
+struct Element {
+    id: u64,
+    /// Deliveries counted so far; the next lease is delivery `attempts + 1`.
+    attempts: u32,
+    enqueued_at: u64,
+    key: Option<String>,
+    payload: Vec<u8>,
 }
 
-/// The reverse of [`pack`]: (enqueued_at, key, payload), reusing the
-/// buffer for the payload.
-fn unpack(mut v: Vec<u8>) -> Option<(u64, Option<String>, Vec<u8>)> {
-    let a = v.iter().position(|&b| b == b':')?;
-    let b = a + 1 + v[a + 1..].iter().position(|&b| b == b':')?;
-    let enq = std::str::from_utf8(&v[..a]).ok()?.parse().ok()?;
-    let (key, start) = match &v[a + 1..b] {
-        b"-" => (None, b + 1),
+/// Splits `<number>:` off the front of `v[at..]`; returns it and the
+/// position after the colon.
+fn field(v: &[u8], at: usize) -> Option<(&str, usize)> {
+    let rest = v.get(at..)?;
+    let n = rest.iter().position(|&b| b == b':')?;
+    Some((std::str::from_utf8(&rest[..n]).ok()?, at + n + 1))
+}
+
+/// Parses `<id>:<attempts>:<enqueued_at>:<key length or ->:<key><payload>`,
+/// reusing the buffer for the payload.
+fn unpack(mut v: Vec<u8>) -> Option<Element> {
+    let (mut e, start) = header(&v)?;
+    v.drain(..start);
+    e.payload = v;
+    Some(e)
+}
+
+/// An element's fields but the payload, and where the payload starts.
+fn header(v: &[u8]) -> Option<(Element, usize)> {
+    let (id, at) = field(v, 0)?;
+    let id = id.parse().ok()?;
+    let (attempts, at) = field(v, at)?;
+    let attempts = attempts.parse().ok()?;
+    let (enqueued, at) = field(v, at)?;
+    let enqueued_at = enqueued.parse().ok()?;
+    let (key, at) = field(v, at)?;
+    let (key, start) = match key {
+        "-" => (None, at),
         n => {
-            let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
-            let end = (b + 1).checked_add(n)?;
-            let k = v.get(b + 1..end)?;
+            let end = at.checked_add(n.parse().ok()?)?;
+            let k = v.get(at..end)?;
             (Some(String::from_utf8(k.to_vec()).ok()?), end)
         }
     };
-    v.drain(..start);
-    Some((enq, key, v))
+    let e = Element {
+        id,
+        attempts,
+        enqueued_at,
+        key,
+        payload: Vec::new(),
+    };
+    Some((e, start))
+}
+
+/// Parses a dead letter: `<failed_at>:<reason length>:<reason><element>`.
+fn unpack_dead(v: Vec<u8>) -> Option<(u64, String, Element)> {
+    let (failed, at) = field(&v, 0)?;
+    let failed_at = failed.parse().ok()?;
+    let (n, at) = field(&v, at)?;
+    let end = at.checked_add(n.parse().ok()?)?;
+    let reason = String::from_utf8_lossy(v.get(at..end)?).into_owned();
+    Some((failed_at, reason, unpack(v[end..].to_vec())?))
 }
 
 impl RedisQueue {
@@ -875,28 +896,20 @@ impl RedisQueue {
         }
     }
 
-    /// A task from its `id:attempt` and packed fields.
-    fn decode_task(&self, member: &Value, packed: Value) -> Option<Task> {
-        let Value::BulkString(m) = member else {
-            return None;
-        };
-        let (id, attempt) = parse_member(m)?;
-        let Value::BulkString(p) = packed else {
-            return None;
-        };
-        let (enqueued_at_ms, unique_key, payload) = unpack(p)?;
-        Some(Task {
-            id,
+    /// The task an element leased now (or last) stands for.
+    fn task(&self, e: Element) -> Task {
+        Task {
+            id: e.id,
             queue: self.name.clone(),
-            attempt,
-            payload,
-            unique_key,
-            enqueued_at_ms,
-        })
+            attempt: e.attempts.saturating_add(1),
+            payload: e.payload,
+            unique_key: e.key,
+            enqueued_at_ms: e.enqueued_at,
+        }
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<String>>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Lease, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds the queue to the set `host status` lists; once per process.
@@ -914,20 +927,35 @@ impl RedisQueue {
         self.registered.store(true, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Push results from the script's reply `{1, first_id, i, id, ...}`.
+    fn pushed(&self, n: usize, reply: &[Value]) -> Option<Vec<Pushed>> {
+        let mut next = reply.get(1).and_then(int)? as u64;
+        let mut dups = HashMap::new();
+        for pair in reply[2..].chunks(2) {
+            match pair {
+                [i, id] => dups.insert(int(i)? as usize, int(id)? as u64),
+                _ => return None,
+            };
+        }
+        Some(
+            (0..n)
+                .map(|i| match dups.get(&i) {
+                    Some(&id) => Pushed::Duplicate(id),
+                    None => {
+                        next += 1;
+                        Pushed::Created(next - 1)
+                    }
+                })
+                .collect(),
+        )
+    }
 }
 
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(n) => Some(*n),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn bytes(v: &Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
         _ => None,
     }
 }
@@ -972,6 +1000,7 @@ impl BaseQueue for RedisQueue {
         let deadline = tokio::time::Instant::now() + opts.push_timeout;
         let poll = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         let mut waits = 0;
+        let mut packed = Vec::new();
         loop {
             let now = self.shared.clock.now_ms();
             let mut inv = self.shared.call(&self.shared.scripts.push, &self.prefix);
@@ -984,8 +1013,8 @@ impl BaseQueue for RedisQueue {
                     Some(k) => inv.arg("1").arg(k.as_bytes()),
                     None => inv.arg("0").arg(""),
                 };
-                inv.arg(pack(now, t.unique_key.as_deref(), &t.payload))
-                    .arg(delay);
+                pack(&mut packed, now, t.unique_key.as_deref(), &t.payload);
+                inv.arg(&packed[..]).arg(delay);
             }
             let v = self.shared.run(&inv).await?;
             let reply = array(v).map_err(|v| self.bad_reply("push", &v))?;
@@ -1022,73 +1051,136 @@ impl BaseQueue for RedisQueue {
             .arg(max)
             .arg(self.shared.opts.promote_limit);
         let v = self.shared.run(&inv).await?;
-        let flat = array(v).map_err(|v| self.bad_reply("lease", &v))?;
-        if flat.len() % 2 != 0 {
-            return Err(self.bad_reply("lease", &Value::Array(flat)));
+        let reply = array(v).map_err(|v| self.bad_reply("lease", &v))?;
+        if reply.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut tasks = Vec::with_capacity(flat.len() / 2);
-        let mut it = flat.into_iter();
-        while let (Some(m), Some(p)) = (it.next(), it.next()) {
-            match self.decode_task(&m, p) {
-                Some(t) => tasks.push(t),
-                None => return Err(self.bad_reply("lease", &m)),
+        let (batch, elements) = match <[Value; 2]>::try_from(reply) {
+            Ok([b, Value::Array(els)]) => match int(&b) {
+                Some(b) => (b as u64, els),
+                None => return Err(self.bad_reply("lease", &b)),
+            },
+            Ok(v) => return Err(self.bad_reply("lease", &Value::Array(v.into()))),
+            Err(v) => return Err(self.bad_reply("lease", &Value::Array(v))),
+        };
+        let mut tasks = Vec::with_capacity(elements.len());
+        for e in elements {
+            match e {
+                Value::BulkString(b) if header(&b).is_some() => {
+                    tasks.extend(unpack(b).map(|e| self.task(e)));
+                }
+                // Not written by this layout (see the module doc). It stays
+                // in its batch's record, which no settlement of the others
+                // removes, and comes back when the lease expires: reported
+                // each time, never dropped, never blocking the tasks beside it.
+                other => {
+                    let shown = format!("{other:?}");
+                    tracing::error!(
+                        queue = %self.name,
+                        url = %self.shared.url,
+                        element = %shown.chars().take(120).collect::<String>(),
+                        "a task element in Redis does not parse (written by another version?); it is left in Redis"
+                    );
+                }
             }
         }
-        let mut keys = self.keys();
-        if keys.len() + tasks.len() > KEYS_LIMIT {
-            keys.clear();
-        }
+        let mut held = self.held();
         for t in &tasks {
-            keys.insert(t.id, t.unique_key.clone());
+            held.insert(
+                t.lease(),
+                Held {
+                    batch,
+                    key: t.unique_key.clone(),
+                },
+            );
         }
         Ok(tasks)
     }
 
     async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
-        if leases.is_empty() {
+        // Per batch, how many of the given leases it holds.
+        let mut batches: Vec<(u64, usize)> = Vec::new();
+        {
+            let held = self.held();
+            for l in leases {
+                let Some(h) = held.get(l) else { continue };
+                match batches.iter_mut().find(|(b, _)| *b == h.batch) {
+                    Some((_, n)) => *n += 1,
+                    None => batches.push((h.batch, 1)),
+                }
+            }
+        }
+        if batches.is_empty() {
             return Ok(0);
         }
         let mut inv = self.shared.call(&self.shared.scripts.renew, &self.prefix);
         inv.arg(clock::after(self.shared.clock.now_ms(), ttl));
-        for l in leases {
-            inv.arg(Member::new(l.id, l.attempt).bytes());
+        for (b, _) in &batches {
+            inv.arg(*b);
         }
         let v = self.shared.run_retrying(&inv).await?;
-        int(&v)
-            .map(|n| n as usize)
-            .ok_or_else(|| self.bad_reply("renew", &v))
+        let flags = match &v {
+            Value::Array(f) if f.len() == batches.len() => f,
+            _ => return Err(self.bad_reply("renew", &v)),
+        };
+        Ok(batches
+            .iter()
+            .zip(flags)
+            .filter(|(_, f)| int(f) == Some(1))
+            .map(|((_, n), _)| n)
+            .sum())
     }
 
     async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
-        if settlements.is_empty() {
-            return Ok(Settled::default());
+        // Leases this handle does not hold (settled already, or never
+        // leased here) are refused without asking Redis.
+        let mut unknown = 0;
+        let mut batches: Vec<(u64, Vec<(Settle, Option<String>)>)> = Vec::new();
+        {
+            let mut held = self.held();
+            for s in settlements {
+                let Some(h) = held.remove(&s.lease) else {
+                    unknown += 1;
+                    continue;
+                };
+                let entry = (s, h.key);
+                match batches.iter_mut().find(|(b, _)| *b == h.batch) {
+                    Some((_, v)) => v.push(entry),
+                    None => batches.push((h.batch, vec![entry])),
+                }
+            }
+        }
+        if batches.is_empty() {
+            return Ok(Settled {
+                applied: 0,
+                lost: unknown,
+            });
         }
         let mut inv = self.shared.call(&self.shared.scripts.settle, &self.prefix);
         inv.arg(self.shared.clock.now_ms())
             .arg(self.shared.opts.dead_capacity);
-        {
-            let mut keys = self.keys();
-            for s in &settlements {
-                let id = s.lease.id;
-                inv.arg(Member::new(id, s.lease.attempt).bytes());
-                // Only acks and dead letters free the key; the entry stays
-                // for a task that will be leased again.
-                let key = match s.action {
-                    Action::Ack | Action::DeadLetter(_) => keys.remove(&id),
-                    Action::RetryAt(_) | Action::Release => None,
-                };
-                let (ack, kind, key) = match &key {
-                    Some(Some(k)) => ("a1", "1", k.as_str()),
-                    Some(None) => ("a0", "0", ""),
-                    None => ("a?", "?", ""),
-                };
+        let mut op = Vec::new();
+        for (batch, group) in &batches {
+            inv.arg(*batch).arg(group.len());
+            for (s, key) in group {
+                op.clear();
+                // Acks and dead letters free the key; a retry or release
+                // keeps it for the task that comes back.
                 match &s.action {
-                    Action::Ack => inv.arg(ack),
-                    Action::DeadLetter(reason) => inv.arg(format!("d{kind}{reason}")),
-                    Action::RetryAt(at) => inv.arg(format!("r{at}")),
-                    Action::Release => inv.arg("l"),
-                };
-                inv.arg(key);
+                    Action::Ack => op.push(if key.is_some() { b'k' } else { b'a' }),
+                    Action::DeadLetter(reason) => {
+                        op.push(if key.is_some() { b'D' } else { b'd' });
+                        op.extend_from_slice(reason.as_bytes());
+                    }
+                    Action::RetryAt(at) => {
+                        op.push(b'r');
+                        op.extend_from_slice(at.to_string().as_bytes());
+                    }
+                    Action::Release => op.push(b'l'),
+                }
+                inv.arg(s.lease.id)
+                    .arg(&op[..])
+                    .arg(key.as_deref().unwrap_or(""));
             }
         }
         let v = self.shared.run_retrying(&inv).await?;
@@ -1096,7 +1188,7 @@ impl BaseQueue for RedisQueue {
             Value::Array(r) => match (r.first().and_then(int), r.get(1).and_then(int)) {
                 (Some(applied), Some(lost)) => Ok(Settled {
                     applied: applied as usize,
-                    lost: lost as usize,
+                    lost: lost as usize + unknown,
                 }),
                 _ => Err(self.bad_reply("settle", &v)),
             },
@@ -1109,7 +1201,7 @@ impl BaseQueue for RedisQueue {
         inv.arg(self.shared.clock.now_ms());
         let v = self.shared.run(&inv).await?;
         let r = array(v).map_err(|v| self.bad_reply("stats", &v))?;
-        let n: Option<Vec<u64>> = r.iter().map(|x| int(x).map(|n| n as u64)).collect();
+        let n: Option<Vec<u64>> = r.iter().map(|x| int(x).map(|n| n.max(0) as u64)).collect();
         match n.as_deref() {
             Some(&[pending, delayed, leased, dead]) => Ok(QueueStats {
                 pending,
@@ -1125,52 +1217,27 @@ impl BaseQueue for RedisQueue {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut inv = self.shared.call(&self.shared.scripts.dead, &self.prefix);
-        inv.arg(limit);
-        let v = self.shared.run(&inv).await?;
-        let flat = array(v).map_err(|v| self.bad_reply("dead letters", &v))?;
-        let mut out = Vec::with_capacity(flat.len() / 4);
-        for f in flat.chunks(4) {
-            let dead = match f {
-                [m, p, reason, at] => (|| {
-                    Some(DeadTask {
-                        task: self.decode_task(m, p.clone())?,
-                        reason: String::from_utf8_lossy(&bytes(reason)?).into_owned(),
-                        failed_at_ms: int(at)? as u64,
-                    })
-                })(),
-                _ => None,
-            };
-            out.push(
-                dead.ok_or_else(|| self.bad_reply("dead letters", &Value::Array(f.to_vec())))?,
-            );
-        }
-        Ok(out)
-    }
-}
-
-impl RedisQueue {
-    /// Push results from the script's reply `{1, first_id, i, id, ...}`.
-    fn pushed(&self, n: usize, reply: &[Value]) -> Option<Vec<Pushed>> {
-        let mut next = reply.get(1).and_then(int)? as u64;
-        let mut dups = HashMap::new();
-        for pair in reply[2..].chunks(2) {
-            match pair {
-                [i, id] => dups.insert(int(i)? as usize, int(id)? as u64),
-                _ => return None,
-            };
-        }
-        Some(
-            (0..n)
-                .map(|i| match dups.get(&i) {
-                    Some(&id) => Pushed::Duplicate(id),
-                    None => {
-                        next += 1;
-                        Pushed::Created(next - 1)
-                    }
+        let mut conn = self.shared.conn.clone();
+        let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(format!("{}dead", self.prefix))
+            .arg(0)
+            .arg(limit - 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e))?;
+        entries
+            .into_iter()
+            .map(|e| {
+                let shown = String::from_utf8_lossy(&e).into_owned();
+                let (failed_at_ms, reason, task) = unpack_dead(e)
+                    .ok_or_else(|| self.bad_reply("dead letters", &Value::SimpleString(shown)))?;
+                Ok(DeadTask {
+                    task: self.task(task),
+                    reason,
+                    failed_at_ms,
                 })
-                .collect(),
-        )
+            })
+            .collect()
     }
 }
 
@@ -1215,9 +1282,10 @@ mod tests {
         let leased = waiting.lease(10, LONG).await.unwrap();
         assert_eq!(leased.len(), 1, "only the ready task");
 
-        // A release hands the task back and wakes a waiter too.
+        // A release hands the task back and wakes a waiter too (through
+        // Redis, as it would on another host).
         let waiter = wait(&waiting);
-        pushing
+        waiting
             .settle(settle_all(&[leased[0].lease()], Action::Release))
             .await
             .unwrap();
@@ -1298,39 +1366,147 @@ mod tests {
         assert!(e.contains("unreachable"), "{e}");
     }
 
+    /// A lease is its holder's: another handle (another host) cannot
+    /// settle it, and the task comes back when the lease expires.
     #[tokio::test]
-    async fn a_handle_that_did_not_lease_a_task_still_frees_its_key() {
+    async fn only_the_holder_settles_a_lease() {
         let server = RedisServer::start().unwrap();
         let clock = ManualClock::new(1_000);
         let open = || RedisStore::open(&server.url(), RedisOptions::default(), clock.clone());
         let (a, b) = (open().unwrap(), open().unwrap());
         let (qa, qb) = (a.queue("q").unwrap(), b.queue("q").unwrap());
         qa.push(NewTask::new("p").unique("k:1")).await.unwrap();
-        let got = qa.lease(1, Duration::from_secs(10)).await.unwrap();
+        let ttl = Duration::from_secs(10);
+        let got = qa.lease(1, ttl).await.unwrap();
         assert_eq!(got[0].unique_key.as_deref(), Some("k:1"));
-        assert_eq!(qb.ack(&[got[0].lease()]).await.unwrap().applied, 1);
-        let again = qa.push(NewTask::new("p").unique("k:1")).await.unwrap();
-        assert!(matches!(again, Pushed::Created(_)), "the key was freed");
+        let refused = qb.ack(&[got[0].lease()]).await.unwrap();
+        assert_eq!((refused.applied, refused.lost), (0, 1));
+        clock.advance(ttl);
+        let again = qb.lease(1, ttl).await.unwrap();
+        assert_eq!((again[0].id, again[0].attempt), (got[0].id, 2));
+        assert_eq!(qb.ack(&[again[0].lease()]).await.unwrap().applied, 1);
+        let pushed = qa.push(NewTask::new("p").unique("k:1")).await.unwrap();
+        assert!(matches!(pushed, Pushed::Created(_)), "the key was freed");
+    }
+
+    /// Settling part of a leased batch keeps the rest held: renewable,
+    /// settleable later, and reclaimed if its lease expires.
+    #[tokio::test]
+    async fn part_of_a_batch_settles_and_the_rest_stays_held() {
+        let server = RedisServer::start().unwrap();
+        let clock = ManualClock::new(1_000);
+        let store =
+            RedisStore::open(&server.url(), RedisOptions::default(), clock.clone()).unwrap();
+        let q = store.queue("q").unwrap();
+        let tasks = (0..4).map(|i| NewTask::new(format!("t{i}")).unique(format!("k{i}")));
+        q.push_batch(tasks.collect()).await.unwrap();
+        let ttl = Duration::from_secs(10);
+        let got = q.lease(4, ttl).await.unwrap();
+        assert_eq!(q.ack(&[got[0].lease()]).await.unwrap().applied, 1);
+        assert_eq!(
+            q.retry(got[1].lease(), clock.now_ms() + 1)
+                .await
+                .unwrap()
+                .applied,
+            1
+        );
+        let s = q.stats().await.unwrap();
+        assert_eq!((s.leased, s.delayed), (2, 1));
+        assert_eq!(
+            q.renew(&[got[0].lease(), got[2].lease()], ttl)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(q.ack(&[got[2].lease()]).await.unwrap().applied, 1);
+        clock.advance(ttl);
+        let back = q.lease(4, ttl).await.unwrap();
+        let mut seen: Vec<_> = back
+            .iter()
+            .map(|t| (t.payload.clone(), t.attempt))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![(b"t1".to_vec(), 2), (b"t3".to_vec(), 2)]);
+        assert_eq!(
+            q.ack(&back.iter().map(Task::lease).collect::<Vec<_>>())
+                .await
+                .unwrap()
+                .applied,
+            2
+        );
+        assert!(q.is_empty().await.unwrap());
+        for k in ["k0", "k1", "k2", "k3"] {
+            let p = q.push(NewTask::new("again").unique(k)).await.unwrap();
+            assert!(matches!(p, Pushed::Created(_)), "{k} was freed");
+        }
+    }
+
+    /// An element this layout did not write (an older version's queue) is
+    /// reported, kept in Redis, and does not hold up the tasks beside it.
+    #[tokio::test]
+    async fn a_foreign_element_is_kept_and_does_not_block_the_queue() {
+        let server = RedisServer::start().unwrap();
+        let clock = ManualClock::new(1_000);
+        let store =
+            RedisStore::open(&server.url(), RedisOptions::default(), clock.clone()).unwrap();
+        let q = store.queue("q").unwrap();
+        q.push(NewTask::new("a")).await.unwrap();
+        server
+            .command(&["RPUSH", "taskhost:{q}:ready", "17"])
+            .unwrap();
+        q.push(NewTask::new("b")).await.unwrap();
+        let ttl = Duration::from_secs(10);
+        let got = q.lease(10, ttl).await.unwrap();
+        let payloads: Vec<_> = got.iter().map(|t| t.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"a", b"b"]);
+        let leases: Vec<_> = got.iter().map(Task::lease).collect();
+        assert_eq!(q.ack(&leases).await.unwrap().applied, 2);
+        assert_eq!(
+            q.stats().await.unwrap().leased,
+            1,
+            "the foreign element stays"
+        );
+        clock.advance(ttl);
+        q.push(NewTask::new("c")).await.unwrap();
+        let got = q.lease(10, ttl).await.unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "the expired lease's element came back, still unread"
+        );
+        assert_eq!(got[0].payload, b"c");
+        assert_eq!(q.stats().await.unwrap().leased, 2);
     }
 
     #[test]
-    fn packed_tasks_round_trip() {
+    fn elements_round_trip() {
+        let mut packed = Vec::new();
         for key in [None, Some(""), Some("a:b:c"), Some("ключ")] {
-            let v = pack(1_234, key, b"x:y\n");
-            let (enq, k, p) = unpack(v).unwrap();
-            assert_eq!(
-                (enq, k.as_deref(), p.as_slice()),
-                (1_234, key, &b"x:y\n"[..])
-            );
+            pack(&mut packed, 1_234, key, b"x:y\n");
+            let mut e = format!("{}:{}:", u64::MAX, u32::MAX).into_bytes();
+            e.extend_from_slice(&packed);
+            let got = unpack(e.clone()).unwrap();
+            let want = Element {
+                id: u64::MAX,
+                attempts: u32::MAX,
+                enqueued_at: 1_234,
+                key: key.map(str::to_owned),
+                payload: b"x:y\n".to_vec(),
+            };
+            assert_eq!(got, want);
+            let mut dead = b"77:6:why:no".to_vec();
+            dead.extend_from_slice(&e);
+            assert_eq!(unpack_dead(dead), Some((77, "why:no".to_owned(), want)));
         }
         assert_eq!(
-            parse_member(Member::new(u64::MAX, u32::MAX).bytes()),
-            Some((u64::MAX, u32::MAX))
-        );
-        assert_eq!(
-            unpack(b"12:5:ab".to_vec()),
+            unpack(b"1:0:12:5:ab".to_vec()),
             None,
             "key longer than the value"
+        );
+        assert_eq!(
+            unpack(b"1:x:12:-:ab".to_vec()),
+            None,
+            "attempts not a number"
         );
     }
 
