@@ -176,6 +176,48 @@ async fn memory_limit_is_enforced_per_instance() {
     runtime.shutdown();
 }
 
+/// `enqueue-many` pushes a batch's follow-ups per target queue, collapses
+/// unique keys across the batch, and refuses only the task it cannot take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("fan").unwrap();
+    q.push_batch(
+        ["a:k1:x", "b::y", "a:k1:z", "bad\u{1}name::w", "b::v"]
+            .iter()
+            .map(|p| NewTask::new(*p))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let plugin = testkit(&runtime, store.clone(), "bulk", Limits::default());
+    let pool = serve(&q, plugin, 5);
+    let s = settled(&q).await;
+    let stats = pool.shutdown().await;
+    assert_eq!(
+        (stats.done, s.dead),
+        (4, 1),
+        "the duplicate key counts as done"
+    );
+    let dead = q.dead_letters(1).await.unwrap();
+    assert!(dead[0].reason.contains("queue name"), "{}", dead[0].reason);
+    let payloads = |name: &str| {
+        let q = store.queue(name).unwrap();
+        async move {
+            let got = q.lease(10, Duration::from_secs(5)).await.unwrap();
+            got.into_iter().map(|t| t.payload).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(payloads("a").await, vec![b"x".to_vec()], "k1 collapsed");
+    assert_eq!(
+        payloads("b").await,
+        vec![b"y".to_vec(), b"v".to_vec()],
+        "in order"
+    );
+    runtime.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_outcomes_become_queue_actions() {
     let runtime = Runtime::new().unwrap();

@@ -40,11 +40,17 @@ pub struct BenchRedisArgs {
     /// Hosts (queue) and scanners (SCAN) in the Harbor scenario.
     #[arg(long, default_value_t = 5)]
     hosts: usize,
-    /// Cases to run: scripts, one-host, harbor-queue, harbor-scan.
+    /// The status-refresh component (for the harbor-refresh case).
+    #[arg(
+        long,
+        default_value = "target/wasm/wasm32-wasip2/plugin/status_refresh.wasm"
+    )]
+    status_plugin: PathBuf,
+    /// Cases to run: scripts, one-host, harbor-queue, harbor-refresh, harbor-scan.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "scripts,one-host,harbor-queue,harbor-scan"
+        default_value = "scripts,one-host,harbor-queue,harbor-refresh,harbor-scan"
     )]
     cases: Vec<String>,
 }
@@ -179,9 +185,16 @@ pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
         match case.as_str() {
             "scripts" => scripts(&a).await?,
             "one-host" => one_host(&a, &runtime).await?,
-            "harbor-queue" => queue_cost = Some(harbor_queue(&a, &runtime).await?),
+            "harbor-queue" => {
+                queue_cost = Some(harbor_queue(&a, &runtime, Drain::Noop).await?);
+            }
+            "harbor-refresh" => {
+                harbor_queue(&a, &runtime, Drain::StatusRefresh).await?;
+            }
             "harbor-scan" => scan_cost = Some(harbor_scan(&a).await?),
-            other => bail!("unknown case {other:?} (scripts, one-host, harbor-queue, harbor-scan)"),
+            other => bail!(
+                "unknown case {other:?} (scripts, one-host, harbor-queue, harbor-refresh, harbor-scan)"
+            ),
         }
     }
     if let (Some(q), Some(s)) = (queue_cost, scan_cost) {
@@ -320,18 +333,50 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     Ok(())
 }
 
+fn load_status_refresh(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    store: Arc<dyn taskhost::queue::QueueStore>,
+) -> Result<taskhost::plugin::Plugin> {
+    let spec = taskhost::plugin::PluginSpec {
+        name: "status-refresh".into(),
+        path: path.to_owned(),
+        config: Default::default(),
+        dir: None,
+        limits: Default::default(),
+        allowed_hosts: Vec::new(),
+    };
+    runtime.load(spec, store).with_context(|| {
+        "loading status-refresh (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p status-refresh)"
+    })
+}
+
 fn execution_key(i: usize) -> String {
     format!("execution:id:{i}:vendor:REPLICATION:status_outdate")
 }
 
+/// What the hosts of the Harbor queue case run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The no-op component: the queue's own cost, comparable with SCAN's.
+    Noop,
+    /// The status-refresh plugin: each refresh also pushes its result, keyed
+    /// by execution id, to the follow-up queue `execution-status`.
+    StatusRefresh,
+}
+
 /// Harbor's outdated marks as queue pushes (unique key = execution id),
 /// drained by `hosts` hosts, each with its own connection and pool.
-async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<RedisCost> {
+async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Result<RedisCost> {
     let server = RedisServer::start()?;
     let clock = clock::system();
     let n = a.executions;
+    let through = match drain {
+        Drain::Noop => "the no-op plugin",
+        Drain::StatusRefresh => "status-refresh, results pushed to a follow-up queue",
+    };
     println!(
-        "Harbor scenario, {n} executions marked outdated {}x, {} hosts draining through the Redis queue:",
+        "Harbor scenario, {n} executions marked outdated {}x, {} hosts draining through the Redis queue ({through}):",
         a.marks, a.hosts
     );
     let before = snapshot(&server)?;
@@ -365,7 +410,10 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<RedisCost
     let mut pools = Vec::new();
     for _ in 0..a.hosts {
         let store = store(&server, clock.clone())?;
-        let plugin = crate::bench::load_noop(runtime, &a.plugin, store.clone())?;
+        let plugin = match drain {
+            Drain::Noop => crate::bench::load_noop(runtime, &a.plugin, store.clone())?,
+            Drain::StatusRefresh => load_status_refresh(runtime, &a.status_plugin, store.clone())?,
+        };
         let queue = store.queue("status-refresh")?;
         pools.push(
             WorkerPool::start(queue, Arc::new(plugin), pool_config(a), clock.clone())
@@ -387,7 +435,27 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime) -> Result<RedisCost
         per_host.push(p.shutdown().await.done);
     }
     let cost = snapshot(&server)? - marked;
-    report("drain (lease + ack)", wall, cost, n, "execution");
+    let what = match drain {
+        Drain::Noop => "drain (lease + ack)",
+        Drain::StatusRefresh => "drain (+ result push)",
+    };
+    report(what, wall, cost, n, "execution");
+    if drain == Drain::StatusRefresh {
+        let results = store(&server, clock.clone())?
+            .queue("execution-status")?
+            .stats()
+            .await?;
+        if results.pending != n as u64 {
+            bail!(
+                "{} status results queued for {n} executions",
+                results.pending
+            );
+        }
+        println!(
+            "  status results queued: {} (one per execution)",
+            results.pending
+        );
+    }
     println!(
         "  refreshes per execution {:.3} ({} tasks for {n} executions; per host {per_host:?})",
         per_host.iter().sum::<u64>() as f64 / n as f64,

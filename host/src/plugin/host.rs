@@ -1,13 +1,15 @@
-//! The `taskhost:plugin/host` imports: logging, enqueueing and config.
+//! The `taskhost:plugin/host` and `taskhost:plugin/bulk` imports: logging,
+//! enqueueing and config.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::BatchState;
+use super::bindings::taskhost::plugin::bulk;
 use super::bindings::taskhost::plugin::host::{Host, Level};
 use super::bindings::taskhost::plugin::types::{self as wit, Enqueued};
-use crate::queue::{NewTask, Pushed, QueueStore};
+use crate::queue::{BaseQueue, NewTask, Pushed, QueueStore};
 
 /// Longest log line kept from a plugin; the rest is cut so a chatty plugin
 /// cannot flood the host's log.
@@ -83,14 +85,11 @@ impl Host for BatchState {
             unique_key: task.unique_key,
             delay: task.delay_ms.map(Duration::from_millis),
         };
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, queue.push(new)).await {
-            Ok(Ok(Pushed::Created(id))) => Ok(Enqueued::Created(id)),
-            Ok(Ok(Pushed::Duplicate(id))) => Ok(Enqueued::Duplicate(id)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "enqueue to {name:?} timed out after {ENQUEUE_TIMEOUT:?}"
-            )),
-        }
+        let mut pushed = push_within_timeout(&*queue, &name, vec![new]).await?;
+        pushed
+            .pop()
+            .map(enqueued)
+            .ok_or_else(|| format!("queue {name:?} answered no result"))
     }
 
     async fn get_config(&mut self, key: String) -> Option<String> {
@@ -103,5 +102,87 @@ impl Host for BatchState {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+}
+
+impl bulk::Host for BatchState {
+    async fn enqueue_many(&mut self, tasks: Vec<wit::NewTask>) -> Vec<Result<Enqueued, String>> {
+        let mut out: Vec<Result<Enqueued, String>> = Vec::with_capacity(tasks.len());
+        // Per target queue, in first-seen order: the tasks and their slots in `out`.
+        let mut groups: Vec<(String, Vec<usize>, Vec<NewTask>)> = Vec::new();
+        for task in tasks {
+            if task.payload.len() > MAX_ENQUEUE_PAYLOAD {
+                out.push(Err(format!(
+                    "payload of {} bytes is over the {MAX_ENQUEUE_PAYLOAD}-byte limit",
+                    task.payload.len()
+                )));
+                continue;
+            }
+            let name = if task.queue.is_empty() {
+                self.queue.to_string()
+            } else {
+                task.queue
+            };
+            let new = NewTask {
+                payload: task.payload,
+                unique_key: task.unique_key,
+                delay: task.delay_ms.map(Duration::from_millis),
+            };
+            let slot = out.len();
+            out.push(Err(String::new()));
+            match groups.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, slots, batch)) => {
+                    slots.push(slot);
+                    batch.push(new);
+                }
+                None => groups.push((name, vec![slot], vec![new])),
+            }
+        }
+        for (name, slots, batch) in groups {
+            let pushed = match self.shared.queues.queue(&name) {
+                Ok(queue) => push_within_timeout(&*queue, &name, batch).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match pushed {
+                Ok(results) => {
+                    for (slot, p) in slots.into_iter().zip(results) {
+                        out[slot] = Ok(enqueued(p));
+                    }
+                }
+                Err(e) => {
+                    for slot in slots {
+                        out[slot] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Pushes a batch, giving up after [`ENQUEUE_TIMEOUT`].
+async fn push_within_timeout(
+    queue: &dyn BaseQueue,
+    name: &str,
+    batch: Vec<NewTask>,
+) -> Result<Vec<Pushed>, String> {
+    let n = batch.len();
+    match tokio::time::timeout(ENQUEUE_TIMEOUT, queue.push_batch(batch)).await {
+        Ok(Ok(results)) if results.len() == n => Ok(results),
+        Ok(Ok(results)) => Err(format!(
+            "queue {name:?} answered {} results for {n} tasks",
+            results.len()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "enqueue to {name:?} timed out after {ENQUEUE_TIMEOUT:?}"
+        )),
+    }
+}
+
+fn enqueued(p: Pushed) -> Enqueued {
+    match p {
+        Pushed::Created(id) => Enqueued::Created(id),
+        Pushed::Duplicate(id) => Enqueued::Duplicate(id),
     }
 }

@@ -39,7 +39,9 @@ use crate::queue::{QueueStore, Task};
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "handler-plugin",
+        // The superset of `handler-plugin`: linking its imports serves
+        // components of either world.
+        world: "bulk-handler-plugin",
         imports: { default: async },
         exports: { default: async },
         // Borrowed parameter types: a batch is lowered straight from the
@@ -48,7 +50,7 @@ pub mod bindings {
     });
 }
 
-use bindings::HandlerPluginPre;
+use bindings::BulkHandlerPluginPre as HandlerPluginPre;
 use bindings::taskhost::plugin::types as wit;
 
 /// How often the engine's epoch advances; the granularity of time limits.
@@ -287,7 +289,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        bindings::HandlerPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        bindings::BulkHandlerPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;

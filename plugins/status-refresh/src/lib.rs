@@ -18,7 +18,8 @@
 //! 4. all finished, any `stopped` -> `stopped`;
 //! 5. all `success` -> `success`.
 //!
-//! The result `<execution id> <status>` is enqueued on the follow-up queue
+//! The results of a batch, `<execution id> <status>` each, are enqueued
+//! together (one `enqueue-many` call) on the follow-up queue
 //! named by the configuration key `output_queue` (default
 //! `execution-status`) with the execution id as unique key: a result for an
 //! execution whose previous result is still pending collapses into it.
@@ -126,33 +127,57 @@ impl Handler for StatusRefresh {
             Some(q) if !q.is_empty() => q,
             _ => DEFAULT_OUTPUT.to_owned(),
         };
-        batch.iter().map(|t| refresh(t, &queue)).collect()
+        // Derive every status first, then enqueue all results in one host
+        // call: one queue round trip per batch, not one per execution.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        for task in &batch {
+            match refresh(task, &queue) {
+                Ok(result) => {
+                    outcomes.push(None);
+                    results.push(result);
+                }
+                Err(reason) => outcomes.push(Some(Outcome::Fail(reason))),
+            }
+        }
+        if results.is_empty() {
+            return outcomes.into_iter().flatten().collect();
+        }
+        let mut pushed = taskhost_guest::enqueue_many(&results)
+            .into_iter()
+            .zip(&results);
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| match pushed.next() {
+                    Some((Ok(_), _)) => Outcome::Done,
+                    Some((Err(err), result)) => {
+                        let id = result.unique_key.as_deref().unwrap_or("?");
+                        taskhost_guest::warn(&format!(
+                            "execution {id}: enqueue to {queue} refused: {err}"
+                        ));
+                        Outcome::Retry(None)
+                    }
+                    None => Outcome::Retry(None),
+                })
+            })
+            .collect()
     }
 }
 
 export_handler!(StatusRefresh);
 
-fn refresh(task: &Task, queue: &str) -> Outcome {
-    let (id, states) = match parse(&task.payload) {
-        Ok(v) => v,
-        Err(reason) => return Outcome::Fail(reason),
-    };
+/// The follow-up task carrying a task's execution status, or why the
+/// payload cannot be read.
+fn refresh(task: &Task, queue: &str) -> Result<NewTask, String> {
+    let (id, states) = parse(&task.payload)?;
     let status = summarize(&states);
-    let result = NewTask {
+    Ok(NewTask {
         queue: queue.to_owned(),
         payload: format!("{id} {}", status.name()).into_bytes(),
-        unique_key: Some(id.clone()),
+        unique_key: Some(id),
         delay_ms: None,
-    };
-    match taskhost_guest::enqueue(result) {
-        Ok(_) => Outcome::Done,
-        Err(err) => {
-            taskhost_guest::warn(&format!(
-                "execution {id}: enqueue to {queue} refused: {err}"
-            ));
-            Outcome::Retry(None)
-        }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! | `garbage` | calls every host import with out-of-spec values; `done` if the host refused each, `fail` naming the one it accepted |
 //! | `grow` | grows memory without end (a memory bomb) |
 //! | `journal` | every task `done` after `hold_ms` (config) milliseconds; appends one line per task to a new file in `journal_dir` (below) |
+//! | `bulk` | each payload is `QUEUE:KEY:PAYLOAD` (empty KEY: none); the whole batch is enqueued with one `enqueue-many` call; `done` per accepted task, `fail(err)` per refused one |
 //! | anything else | logs an error, every task `fail("unknown mode: ...")` |
 //!
 //! Journal lines (mode `journal`), one file per batch named
@@ -76,6 +77,7 @@ impl Handler for Testkit {
                 }
             }
             "journal" => journal(&batch),
+            "bulk" => bulk(&batch),
             other => {
                 let reason = format!("unknown mode: {other}");
                 taskhost_guest::error(&format!("testkit: {reason}"));
@@ -137,7 +139,13 @@ fn garbage() -> Outcome {
             bad(&"q".repeat(300), b"x".to_vec()),
         ),
     ];
-    for (what, task) in attempts {
+    let (whats, tasks): (Vec<_>, Vec<_>) = attempts.into_iter().unzip();
+    for (what, result) in whats.iter().zip(taskhost_guest::enqueue_many(&tasks)) {
+        if result.is_ok() {
+            return Outcome::Fail(format!("host accepted an enqueue-many with {what}"));
+        }
+    }
+    for (what, task) in whats.into_iter().zip(tasks) {
         if taskhost_guest::enqueue(task).is_ok() {
             return Outcome::Fail(format!("host accepted an enqueue with {what}"));
         }
@@ -146,6 +154,37 @@ fn garbage() -> Outcome {
     let _ = taskhost_guest::config("\0");
     taskhost_guest::log(taskhost_guest::Level::Error, "\0\u{7f}\u{202e}reversed");
     Outcome::Done
+}
+
+/// Enqueues every task's `QUEUE:KEY:PAYLOAD` in one host call.
+fn bulk(batch: &[Task]) -> Vec<Outcome> {
+    let parsed: Vec<Option<NewTask>> = batch
+        .iter()
+        .map(|t| {
+            let text = String::from_utf8_lossy(&t.payload);
+            let mut parts = text.splitn(3, ':');
+            let (queue, key, payload) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(NewTask {
+                queue: queue.to_owned(),
+                payload: payload.as_bytes().to_vec(),
+                unique_key: (!key.is_empty()).then(|| key.to_owned()),
+                delay_ms: None,
+            })
+        })
+        .collect();
+    let tasks: Vec<NewTask> = parsed.iter().flatten().cloned().collect();
+    let mut results = taskhost_guest::enqueue_many(&tasks).into_iter();
+    parsed
+        .iter()
+        .map(|p| match p {
+            None => Outcome::Fail("payload is not QUEUE:KEY:PAYLOAD".into()),
+            Some(_) => match results.next() {
+                Some(Ok(_)) => Outcome::Done,
+                Some(Err(e)) => Outcome::Fail(e),
+                None => Outcome::Fail("host answered too few results".into()),
+            },
+        })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch.
