@@ -843,12 +843,15 @@ fn field(v: &[u8], at: usize) -> Option<(&str, usize)> {
 }
 
 /// Parses `<id>:<attempts>:<enqueued_at>:<key length or ->:<key><payload>`,
-/// reusing the buffer for the payload.
-fn unpack(mut v: Vec<u8>) -> Option<Element> {
-    let (mut e, start) = header(&v)?;
+/// reusing the buffer for the payload; gives the buffer back if it does
+/// not parse.
+fn unpack(mut v: Vec<u8>) -> Result<Element, Vec<u8>> {
+    let Some((mut e, start)) = header(&v) else {
+        return Err(v);
+    };
     v.drain(..start);
     e.payload = v;
-    Some(e)
+    Ok(e)
 }
 
 /// An element's fields but the payload, and where the payload starts.
@@ -885,7 +888,7 @@ fn unpack_dead(v: Vec<u8>) -> Option<(u64, String, Element)> {
     let (n, at) = field(&v, at)?;
     let end = at.checked_add(n.parse().ok()?)?;
     let reason = String::from_utf8_lossy(v.get(at..end)?).into_owned();
-    Some((failed_at, reason, unpack(v[end..].to_vec())?))
+    Some((failed_at, reason, unpack(v[end..].to_vec()).ok()?))
 }
 
 impl RedisQueue {
@@ -1065,15 +1068,17 @@ impl BaseQueue for RedisQueue {
         };
         let mut tasks = Vec::with_capacity(elements.len());
         for e in elements {
-            match e {
-                Value::BulkString(b) if header(&b).is_some() => {
-                    tasks.extend(unpack(b).map(|e| self.task(e)));
-                }
+            let parsed = match e {
+                Value::BulkString(b) => unpack(b).map_err(Value::BulkString),
+                other => Err(other),
+            };
+            match parsed {
+                Ok(e) => tasks.push(self.task(e)),
                 // Not written by this layout (see the module doc). It stays
                 // in its batch's record, which no settlement of the others
                 // removes, and comes back when the lease expires: reported
                 // each time, never dropped, never blocking the tasks beside it.
-                other => {
+                Err(other) => {
                     let shown = format!("{other:?}");
                     tracing::error!(
                         queue = %self.name,
@@ -1389,14 +1394,20 @@ mod tests {
         assert!(matches!(pushed, Pushed::Created(_)), "the key was freed");
     }
 
-    /// Settling part of a leased batch keeps the rest held: renewable,
-    /// settleable later, and reclaimed if its lease expires.
-    #[tokio::test]
-    async fn part_of_a_batch_settles_and_the_rest_stays_held() {
+    /// A private server and a store on it, its clock at 1 s and driven by hand.
+    fn manual_store() -> (RedisServer, Arc<ManualClock>, RedisStore) {
         let server = RedisServer::start().unwrap();
         let clock = ManualClock::new(1_000);
         let store =
             RedisStore::open(&server.url(), RedisOptions::default(), clock.clone()).unwrap();
+        (server, clock, store)
+    }
+
+    /// Settling part of a leased batch keeps the rest held: renewable,
+    /// settleable later, and reclaimed if its lease expires.
+    #[tokio::test]
+    async fn part_of_a_batch_settles_and_the_rest_stays_held() {
+        let (server, clock, store) = manual_store();
         let q = store.queue("q").unwrap();
         let tasks = (0..4).map(|i| NewTask::new(format!("t{i}")).unique(format!("k{i}")));
         q.push_batch(tasks.collect()).await.unwrap();
@@ -1445,10 +1456,7 @@ mod tests {
     /// reported, kept in Redis, and does not hold up the tasks beside it.
     #[tokio::test]
     async fn a_foreign_element_is_kept_and_does_not_block_the_queue() {
-        let server = RedisServer::start().unwrap();
-        let clock = ManualClock::new(1_000);
-        let store =
-            RedisStore::open(&server.url(), RedisOptions::default(), clock.clone()).unwrap();
+        let (server, clock, store) = manual_store();
         let q = store.queue("q").unwrap();
         q.push(NewTask::new("a")).await.unwrap();
         server
@@ -1499,12 +1507,12 @@ mod tests {
             assert_eq!(unpack_dead(dead), Some((77, "why:no".to_owned(), want)));
         }
         assert_eq!(
-            unpack(b"1:0:12:5:ab".to_vec()),
+            unpack(b"1:0:12:5:ab".to_vec()).ok(),
             None,
             "key longer than the value"
         );
         assert_eq!(
-            unpack(b"1:x:12:-:ab".to_vec()),
+            unpack(b"1:x:12:-:ab".to_vec()).ok(),
             None,
             "attempts not a number"
         );
