@@ -1407,7 +1407,7 @@ mod tests {
     /// settleable later, and reclaimed if its lease expires.
     #[tokio::test]
     async fn part_of_a_batch_settles_and_the_rest_stays_held() {
-        let (server, clock, store) = manual_store();
+        let (_server, clock, store) = manual_store();
         let q = store.queue("q").unwrap();
         let tasks = (0..4).map(|i| NewTask::new(format!("t{i}")).unique(format!("k{i}")));
         q.push_batch(tasks.collect()).await.unwrap();
