@@ -77,6 +77,7 @@ const SCRIPT_INNER: &[&str] = &[
     "incrby",
     "decrby",
     "get",
+    "set",
     "publish",
     "ltrim",
     "hset",

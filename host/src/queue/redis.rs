@@ -17,7 +17,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `taskhost:{q}:seq` | string | last task id (`INCRBY` per push batch) |
+//! | `taskhost:{q}:seq` | string | last task id (read and set once per push batch) |
 //! | `taskhost:{q}:ready` | list | elements visible now, oldest first |
 //! | `taskhost:{q}:bseq` | string | last lease batch number |
 //! | `taskhost:{q}:l:<batch>` | list | the elements one lease call handed out and not yet settled |
@@ -187,68 +187,83 @@ local function bump(e)
 end
 "#;
 
-/// Push: ARGV = capacity (0 = none), now, then per task: has_key, key,
-/// element without its `id:0:` head, delay_ms. Returns {0} when the batch
-/// does not fit, else {1, first_id, i1, id1, i2, id2, ...}: created tasks
-/// get consecutive ids from first_id in batch order, and task i (0-based)
-/// of each pair is a duplicate of the existing task id. Ids are reserved
-/// with one INCRBY per batch.
+/// Push: ARGV = capacity (0 = none), now, shape, then per task the fields
+/// its shape needs (each argument costs Redis a parse and Lua a string, so
+/// the common batches send fewer):
+/// - `p` (no key, no delay): the element without its `id:0:` head;
+/// - `k` (all keyed, no delay): key, element without head;
+/// - `g` (anything else): has_key (`1`/`0`), key, element without head, delay_ms.
+///
+/// Returns {0} when the batch does not fit, else {1, first_id, i1, id1, i2,
+/// id2, ...}: created tasks get consecutive ids from first_id in batch
+/// order, and task i (0-based) of each pair is a duplicate of the existing
+/// task id.
 const PUSH: &str = r#"
 local pre = KEYS[1]
-local cap, now = tonumber(ARGV[1]), tonumber(ARGV[2])
-local keys = {}
-for b = 3, #ARGV, 4 do
-  if ARGV[b] == '1' then keys[#keys + 1] = ARGV[b + 1] end
-end
+local cap, now, shape = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local stride = (shape == 'p' and 1) or (shape == 'k' and 2) or 4
 local known = {}
-if #keys > 0 then
-  local ids = mget('HMGET', pre .. 'unique', keys)
-  for j, k in ipairs(keys) do
-    if ids[j] then known[k] = ids[j] end
-  end
-end
-local fresh, seen = 0, {}
-for b = 3, #ARGV, 4 do
-  if ARGV[b] == '0' then
-    fresh = fresh + 1
+if shape ~= 'p' then
+  local keys = {}
+  if shape == 'k' then
+    for b = 4, #ARGV, 2 do keys[#keys + 1] = ARGV[b] end
   else
-    local k = ARGV[b + 1]
-    if not known[k] and not seen[k] then
-      seen[k] = true
-      fresh = fresh + 1
+    for b = 4, #ARGV, 4 do
+      if ARGV[b] == '1' then keys[#keys + 1] = ARGV[b + 1] end
+    end
+  end
+  if #keys > 0 then
+    local ids = mget('HMGET', pre .. 'unique', keys)
+    for j, k in ipairs(keys) do
+      if ids[j] then known[k] = ids[j] end
     end
   end
 end
+local id = tonumber(redis.call('GET', pre .. 'seq') or 0)
+local first = id + 1
+local out, uniq, ready, delayed = {1, first}, {}, {}, {}
+if shape == 'p' then
+  for b = 4, #ARGV do
+    id = id + 1
+    ready[#ready + 1] = id .. ':0:' .. ARGV[b]
+  end
+else
+  for b = 4, #ARGV, stride do
+    local keyed, k, rest, delay
+    if shape == 'k' then
+      keyed, k, rest, delay = true, ARGV[b], ARGV[b + 1], 0
+    else
+      keyed, k, rest, delay = ARGV[b] == '1', ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
+    end
+    local dup = keyed and known[k]
+    if dup then
+      out[#out + 1] = (b - 4) / stride
+      out[#out + 1] = dup
+    else
+      id = id + 1
+      if keyed then
+        known[k] = id
+        uniq[#uniq + 1] = k
+        uniq[#uniq + 1] = id
+      end
+      local e = id .. ':0:' .. rest
+      if delay > 0 then
+        delayed[#delayed + 1] = now + delay
+        delayed[#delayed + 1] = e
+      else
+        ready[#ready + 1] = e
+      end
+    end
+  end
+end
+local fresh = id - first + 1
+if fresh == 0 then return out end
 if cap > 0 then
   local count = redis.call('LLEN', pre .. 'ready') + redis.call('ZCARD', pre .. 'delayed')
     + tonumber(redis.call('GET', pre .. 'held') or 0)
   if count + fresh > cap then return {0} end
 end
-local id = redis.call('INCRBY', pre .. 'seq', fresh) - fresh
-local out, uniq, ready, delayed = {1, id + 1}, {}, {}, {}
-for b = 3, #ARGV, 4 do
-  local keyed, k = ARGV[b] == '1', ARGV[b + 1]
-  local dup = keyed and known[k]
-  if dup then
-    out[#out + 1] = (b - 3) / 4
-    out[#out + 1] = dup
-  else
-    id = id + 1
-    if keyed then
-      known[k] = id
-      uniq[#uniq + 1] = k
-      uniq[#uniq + 1] = id
-    end
-    local e = id .. ':0:' .. ARGV[b + 2]
-    local delay = tonumber(ARGV[b + 3])
-    if delay > 0 then
-      delayed[#delayed + 1] = now + delay
-      delayed[#delayed + 1] = e
-    else
-      ready[#ready + 1] = e
-    end
-  end
-end
+redis.call('SET', pre .. 'seq', id)
 chunked('HSET', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
 chunked('RPUSH', pre .. 'ready', ready)
@@ -1004,20 +1019,32 @@ impl BaseQueue for RedisQueue {
         let poll = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         let mut waits = 0;
         let mut packed = Vec::new();
+        // The push script's argument shape (see `PUSH`).
+        let undelayed = tasks.iter().all(|t| t.delay.is_none_or(|d| d.is_zero()));
+        let shape = match () {
+            _ if undelayed && tasks.iter().all(|t| t.unique_key.is_none()) => "p",
+            _ if undelayed && tasks.iter().all(|t| t.unique_key.is_some()) => "k",
+            _ => "g",
+        };
         loop {
             let now = self.shared.clock.now_ms();
             let mut inv = self.shared.call(&self.shared.scripts.push, &self.prefix);
-            inv.arg(opts.capacity.unwrap_or(0)).arg(now);
+            inv.arg(opts.capacity.unwrap_or(0)).arg(now).arg(shape);
             for t in &tasks {
                 let delay = t
                     .delay
                     .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
-                match &t.unique_key {
-                    Some(k) => inv.arg("1").arg(k.as_bytes()),
-                    None => inv.arg("0").arg(""),
+                match (shape, &t.unique_key) {
+                    ("p", _) => &mut inv,
+                    ("k", Some(k)) => inv.arg(k.as_bytes()),
+                    (_, Some(k)) => inv.arg("1").arg(k.as_bytes()),
+                    (_, None) => inv.arg("0").arg(""),
                 };
                 pack(&mut packed, now, t.unique_key.as_deref(), &t.payload);
-                inv.arg(&packed[..]).arg(delay);
+                inv.arg(&packed[..]);
+                if shape == "g" {
+                    inv.arg(delay);
+                }
             }
             let v = self.shared.run(&inv).await?;
             let reply = array(v).map_err(|v| self.bad_reply("push", &v))?;
