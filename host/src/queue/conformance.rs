@@ -162,6 +162,24 @@ pub(crate) async fn unique_keys(f: Fixture) {
         .unwrap();
     assert_eq!(batch[1], Pushed::Duplicate(batch[0].id()));
     assert_eq!(q.len().await.unwrap(), 3);
+    // A batch mixing plain, keyed, delayed and repeated tasks.
+    let mixed = q
+        .push_batch(vec![
+            NewTask::new("p"),
+            NewTask::new("again").unique("z"),
+            NewTask::new("later")
+                .unique("w")
+                .delayed(Duration::from_secs(60)),
+            NewTask::new("w2").unique("w"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(mixed[0], Pushed::Created(_)));
+    assert_eq!(mixed[1], Pushed::Duplicate(batch[0].id()), "pending key");
+    assert!(matches!(mixed[2], Pushed::Created(_)));
+    assert_eq!(mixed[3], Pushed::Duplicate(mixed[2].id()), "delayed key");
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.len(), s.delayed), (5, 1));
 }
 
 pub(crate) async fn lease_expiry(f: Fixture) {
