@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -253,13 +253,33 @@ poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
     server.shutdown().await;
 }
 
-/// A private CA made for the test (its PEM in `dir/ca.pem`) and server TLS
-/// settings for 127.0.0.1 signed by it.
-fn test_ca(dir: &Path, http2: bool) -> (PathBuf, Arc<rustls::ServerConfig>) {
+/// A row-counting TLS server on 127.0.0.1 with a private CA made for it.
+struct TlsServer {
+    /// Holds `ca_file`.
+    _dir: tempfile::TempDir,
+    /// The CA's PEM, for clients that should trust the server.
+    ca_file: PathBuf,
+    /// JSON rows the server was sent.
+    rows: Arc<AtomicU64>,
+    server: CountingServer,
+}
+
+/// Starts a [`TlsServer`] that offers HTTP/2 or only HTTP/1.1.
+async fn tls_server(http2: bool) -> TlsServer {
+    let dir = tempfile::tempdir().unwrap();
     let (ca_pem, tls) = server::loopback_tls(http2).unwrap();
-    let ca_file = dir.join("ca.pem");
+    let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
-    (ca_file, tls)
+    let rows = Arc::new(AtomicU64::new(0));
+    let server = CountingServer::start_tls(counting_rows(&rows), tls)
+        .await
+        .unwrap();
+    TlsServer {
+        _dir: dir,
+        ca_file,
+        rows,
+        server,
+    }
 }
 
 /// Answers with an empty 200 and counts the JSON rows it was sent.
@@ -307,12 +327,12 @@ async fn ship_rows(runtime: &Runtime, server: &CountingServer, n: usize) -> Pool
 /// not; every row arrives. Returns the server's (requests, HTTP/2 requests,
 /// connections).
 async fn ship_over_tls(n: usize, http2: bool) -> (u64, u64, u64) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (ca_file, tls) = test_ca(tmp.path(), http2);
-    let rows = Arc::new(AtomicU64::new(0));
-    let server = CountingServer::start_tls(counting_rows(&rows), tls)
-        .await
-        .unwrap();
+    let TlsServer {
+        _dir,
+        ca_file,
+        rows,
+        server,
+    } = tls_server(http2).await;
     let runtime = runtime_trusting(8, Some(ca_file));
     let stats = ship_rows(&runtime, &server, n).await;
     assert_eq!((stats.done, stats.dead), (n as u64, 0));
@@ -356,13 +376,10 @@ async fn an_http1_only_tls_server_is_served_by_pooled_keep_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_fails_the_plugins_request_and_the_host_carries_on() {
-    let tmp = tempfile::tempdir().unwrap();
     // The server's CA is not given to the client: only the public roots.
-    let (_ca_file, tls) = test_ca(tmp.path(), true);
-    let rows = Arc::new(AtomicU64::new(0));
-    let server = CountingServer::start_tls(counting_rows(&rows), tls)
-        .await
-        .unwrap();
+    let TlsServer {
+        _dir, rows, server, ..
+    } = tls_server(true).await;
     let runtime = runtime(4);
     let allowed = [server.addr().to_string()];
 
@@ -472,12 +489,12 @@ async fn a_429_with_retry_after_is_retried_by_the_host_and_the_task_is_done_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_first_https_requests_shares_one_http2_connection() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (ca_file, tls) = test_ca(tmp.path(), true);
-    let rows = Arc::new(AtomicU64::new(0));
-    let server = CountingServer::start_tls(counting_rows(&rows), tls)
-        .await
-        .unwrap();
+    let TlsServer {
+        _dir,
+        ca_file,
+        server,
+        ..
+    } = tls_server(true).await;
     let client = taskhost::http::HttpClient::new(HttpOptions {
         pool_idle_per_host: 64,
         host_concurrency: 64,
