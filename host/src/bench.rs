@@ -388,17 +388,30 @@ pub(crate) fn load_noop(
     path: &std::path::Path,
     store: Arc<dyn QueueStore>,
 ) -> Result<taskhost::plugin::Plugin> {
+    let config = [("mode".to_string(), "noop".to_string())].into();
+    load_built(runtime, path, store, "testkit", config)
+}
+
+/// Loads the component a bench runs, built from the workspace package
+/// `package`; the error says how to build it.
+pub(crate) fn load_built(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    store: Arc<dyn QueueStore>,
+    package: &str,
+    config: std::collections::BTreeMap<String, String>,
+) -> Result<taskhost::plugin::Plugin> {
     let spec = PluginSpec {
-        name: "noop".into(),
+        name: package.into(),
         path: path.to_owned(),
-        config: [("mode".to_string(), "noop".to_string())].into(),
+        config,
         dir: None,
         limits: Limits::default(),
         allowed_hosts: Vec::new(),
     };
-    runtime
-        .load(spec, store)
-        .with_context(|| "loading the no-op plugin (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p testkit)")
+    runtime.load(spec, store).with_context(|| {
+        format!("loading {package} (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p {package})")
+    })
 }
 
 /// Pushes `n` tasks while a pool drains them; returns (end-to-end, drain) tasks/s.

@@ -334,24 +334,6 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     Ok(())
 }
 
-fn load_status_refresh(
-    runtime: &Runtime,
-    path: &std::path::Path,
-    store: Arc<dyn taskhost::queue::QueueStore>,
-) -> Result<taskhost::plugin::Plugin> {
-    let spec = taskhost::plugin::PluginSpec {
-        name: "status-refresh".into(),
-        path: path.to_owned(),
-        config: Default::default(),
-        dir: None,
-        limits: Default::default(),
-        allowed_hosts: Vec::new(),
-    };
-    runtime.load(spec, store).with_context(|| {
-        "loading status-refresh (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p status-refresh)"
-    })
-}
-
 fn execution_key(i: usize) -> String {
     format!("execution:id:{i}:vendor:REPLICATION:status_outdate")
 }
@@ -413,7 +395,13 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
         let store = store(&server, clock.clone())?;
         let plugin = match drain {
             Drain::Noop => crate::bench::load_noop(runtime, &a.plugin, store.clone())?,
-            Drain::StatusRefresh => load_status_refresh(runtime, &a.status_plugin, store.clone())?,
+            Drain::StatusRefresh => crate::bench::load_built(
+                runtime,
+                &a.status_plugin,
+                store.clone(),
+                "status-refresh",
+                Default::default(),
+            )?,
         };
         let queue = store.queue("status-refresh")?;
         pools.push(
