@@ -1,0 +1,28 @@
+//! Every Redis key and channel name the backend uses, in one place.
+//!
+//! A queue's keys share the prefix `taskhost:{<queue>}:`; the `{ }` hash tag
+//! puts them in one Redis Cluster slot, so each script may touch any of
+//! them. The scripts get the prefix as their one `KEYS` entry and append the
+//! suffixes listed in the module doc of [`super`].
+
+/// The set naming every queue ever pushed to (for `host status`).
+pub(super) const QUEUES: &str = "taskhost:queues";
+
+/// Pattern of the channels the push and settle scripts publish to when
+/// tasks become ready.
+pub(super) const WAKE_PATTERN: &str = "taskhost:{*}:wake";
+
+/// Suffix of the dead-letter list under a queue's prefix.
+pub(super) const DEAD: &str = "dead";
+
+/// The key prefix of queue `name`.
+pub(super) fn prefix(name: &str) -> String {
+    format!("taskhost:{{{name}}}:")
+}
+
+/// The queue a wake channel (one matched by [`WAKE_PATTERN`]) belongs to.
+pub(super) fn queue_of_wake_channel(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("taskhost:{")
+        .and_then(|c| c.strip_suffix("}:wake"))
+}

@@ -1,0 +1,308 @@
+//! Redis backend: many hosts share one queue, with leases, unique keys,
+//! delayed retries and dead letters held in Redis (>= 6.2: `LPOP` with a
+//! count, `ZMSCORE`).
+//!
+//! # Files
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | [`RedisOptions`], [`RedisStore`] and the state its queues share |
+//! | `queue.rs` | [`RedisQueue`]: builds each script's arguments, reads its reply |
+//! | `scripts/*.lua` | one Lua program per state change, each documenting its `ARGV` and reply |
+//! | `script.rs` | loading, calling and retrying the scripts |
+//! | `keys.rs` | every key and channel name |
+//! | `codec.rs` | the element: one task as one string |
+//! | `wake.rs` | the pub/sub listener that wakes idle hosts |
+//!
+//! # Keys of queue `q`
+//!
+//! A task is one string, its *element* (see `codec.rs`), which moves whole
+//! between the keys below and exists in exactly one of them at a time.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `taskhost:{q}:seq` | string | last task id (read and set once per push batch) |
+//! | `taskhost:{q}:ready` | list | elements visible now, oldest first |
+//! | `taskhost:{q}:bseq` | string | last lease batch number |
+//! | `taskhost:{q}:l:<batch>` | list | the elements one lease call handed out and not yet settled |
+//! | `taskhost:{q}:leased` | sorted set | batch numbers, scored by lease expiry (ms) |
+//! | `taskhost:{q}:held` | string | how many elements the `l:` lists hold (for capacity and stats) |
+//! | `taskhost:{q}:delayed` | sorted set | elements of delayed pushes and retries, scored by visible-at (ms) |
+//! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
+//! | `taskhost:{q}:dead` | list | `<failed_at>:<reason length>:<reason><element>`, newest first, trimmed |
+//! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
+//! | `taskhost:{q}:wake` | pub/sub channel | an empty message whenever a push or release made tasks ready |
+//!
+//! The `{q}` hash tag puts all of a queue's keys in one Redis Cluster slot,
+//! so each script may touch any of them (it gets the prefix as its one
+//! `KEYS` entry and derives the rest).
+//!
+//! # Invariants and why
+//!
+//! - Each state change is one Lua script, so it is atomic: push (capacity,
+//!   unique keys, ids, elements to `ready` or `delayed`), lease (promote due
+//!   retries, reclaim expired batches, pop, record the batch), renew, settle
+//!   (a whole batch of acks, retries, dead letters and releases).
+//! - A leased task stays in Redis (in its batch's `l:` list) until its holder
+//!   settles it, so a host that dies loses nothing: its leases expire and the
+//!   next lease call of any host moves them back to `ready`. Reclaiming reads
+//!   only the expired head of `leased`, bounded per call, never all keys.
+//!   Lists with a lease sorted set beat Streams here: Streams keep acked
+//!   entries until trimmed, have no per-entry delay, and XAUTOCLAIM walks
+//!   the pending list rather than jumping to what expired.
+//! - Leases are kept per *batch*, not per task, because Redis's CPU per task
+//!   limits throughput (one core serves every host) and per-task hash or
+//!   sorted-set entries cost cache misses. Acking a whole batch deletes its
+//!   list unread; settling part of one reads it and keeps the rest held;
+//!   renewing is one `ZADD` per batch.
+//! - A lease proves itself by its batch: an expired batch is reclaimed and
+//!   its number never used again, so a host whose lease was taken over is
+//!   refused. Only the handle that leased a task can settle or renew it (it
+//!   remembers each lease's batch and unique key); another handle's
+//!   settlement counts as lost.
+//! - An element this layout cannot read is reported in the log and left in
+//!   Redis; it never stops the tasks beside it.
+//! - Times come from the store's [`Clock`] and travel as script arguments,
+//!   so tests drive expiry deterministically, and hosts agree as far as
+//!   their wall clocks do (keep them NTP-synced; a lease TTL of many seconds
+//!   absorbs the usual skew).
+//!
+//! # Failures
+//!
+//! The connection is a [`ConnectionManager`]: it reconnects in the background
+//! after a connection error. Errors carry the (password-free) URL and say when
+//! Redis is unreachable. `renew` and `settle` are idempotent (a settlement
+//! applies only to an element still in its batch), so they are retried on
+//! connection errors with the shared back-off for up to
+//! [`RedisOptions::retry_for`]; lease errors are backed off by the worker
+//! pool; a push error is returned to the caller, so nothing acknowledged as
+//! pushed is lost.
+
+mod codec;
+mod keys;
+mod queue;
+mod script;
+mod wake;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, watch};
+
+pub use self::queue::RedisQueue;
+use self::script::Scripts;
+use self::wake::Listener;
+use super::util::Handles;
+use super::{BaseQueue, QueueError, QueueStore, validate_name};
+use crate::clock::Clock;
+
+/// Settings of the Redis backend; the first three are read from the host
+/// configuration's `[redis]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisOptions {
+    /// Most tasks (pending, delayed and leased) one queue holds; unbounded when absent.
+    pub capacity: Option<usize>,
+    /// How long a push waits for room in a full queue before failing.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+    /// Most dead letters kept per queue; older ones are dropped.
+    pub dead_capacity: usize,
+    /// Most due retries and expired leases moved back to `ready` per lease call.
+    #[serde(skip)]
+    pub promote_limit: usize,
+    /// How long renew and settle keep retrying through connection errors.
+    #[serde(skip)]
+    pub retry_for: Duration,
+    /// How long one connection attempt may take.
+    #[serde(skip)]
+    pub connect_timeout: Duration,
+    /// How long one command may take before it counts as failed.
+    #[serde(skip)]
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            capacity: None,
+            push_timeout: Duration::from_secs(2),
+            dead_capacity: 10_000,
+            promote_limit: 1_000,
+            retry_for: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by a store and its queues.
+struct Shared {
+    url: String,
+    conn: ConnectionManager,
+    opts: RedisOptions,
+    clock: Arc<dyn Clock>,
+    scripts: Scripts,
+    client: redis::Client,
+    /// Per queue name: woken when Redis says work arrived.
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    listener: Mutex<Option<Listener>>,
+    listening: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// A queue error naming the URL, saying so when Redis is unreachable.
+    fn error(&self, e: redis::RedisError) -> QueueError {
+        let unreachable = e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_timeout();
+        QueueError::Redis {
+            url: self.url.clone(),
+            message: if unreachable {
+                format!("Redis is unreachable: {e}")
+            } else {
+                e.to_string()
+            },
+        }
+    }
+}
+
+/// The URL without a password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Named queues in one Redis database.
+#[derive(Debug)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    queues: Handles<RedisQueue>,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`); connects lazily.
+    ///
+    /// Must be called inside a tokio runtime: the connection manager runs
+    /// its reconnects there.
+    pub fn open(url: &str, opts: RedisOptions, clock: Arc<dyn Clock>) -> Result<Self, QueueError> {
+        let shown = redact(url);
+        let bad = |e: redis::RedisError| QueueError::Config(format!("queue URL {shown}: {e}"));
+        if opts.promote_limit == 0 || opts.dead_capacity == 0 {
+            return Err(QueueError::Config(
+                "redis promote_limit and dead_capacity must be at least 1".into(),
+            ));
+        }
+        let client = redis::Client::open(url).map_err(bad)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout))
+            .set_response_timeout(Some(opts.response_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(bad)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                url: shown,
+                conn,
+                opts,
+                clock,
+                scripts: Scripts::new(),
+                client,
+                wakes: Mutex::new(HashMap::new()),
+                listener: Mutex::new(None),
+                listening: watch::channel(false).0,
+            }),
+            queues: Handles::default(),
+        })
+    }
+
+    /// Checks that Redis answers (PING), naming the URL when it does not.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e))
+    }
+
+    /// The URL without its password.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// Whether the wake-up listener is subscribed (starts it if needed).
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.shared.ensure_listening();
+        self.shared.listening.subscribe()
+    }
+
+    /// Stops the wake-up listener and waits for it.
+    pub async fn close(&self) {
+        self.shared.stop_listening().await;
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Queue handles may outlive the store; the listener must not.
+        self.shared.cancel_listening();
+    }
+}
+
+#[async_trait]
+impl QueueStore for RedisStore {
+    fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
+        validate_name(name)?;
+        if name.contains(['{', '}']) {
+            return Err(QueueError::Config(format!(
+                "queue name {name:?}: the redis backend uses {{ }} as its hash tag; pick a name without braces"
+            )));
+        }
+        let q = self
+            .queues
+            .get_or_open(name, || Ok(RedisQueue::new(name, self.shared.clone())))?;
+        Ok(q)
+    }
+
+    async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.shared.conn.clone();
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::QUEUES)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e))?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        RedisStore::ping(self).await
+    }
+
+    async fn close(&self) {
+        RedisStore::close(self).await
+    }
+
+    fn describe(&self) -> String {
+        format!("redis at {}", self.url())
+    }
+}

@@ -1,0 +1,80 @@
+-- Settle: ARGV = now, dead_capacity, then per leased batch: batch, n, and
+-- n settlements of three fields: id, op, unique key. Op is `a` ack, `k`
+-- ack freeing the key, `d<reason>` dead-letter, `D<reason>` dead-letter
+-- freeing the key, `r<at ms>` retry, `l` release. Returns {applied, lost}.
+--
+-- When a batch is acked whole (the common case) its record is deleted
+-- without being read; otherwise its elements are matched by id, and those
+-- not settled stay in the record.
+local pre = KEYS[1]
+local now, deadcap = ARGV[1], tonumber(ARGV[2])
+local applied, lost = 0, 0
+local gone, uniq, delayed, back, dead = {}, {}, {}, {}, {}
+local b = 3
+while b <= #ARGV do
+  local batch, n = ARGV[b], tonumber(ARGV[b + 1])
+  local first = b + 2
+  b = first + 3 * n
+  local l = pre .. 'l:' .. batch
+  if not redis.call('ZSCORE', pre .. 'leased', batch) then
+    lost = lost + n
+  else
+    local whole = redis.call('LLEN', l) == n
+    if whole then
+      for j = first, b - 1, 3 do
+        local c = string.byte(ARGV[j + 1], 1)
+        if c ~= 97 and c ~= 107 then whole = false break end -- a, k
+      end
+    end
+    if whole then
+      for j = first, b - 1, 3 do
+        if string.byte(ARGV[j + 1], 1) == 107 then uniq[#uniq + 1] = ARGV[j + 2] end
+      end
+      applied = applied + n
+      redis.call('DEL', l)
+      gone[#gone + 1] = batch
+    else
+      local els = redis.call('LRANGE', l, 0, -1)
+      local at, taken = {}, {}
+      for i, e in ipairs(els) do at[idof(e)] = i end
+      for j = first, b - 1, 3 do
+        local i = at[ARGV[j]]
+        if i and not taken[i] then
+          taken[i] = true
+          applied = applied + 1
+          local e, op = els[i], ARGV[j + 1]
+          local c = string.byte(op, 1)
+          if c == 107 or c == 68 then uniq[#uniq + 1] = ARGV[j + 2] end -- k, D
+          if c == 114 then -- r: this delivery counts
+            delayed[#delayed + 1] = string.sub(op, 2)
+            delayed[#delayed + 1] = bump(e)
+          elseif c == 108 then -- l: it does not
+            back[#back + 1] = e
+          elseif c == 100 or c == 68 then -- d, D
+            local reason = string.sub(op, 2)
+            dead[#dead + 1] = now .. ':' .. #reason .. ':' .. reason .. e
+          end
+        else
+          lost = lost + 1
+        end
+      end
+      local rest = {}
+      for i, e in ipairs(els) do
+        if not taken[i] then rest[#rest + 1] = e end
+      end
+      redis.call('DEL', l)
+      if #rest > 0 then chunked('RPUSH', l, rest) else gone[#gone + 1] = batch end
+    end
+  end
+end
+if applied > 0 then redis.call('DECRBY', pre .. 'held', applied) end
+chunked('ZREM', pre .. 'leased', gone)
+chunked('HDEL', pre .. 'unique', uniq)
+chunked('ZADD', pre .. 'delayed', delayed)
+chunked('LPUSH', pre .. 'ready', back)
+if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
+if #dead > 0 then
+  chunked('LPUSH', pre .. 'dead', dead)
+  redis.call('LTRIM', pre .. 'dead', 0, deadcap - 1)
+end
+return {applied, lost}

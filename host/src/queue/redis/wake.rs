@@ -1,0 +1,127 @@
+//! The pub/sub wake listener: idle hosts wait on Redis instead of polling.
+//!
+//! One `PSUBSCRIBE` connection per store, started by the first wait, wakes a
+//! queue's waiter whenever a push or release on any host made tasks ready
+//! there. Waits keep their time-outs, so work that falls due without a
+//! message (retries, expired leases) and wakes lost while the subscription
+//! was down are still found by the worker pool's back-off polling.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, keys};
+use crate::backoff::Backoff;
+use crate::queue::util::lock;
+
+/// The task listening for wake-ups on Redis.
+pub(super) struct Listener {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shared {
+    /// The wake-up of queue `name`.
+    pub(super) fn wake_of(&self, name: &str) -> Arc<Notify> {
+        lock(&self.wakes)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Starts the wake-up listener unless it runs.
+    pub(super) fn ensure_listening(self: &Arc<Self>) {
+        let mut l = lock(&self.listener);
+        if l.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen(Arc::downgrade(self), stop.clone()));
+        *l = Some(Listener { stop, task });
+    }
+
+    fn wake_all(&self) {
+        for n in lock(&self.wakes).values() {
+            n.notify_one();
+        }
+    }
+
+    /// Stops the listener and waits for it.
+    pub(super) async fn stop_listening(&self) {
+        let listener = lock(&self.listener).take();
+        if let Some(l) = listener {
+            l.stop.cancel();
+            let _ = l.task.await;
+        }
+    }
+
+    /// Asks the listener to stop without waiting (for `Drop`).
+    pub(super) fn cancel_listening(&self) {
+        if let Some(l) = lock(&self.listener).as_ref() {
+            l.stop.cancel();
+        }
+    }
+}
+
+/// Subscribes to every queue's wake channel and wakes its waiter on each
+/// message. Resubscribes with back-off after a lost connection; meanwhile
+/// waiters fall back to their time-outs, so a lost wake-up only delays,
+/// never loses, work.
+async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        let Some((client, timeout)) = shared
+            .upgrade()
+            .map(|s| (s.client.clone(), s.opts.connect_timeout))
+        else {
+            return;
+        };
+        let connect = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.psubscribe(keys::WAKE_PATTERN).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(timeout, connect) => r,
+        };
+        match connected {
+            Ok(Ok(mut ps)) => {
+                failures = 0;
+                if let Some(s) = shared.upgrade() {
+                    s.listening.send_replace(true);
+                    // Whatever arrived while nobody listened: look again.
+                    s.wake_all();
+                }
+                let mut messages = ps.on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Some(s) = shared.upgrade() else { return };
+                    if let Some(name) = keys::queue_of_wake_channel(msg.get_channel_name()) {
+                        s.wake_of(name).notify_one();
+                    }
+                }
+                if let Some(s) = shared.upgrade() {
+                    s.listening.send_replace(false);
+                }
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, "redis wake-up listener cannot subscribe; waiters poll meanwhile");
+            }
+            Err(_) => failures = failures.saturating_add(1),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+        }
+    }
+}
