@@ -1,0 +1,294 @@
+//! Persistent queue in an embedded SQLite database: the default backend.
+//!
+//! Why SQLite (over redb or fjall): it is crash-safe (WAL, atomic commits), it
+//! lets several processes open one data directory at once, so `host push` and
+//! `host status` work while a host runs, and one `UPDATE ... RETURNING`
+//! leases a whole batch atomically.
+//!
+//! # Files
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | [`DiskOptions`], [`DiskStore`], [`DiskQueue`]: requests to the writer |
+//! | `writer.rs` | the one writer thread per store and its group commit |
+//! | `sql.rs` | the statements each request runs |
+//! | `schema.sql` | the tables, created on open |
+//!
+//! # Invariants
+//!
+//! `tasks` holds every task still to do. A waiting task is visible when
+//! `visible_at <= now`; leasing sets `leased = 1`, increments `attempt` and
+//! moves `visible_at` to the lease expiry, so an expired lease is simply
+//! visible again, and a lease is held while `(id, attempt, leased = 1)`
+//! matches. `dead` holds dead letters; `queues` names every queue ever
+//! pushed to, for `host status`. All statements run on the writer thread.
+
+mod sql;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use self::writer::{Reply, Request};
+use super::util::{Handles, PushRoom, lock};
+use super::{
+    BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore, Settle,
+    Settled, Task, validate_name,
+};
+use crate::clock::Clock;
+
+/// How hard commits push data to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// fsync the log at every commit: survives power loss (SQLite `FULL`).
+    #[default]
+    Full,
+    /// fsync only at checkpoints: survives a process crash, may lose the last
+    /// commits on power loss (SQLite `NORMAL` in WAL mode).
+    Normal,
+}
+
+/// Settings of the disk backend; all but `max_group` are read from the host
+/// configuration's `[disk]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskOptions {
+    /// Durability of commits: `full` fsyncs every group commit; `normal`
+    /// survives process crashes only.
+    pub sync: Sync,
+    /// Most tasks one queue holds; `None` for no bound.
+    pub capacity: Option<usize>,
+    /// How long a push waits for room in a full queue before failing.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+    /// Most requests folded into one transaction.
+    #[serde(skip)]
+    pub max_group: usize,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        Self {
+            sync: Sync::Full,
+            capacity: None,
+            push_timeout: Duration::from_secs(2),
+            max_group: 512,
+        }
+    }
+}
+
+/// The database file inside a data directory.
+pub(crate) const DB_FILE: &str = "queue.sqlite3";
+
+/// The tables, created on open.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// One SQLite database serving any number of named queues.
+#[derive(Debug)]
+pub struct DiskStore {
+    path: PathBuf,
+    opts: DiskOptions,
+    tx: mpsc::UnboundedSender<Request>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    queues: Handles<DiskQueue>,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        opts: DiskOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            QueueError::Config(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let disk_err = |e: rusqlite::Error| QueueError::Disk {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(disk_err)?;
+        let sync = match opts.sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(disk_err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; {SCHEMA}"
+        ))
+        .map_err(disk_err)?;
+        let (tx, thread) = writer::start(conn, clock, opts.max_group)
+            .map_err(|e| QueueError::Config(format!("cannot start disk writer thread: {e}")))?;
+        Ok(Arc::new(Self {
+            path,
+            opts,
+            tx,
+            thread: Mutex::new(Some(thread)),
+            queues: Handles::default(),
+        }))
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        let closed = || QueueError::Closed(self.path.display().to_string());
+        self.tx.send(make(reply)).map_err(|_| closed())?;
+        rx.await
+            .map_err(|_| closed())?
+            .map_err(|message| QueueError::Disk {
+                path: self.path.display().to_string(),
+                message,
+            })
+    }
+
+    /// Finishes the requests already sent, stops the writer thread and waits for it.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl QueueStore for Arc<DiskStore> {
+    fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
+        validate_name(name)?;
+        let q = self.queues.get_or_open(name, || {
+            Ok(DiskQueue {
+                name: name.into(),
+                store: self.clone(),
+                work: Notify::new(),
+            })
+        })?;
+        Ok(q)
+    }
+
+    async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        self.call(|reply| Request::Queues { reply }).await
+    }
+
+    async fn close(&self) {
+        DiskStore::close(self).await
+    }
+
+    fn describe(&self) -> String {
+        format!("disk queue {}", self.path.display())
+    }
+}
+
+/// One named queue in a [`DiskStore`].
+#[derive(Debug)]
+pub struct DiskQueue {
+    name: Arc<str>,
+    store: Arc<DiskStore>,
+    work: Notify,
+}
+
+#[async_trait]
+impl BaseQueue for DiskQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn push_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Pushed>, QueueError> {
+        let capacity = self.store.opts.capacity;
+        let room = PushRoom::start(
+            &self.name,
+            capacity,
+            self.store.opts.push_timeout,
+            tasks.len(),
+        )?;
+        loop {
+            let tasks = tasks.clone();
+            let queue = self.name.clone();
+            let out = self
+                .store
+                .call(|reply| Request::Push {
+                    queue,
+                    tasks,
+                    capacity,
+                    reply,
+                })
+                .await?;
+            if let Some(out) = out {
+                self.work.notify_one();
+                return Ok(out);
+            }
+            // Full. Room is made by other processes too, so poll rather than
+            // wait for an in-process signal.
+            room.wait(tokio::time::sleep(Duration::from_millis(10)))
+                .await?;
+        }
+    }
+
+    async fn lease(&self, max: usize, ttl: Duration) -> Result<Vec<Task>, QueueError> {
+        let queue = self.name.clone();
+        self.store
+            .call(|reply| Request::Lease {
+                queue,
+                max,
+                ttl,
+                reply,
+            })
+            .await
+    }
+
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
+        let leases = leases.to_vec();
+        self.store
+            .call(|reply| Request::Renew { leases, ttl, reply })
+            .await
+    }
+
+    async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
+        self.store
+            .call(|reply| Request::Settle { settlements, reply })
+            .await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let queue = self.name.clone();
+        self.store
+            .call(|reply| Request::Stats { queue, reply })
+            .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadTask>, QueueError> {
+        let queue = self.name.clone();
+        self.store
+            .call(|reply| Request::Dead {
+                queue,
+                limit,
+                reply,
+            })
+            .await
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+    }
+}

@@ -1,0 +1,24 @@
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    unique_key TEXT,
+    payload BLOB NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    enqueued_at INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_visible ON tasks(queue, visible_at, id);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(queue, unique_key) WHERE unique_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    unique_key TEXT,
+    payload BLOB NOT NULL,
+    attempt INTEGER NOT NULL,
+    enqueued_at INTEGER NOT NULL,
+    failed_at INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_queue ON dead(queue, id);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID;

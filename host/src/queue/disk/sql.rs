@@ -1,0 +1,208 @@
+//! The statements: each runs inside the writer's open transaction and
+//! returns what its request answers.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+
+use crate::clock;
+use crate::queue::{Action, DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
+
+/// A time or id as SQLite's integer, saturating.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The task in a row starting `id, unique_key, payload, attempt, enqueued_at`.
+fn task(r: &rusqlite::Row<'_>, queue: &Arc<str>) -> rusqlite::Result<Task> {
+    Ok(Task {
+        id: r.get::<_, i64>(0)? as u64,
+        queue: queue.clone(),
+        unique_key: r.get(1)?,
+        payload: r.get(2)?,
+        attempt: r.get(3)?,
+        enqueued_at_ms: r.get::<_, i64>(4)? as u64,
+    })
+}
+
+/// Inserts a batch, or `None` when it does not fit under `capacity`.
+pub(super) fn push(
+    c: &Connection,
+    queue: &str,
+    tasks: Vec<NewTask>,
+    capacity: Option<usize>,
+    now: u64,
+) -> rusqlite::Result<Option<Vec<Pushed>>> {
+    if let Some(cap) = capacity {
+        let n: i64 = c
+            .prepare_cached("SELECT count(*) FROM tasks WHERE queue = ?1")?
+            .query_row([queue], |r| r.get(0))?;
+        if n as usize + tasks.len() > cap {
+            return Ok(None);
+        }
+    }
+    c.prepare_cached("INSERT OR IGNORE INTO queues (name) VALUES (?1)")?
+        .execute([queue])?;
+    let mut insert = c.prepare_cached(
+        "INSERT OR IGNORE INTO tasks (queue, unique_key, payload, enqueued_at, visible_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut find = c.prepare_cached("SELECT id FROM tasks WHERE queue = ?1 AND unique_key = ?2")?;
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let visible = clock::after(now, t.delay.unwrap_or_default());
+        let n = insert.execute(params![
+            queue,
+            t.unique_key,
+            t.payload,
+            to_i64(now),
+            to_i64(visible)
+        ])?;
+        if n == 1 {
+            out.push(Pushed::Created(c.last_insert_rowid() as u64));
+        } else {
+            let id: i64 = find.query_row(params![queue, t.unique_key], |r| r.get(0))?;
+            out.push(Pushed::Duplicate(id as u64));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Leases up to `max` visible tasks until `until`, oldest first.
+pub(super) fn lease(
+    c: &Connection,
+    queue: &Arc<str>,
+    max: usize,
+    until: u64,
+    now: u64,
+) -> rusqlite::Result<Vec<Task>> {
+    let mut st = c.prepare_cached(
+        "UPDATE tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3 \
+         WHERE id IN (SELECT id FROM tasks WHERE queue = ?1 AND visible_at <= ?2 \
+                      ORDER BY visible_at, id LIMIT ?4) \
+         RETURNING id, unique_key, payload, attempt, enqueued_at",
+    )?;
+    let mut out = st
+        .query_map(
+            params![&**queue, to_i64(now), to_i64(until), max as i64],
+            |r| task(r, queue),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    out.sort_by_key(|t| t.id);
+    Ok(out)
+}
+
+/// Extends held leases to `until`; returns how many were held.
+pub(super) fn renew(c: &Connection, leases: &[Lease], until: u64) -> rusqlite::Result<usize> {
+    let mut st = c.prepare_cached(
+        "UPDATE tasks SET visible_at = ?3 WHERE id = ?1 AND attempt = ?2 AND leased = 1",
+    )?;
+    let mut held = 0;
+    for l in leases {
+        held += st.execute(params![l.id as i64, l.attempt, to_i64(until)])?;
+    }
+    Ok(held)
+}
+
+/// Applies each settlement whose lease is still held.
+pub(super) fn settle(
+    c: &Connection,
+    settlements: Vec<Settle>,
+    now: u64,
+) -> rusqlite::Result<Settled> {
+    let mut out = Settled::default();
+    for s in settlements {
+        let (id, attempt) = (s.lease.id as i64, s.lease.attempt);
+        let n = match s.action {
+            Action::Ack => c
+                .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1")?
+                .execute(params![id, attempt])?,
+            Action::RetryAt(at) => c
+                .prepare_cached(
+                    "UPDATE tasks SET leased = 0, visible_at = ?3 \
+                     WHERE id = ?1 AND attempt = ?2 AND leased = 1",
+                )?
+                .execute(params![id, attempt, to_i64(at)])?,
+            // Back at its original place in line, this delivery not counted.
+            Action::Release => c
+                .prepare_cached(
+                    "UPDATE tasks SET leased = 0, attempt = attempt - 1, \
+                     visible_at = min(enqueued_at, ?3) \
+                     WHERE id = ?1 AND attempt = ?2 AND leased = 1",
+                )?
+                .execute(params![id, attempt, to_i64(now)])?,
+            Action::DeadLetter(reason) => {
+                let n = c
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO dead \
+                         (id, queue, unique_key, payload, attempt, enqueued_at, failed_at, reason) \
+                         SELECT id, queue, unique_key, payload, attempt, enqueued_at, ?3, ?4 \
+                         FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1",
+                    )?
+                    .execute(params![id, attempt, to_i64(now), reason])?;
+                if n == 1 {
+                    c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+                        .execute([id])?;
+                }
+                n
+            }
+        };
+        if n == 1 {
+            out.applied += 1;
+        } else {
+            out.lost += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Counts of a queue's tasks by state at `now`.
+pub(super) fn stats(c: &Connection, queue: &str, now: u64) -> rusqlite::Result<QueueStats> {
+    let (pending, delayed, leased): (i64, i64, i64) = c
+        .prepare_cached(
+            "SELECT coalesce(sum(visible_at <= ?2), 0), \
+                    coalesce(sum(visible_at > ?2 AND leased = 0), 0), \
+                    coalesce(sum(visible_at > ?2 AND leased = 1), 0) \
+             FROM tasks WHERE queue = ?1",
+        )?
+        .query_row(params![queue, to_i64(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let dead: i64 = c
+        .prepare_cached("SELECT count(*) FROM dead WHERE queue = ?1")?
+        .query_row([queue], |r| r.get(0))?;
+    Ok(QueueStats {
+        pending: pending as u64,
+        delayed: delayed as u64,
+        leased: leased as u64,
+        dead: dead as u64,
+    })
+}
+
+/// The newest dead letters of a queue.
+pub(super) fn dead(
+    c: &Connection,
+    queue: &Arc<str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadTask>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, unique_key, payload, attempt, enqueued_at, failed_at, reason \
+         FROM dead WHERE queue = ?1 ORDER BY failed_at DESC, id DESC LIMIT ?2",
+    )?;
+    st.query_map(params![&**queue, limit as i64], |r| {
+        Ok(DeadTask {
+            task: task(r, queue)?,
+            failed_at_ms: r.get::<_, i64>(5)? as u64,
+            reason: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// Names of queues ever pushed to or holding dead letters.
+pub(super) fn queues(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare_cached(
+        "SELECT name FROM queues UNION SELECT DISTINCT queue FROM dead ORDER BY 1",
+    )?;
+    st.query_map([], |r| r.get(0))?.collect()
+}

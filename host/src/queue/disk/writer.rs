@@ -1,0 +1,225 @@
+//! The writer thread: owns the connection and runs every request.
+//!
+//! It takes every request that queued up while the previous transaction
+//! committed and runs them in one transaction (group commit), so a busy
+//! queue pays one fsync per group, not one per task. Each request gets a
+//! savepoint, so one failing request leaves the rest of its group intact;
+//! replies are sent only after the group's commit.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql::{dead, lease, push, queues, renew, settle, stats};
+use crate::clock::{self, Clock};
+use crate::queue::{DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
+
+/// Where a request's answer goes (errors as SQLite's message).
+pub(super) type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+/// One operation for the writer thread.
+pub(super) enum Request {
+    Push {
+        queue: Arc<str>,
+        tasks: Vec<NewTask>,
+        capacity: Option<usize>,
+        reply: Reply<Option<Vec<Pushed>>>,
+    },
+    Lease {
+        queue: Arc<str>,
+        max: usize,
+        ttl: Duration,
+        reply: Reply<Vec<Task>>,
+    },
+    Renew {
+        leases: Vec<Lease>,
+        ttl: Duration,
+        reply: Reply<usize>,
+    },
+    Settle {
+        settlements: Vec<Settle>,
+        reply: Reply<Settled>,
+    },
+    Stats {
+        queue: Arc<str>,
+        reply: Reply<QueueStats>,
+    },
+    Dead {
+        queue: Arc<str>,
+        limit: usize,
+        reply: Reply<Vec<DeadTask>>,
+    },
+    Queues {
+        reply: Reply<Vec<String>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Starts the writer thread on `conn`; it stops after a [`Request::Close`]
+/// or when every sender is gone.
+pub(super) fn start(
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    max_group: usize,
+) -> std::io::Result<(mpsc::UnboundedSender<Request>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = Writer {
+        conn,
+        clock,
+        max_group: max_group.max(1),
+    };
+    let thread = std::thread::Builder::new()
+        .name("taskhost-disk".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((tx, thread))
+}
+
+/// The thread that owns the connection.
+struct Writer {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    max_group: usize,
+}
+
+/// A reply to send once the group's transaction has committed.
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn finish<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Finish {
+    Box::new(move |commit_error: Option<&str>| {
+        let out = match (result, commit_error) {
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(_), Some(ce)) => Err(format!("commit failed: {ce}")),
+            (Ok(v), None) => Ok(v),
+        };
+        let _ = reply.send(out);
+    })
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < self.max_group {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut close = None;
+            let mut work = Vec::with_capacity(group.len());
+            for r in group {
+                match r {
+                    Request::Close { reply } => close = Some(reply),
+                    other => work.push(other),
+                }
+            }
+            let group = work;
+            self.run_group(group);
+            if let Some(reply) = close {
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    fn run_group(&mut self, group: Vec<Request>) {
+        if group.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = format!("cannot begin transaction: {e}");
+                for r in group {
+                    fail(r, &msg);
+                }
+                return;
+            }
+        };
+        let mut finishes: Vec<Finish> = Vec::with_capacity(group.len());
+        let mut tx = tx;
+        for r in group {
+            // A savepoint per request: one failing request leaves the rest of
+            // the group intact.
+            let f = match tx.savepoint() {
+                Ok(sp) => {
+                    let (f, ok) = apply(&sp, r, now);
+                    if ok && let Err(e) = sp.commit() {
+                        tracing::error!(error = %e, "disk queue: savepoint release failed");
+                    }
+                    f
+                }
+                Err(e) => {
+                    let msg = format!("cannot open savepoint: {e}");
+                    fail(r, &msg);
+                    continue;
+                }
+            };
+            finishes.push(f);
+        }
+        let commit = tx.commit().err().map(|e| e.to_string());
+        for f in finishes {
+            f(commit.as_deref());
+        }
+    }
+}
+
+fn fail(r: Request, msg: &str) {
+    let m = msg.to_owned();
+    match r {
+        Request::Push { reply, .. } => drop(reply.send(Err(m))),
+        Request::Lease { reply, .. } => drop(reply.send(Err(m))),
+        Request::Renew { reply, .. } => drop(reply.send(Err(m))),
+        Request::Settle { reply, .. } => drop(reply.send(Err(m))),
+        Request::Stats { reply, .. } => drop(reply.send(Err(m))),
+        Request::Dead { reply, .. } => drop(reply.send(Err(m))),
+        Request::Queues { reply } => drop(reply.send(Err(m))),
+        Request::Close { reply } => drop(reply.send(())),
+    }
+}
+
+/// Runs one request; the flag says whether its changes should be kept.
+fn apply(c: &Connection, r: Request, now: u64) -> (Finish, bool) {
+    fn done<T: Send + 'static>(reply: Reply<T>, res: rusqlite::Result<T>) -> (Finish, bool) {
+        let ok = res.is_ok();
+        (finish(reply, res), ok)
+    }
+    match r {
+        Request::Push {
+            queue,
+            tasks,
+            capacity,
+            reply,
+        } => done(reply, push(c, &queue, tasks, capacity, now)),
+        Request::Lease {
+            queue,
+            max,
+            ttl,
+            reply,
+        } => done(reply, lease(c, &queue, max, clock::after(now, ttl), now)),
+        Request::Renew { leases, ttl, reply } => {
+            done(reply, renew(c, &leases, clock::after(now, ttl)))
+        }
+        Request::Settle { settlements, reply } => done(reply, settle(c, settlements, now)),
+        Request::Stats { queue, reply } => done(reply, stats(c, &queue, now)),
+        Request::Dead {
+            queue,
+            limit,
+            reply,
+        } => done(reply, dead(c, &queue, limit)),
+        Request::Queues { reply } => done(reply, queues(c)),
+        Request::Close { reply } => {
+            let _ = reply.send(());
+            (Box::new(|_| {}), true)
+        }
+    }
+}
