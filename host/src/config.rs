@@ -11,126 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugin::{DirGrant, Limits, PluginSpec};
 use crate::pool::PoolConfig;
-use crate::queue::disk::{DiskOptions, Sync};
+use crate::queue::disk::DiskOptions;
 use crate::queue::memory::MemoryOptions;
 use crate::queue::redis::RedisOptions;
-
-/// Which queue backend holds the tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Embedded on-disk queue (SQLite) in the data directory: persistent.
-    #[default]
-    Disk,
-    /// In-process bounded queue: fastest, lost when the process ends.
-    Memory,
-    /// Redis at `queue_url`: many hosts share the queues.
-    Redis,
-}
-
-/// Settings of the disk backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DiskConfig {
-    /// `full` fsyncs every group commit; `normal` survives process crashes only.
-    pub sync: Sync,
-    /// Most tasks per queue; unbounded when absent.
-    pub capacity: Option<usize>,
-    /// How long a push waits for room in a full queue.
-    #[serde(with = "humantime_serde")]
-    pub push_timeout: Duration,
-}
-
-impl Default for DiskConfig {
-    fn default() -> Self {
-        let d = DiskOptions::default();
-        Self {
-            sync: d.sync,
-            capacity: d.capacity,
-            push_timeout: d.push_timeout,
-        }
-    }
-}
-
-impl DiskConfig {
-    /// The backend options these settings describe.
-    pub fn options(&self) -> DiskOptions {
-        DiskOptions {
-            sync: self.sync,
-            capacity: self.capacity,
-            push_timeout: self.push_timeout,
-            ..DiskOptions::default()
-        }
-    }
-}
-
-/// Settings of the memory backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MemoryConfig {
-    /// Most tasks per queue.
-    pub capacity: usize,
-    /// How long a push waits for room in a full queue.
-    #[serde(with = "humantime_serde")]
-    pub push_timeout: Duration,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        let d = MemoryOptions::default();
-        Self {
-            capacity: d.capacity,
-            push_timeout: d.push_timeout,
-        }
-    }
-}
-
-impl MemoryConfig {
-    /// The backend options these settings describe.
-    pub fn options(&self) -> MemoryOptions {
-        MemoryOptions {
-            capacity: self.capacity,
-            push_timeout: self.push_timeout,
-            ..MemoryOptions::default()
-        }
-    }
-}
-
-/// Settings of the Redis backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// Most tasks per queue; unbounded when absent.
-    pub capacity: Option<usize>,
-    /// How long a push waits for room in a full queue.
-    #[serde(with = "humantime_serde")]
-    pub push_timeout: Duration,
-    /// Most dead letters kept per queue.
-    pub dead_capacity: usize,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        let d = RedisOptions::default();
-        Self {
-            capacity: d.capacity,
-            push_timeout: d.push_timeout,
-            dead_capacity: d.dead_capacity,
-        }
-    }
-}
-
-impl RedisConfig {
-    /// The backend options these settings describe.
-    pub fn options(&self) -> RedisOptions {
-        RedisOptions {
-            capacity: self.capacity,
-            push_timeout: self.push_timeout,
-            dead_capacity: self.dead_capacity,
-            ..RedisOptions::default()
-        }
-    }
-}
+use crate::queue::{Backend, BackendConfig};
 
 /// One plugin and the queue it serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,15 +180,15 @@ pub struct HostConfig {
     /// Which backend holds the queues.
     pub backend: Backend,
     /// Disk backend settings.
-    pub disk: DiskConfig,
+    pub disk: DiskOptions,
     /// Memory backend settings.
-    pub memory: MemoryConfig,
+    pub memory: MemoryOptions,
     /// Plugin runtime settings.
     pub runtime: RuntimeConfig,
     /// Redis server of the redis backend, `redis://[:password@]host:port/db`.
     pub queue_url: Option<String>,
     /// Redis backend settings.
-    pub redis: RedisConfig,
+    pub redis: RedisOptions,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
     /// The pooled client serving plugins' outbound HTTP.
@@ -318,11 +202,11 @@ impl Default for HostConfig {
         Self {
             data_dir: PathBuf::from("taskhost-data"),
             backend: Backend::Disk,
-            disk: DiskConfig::default(),
-            memory: MemoryConfig::default(),
+            disk: DiskOptions::default(),
+            memory: MemoryOptions::default(),
             runtime: RuntimeConfig::default(),
             queue_url: None,
-            redis: RedisConfig::default(),
+            redis: RedisOptions::default(),
             plugins: Vec::new(),
             http: crate::http::HttpOptions::default(),
             sources: Vec::new(),
@@ -369,6 +253,25 @@ impl HostConfig {
             }),
             http: self.http.clone(),
         }
+    }
+
+    /// The queue backend these settings choose, with its settings.
+    pub fn queue_backend(&self) -> Result<BackendConfig, ConfigError> {
+        Ok(match self.backend {
+            Backend::Disk => BackendConfig::Disk {
+                data_dir: self.data_dir.clone(),
+                options: self.disk.clone(),
+            },
+            Backend::Memory => BackendConfig::Memory(self.memory.clone()),
+            Backend::Redis => BackendConfig::Redis {
+                url: self.queue_url.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "backend redis needs a queue URL (--queue-url redis://host:port/db)".into(),
+                    )
+                })?,
+                options: self.redis.clone(),
+            },
+        })
     }
 
     /// Reads a TOML file.

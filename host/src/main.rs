@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use taskhost::clock;
-use taskhost::config::{Backend, HostConfig, PluginConfig};
+use taskhost::config::{HostConfig, PluginConfig};
 use taskhost::plugin::DirGrant;
-use taskhost::queue::NewTask;
-use taskhost::run::{Queues, RunOptions};
+use taskhost::queue::{Backend, NewTask, QueueStore};
+use taskhost::run::{RunOptions, open_queues};
 
 mod bench;
 mod bench_redis;
@@ -74,7 +74,7 @@ struct StoreArgs {
     data_dir: Option<PathBuf>,
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
-    backend: Option<Backend>,
+    backend: Option<BackendArg>,
     /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
     #[arg(long, env = "TASKHOST_QUEUE_URL")]
     queue_url: Option<String>,
@@ -94,10 +94,31 @@ impl StoreArgs {
             cfg.backend = Backend::Redis;
         }
         if let Some(b) = self.backend {
-            cfg.backend = b;
+            cfg.backend = b.into();
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// The values of `--backend`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    /// Embedded on-disk queue (SQLite) in the data directory: persistent.
+    Disk,
+    /// In-process bounded queue: fastest, lost when the process ends.
+    Memory,
+    /// Redis at `queue_url`: many hosts share the queues.
+    Redis,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Disk => Backend::Disk,
+            BackendArg::Memory => Backend::Memory,
+            BackendArg::Redis => Backend::Redis,
+        }
     }
 }
 
@@ -380,8 +401,8 @@ async fn push(a: PushArgs) -> Result<()> {
             delay: a.delay,
         });
     }
-    let queues = Queues::open(&cfg, clock::system())?;
-    let queue = queues.store().queue(&a.queue)?;
+    let queues = open_queues(&cfg, clock::system())?;
+    let queue = queues.queue(&a.queue)?;
     let (mut created, mut dups) = (0usize, 0usize);
     let result = async {
         for chunk in tasks.chunks(1_000) {
@@ -424,31 +445,35 @@ fn reload(a: ReloadArgs) -> Result<()> {
 async fn status(a: StatusArgs) -> Result<()> {
     let cfg = a.store.load()?;
     persistent(&cfg, "status")?;
-    if cfg.backend == Backend::Disk && !cfg.data_dir.join(taskhost::queue::disk::DB_FILE).exists() {
+    if !cfg.queue_backend()?.exists() {
         bail!(
             "no queue database in {} (nothing pushed yet?)",
             cfg.data_dir.display()
         );
     }
-    let queues = Queues::open(&cfg, clock::system())?;
-    if let Err(e) = queues.check().await {
+    let queues = open_queues(&cfg, clock::system())?;
+    if let Err(e) = queues.ping().await {
         queues.close().await;
-        return Err(e.context("cannot read queue status"));
+        return Err(anyhow::Error::new(e).context("cannot read queue status"));
     }
-    let result = status_of(&a, &queues, &cfg.data_dir).await;
+    let result = status_of(&a, &*queues, &cfg.data_dir).await;
     queues.close().await;
     result
 }
 
-async fn status_of(a: &StatusArgs, queues: &Queues, data_dir: &std::path::Path) -> Result<()> {
+async fn status_of(
+    a: &StatusArgs,
+    queues: &dyn QueueStore,
+    data_dir: &std::path::Path,
+) -> Result<()> {
     let hosts = taskhost::run::live_hosts(data_dir);
     let names = match &a.queue {
         Some(q) => vec![q.clone()],
-        None => queues.store().known_queues().await?,
+        None => queues.known_queues().await?,
     };
     let mut rows = Vec::new();
     for name in &names {
-        let q = queues.store().queue(name)?;
+        let q = queues.queue(name)?;
         let stats = q.stats().await?;
         let dead = q.dead_letters(a.dead).await?;
         rows.push((name.clone(), stats, dead));

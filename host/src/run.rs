@@ -9,78 +9,16 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::clock::{self, Clock};
-use crate::config::{Backend, HostConfig};
+use crate::config::HostConfig;
 use crate::plugin::Runtime;
 use crate::plugin::swap::{PluginSlot, SlotControl, SourceSlot};
 use crate::pool::{PoolSnapshot, WorkerPool};
-use crate::queue::disk::DiskStore;
-use crate::queue::memory::MemoryStore;
-use crate::queue::redis::RedisStore;
-use crate::queue::{NewTask, QueueStats, QueueStore};
+use crate::queue::{self, NewTask, QueueStats, QueueStore};
 
-/// The opened queue backend, with what is needed to close it.
-#[derive(Debug)]
-pub struct Queues {
-    store: Arc<dyn QueueStore>,
-    disk: Option<Arc<DiskStore>>,
-    redis: Option<Arc<RedisStore>>,
-}
-
-impl Queues {
-    /// Opens the backend the configuration names.
-    pub fn open(cfg: &HostConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        Ok(match cfg.backend {
-            Backend::Disk => {
-                let disk = DiskStore::open(&cfg.data_dir, cfg.disk.options(), clock).with_context(
-                    || format!("opening the disk queue in {}", cfg.data_dir.display()),
-                )?;
-                Self {
-                    store: Arc::new(disk.clone()),
-                    disk: Some(disk),
-                    redis: None,
-                }
-            }
-            Backend::Memory => Self {
-                store: Arc::new(MemoryStore::new(cfg.memory.options(), clock)),
-                disk: None,
-                redis: None,
-            },
-            Backend::Redis => {
-                let url = cfg.queue_url.as_deref().context(
-                    "backend redis needs a queue URL (--queue-url redis://host:port/db)",
-                )?;
-                let redis = Arc::new(RedisStore::open(url, cfg.redis.options(), clock)?);
-                Self {
-                    store: redis.clone(),
-                    disk: None,
-                    redis: Some(redis),
-                }
-            }
-        })
-    }
-
-    /// The store handing out named queues.
-    pub fn store(&self) -> &Arc<dyn QueueStore> {
-        &self.store
-    }
-
-    /// Checks that a remote backend answers; local backends always do.
-    pub async fn check(&self) -> Result<()> {
-        if let Some(r) = &self.redis {
-            r.ping().await?;
-        }
-        Ok(())
-    }
-
-    /// Flushes and closes the backend.
-    pub async fn close(&self) {
-        if let Some(d) = &self.disk {
-            d.close().await;
-        }
-        if let Some(r) = &self.redis {
-            r.close().await;
-        }
-    }
+/// Opens the queue backend `cfg` names; close it with [`QueueStore::close`].
+pub fn open_queues(cfg: &HostConfig, clock: Arc<dyn Clock>) -> Result<Arc<dyn QueueStore>> {
+    let backend = cfg.queue_backend()?;
+    queue::open(&backend, clock).with_context(|| format!("opening {backend}"))
 }
 
 /// Options of one `host run` beyond the configuration file.
@@ -180,7 +118,7 @@ pub async fn run(
         bail!("no plugin to run: pass --plugin FILE.wasm or list [[plugins]] in the config file");
     }
     let clock = clock::system();
-    let queues = Queues::open(&cfg, clock.clone())?;
+    let queues = open_queues(&cfg, clock.clone())?;
     let result = run_with(&cfg, &opts, &queues, clock, shutdown).await;
     queues.close().await;
     result
@@ -189,11 +127,11 @@ pub async fn run(
 async fn run_with(
     cfg: &HostConfig,
     opts: &RunOptions,
-    queues: &Queues,
+    queues: &Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
-    if let Err(e) = queues.check().await {
+    if let Err(e) = queues.ping().await {
         // Serve anyway: the pool backs off and retries until Redis is back.
         tracing::error!(error = %e, "queue backend unreachable at start; retrying with back-off");
     }
@@ -202,9 +140,9 @@ async fn run_with(
     // host at start, naming the file, before a task is leased.
     let mut loaded = Vec::new();
     for p in &cfg.plugins {
-        let plugin = runtime.load_async(p.spec(), queues.store().clone()).await?;
-        let slot = PluginSlot::new(runtime.clone(), plugin, queues.store().clone());
-        let queue = queues.store().queue(&p.queue)?;
+        let plugin = runtime.load_async(p.spec(), queues.clone()).await?;
+        let slot = PluginSlot::new(runtime.clone(), plugin, queues.clone());
+        let queue = queues.queue(&p.queue)?;
         loaded.push((p, slot, queue));
     }
     if opts.sample_tasks > 0 {
@@ -234,11 +172,11 @@ async fn run_with(
             &runtime,
             src.spec(),
             &src.queue,
-            queues.store().clone(),
+            queues.clone(),
         )
         .await?;
-        let slot = SourceSlot::new_source(runtime.clone(), plugin, queues.store().clone());
-        sources.push((src, slot, queues.store().queue(&src.queue)?));
+        let slot = SourceSlot::new_source(runtime.clone(), plugin, queues.clone());
+        sources.push((src, slot, queues.queue(&src.queue)?));
     }
     let started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -1,19 +1,30 @@
 //! The base-queue abstraction and its backends.
 //!
-//! Every backend implements [`BaseQueue`] and passes the same conformance
-//! suite (`conformance.rs`): push with optional unique key, lease a batch for
-//! a time, settle each lease (ack, retry at a time, dead-letter, release),
-//! and report its length. A leased task is not removed: if its holder dies,
-//! the lease expires and the task is handed out again. That closes the gap of
-//! pop-based queues (Gitea's channel, level and Redis queues), where a popped
-//! item dies with the process that popped it.
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | [`BaseQueue`] (one queue), [`QueueStore`] (a backend's named queues) and their types |
+//! | `open.rs` | [`open`]: the one place a backend is chosen, from a [`BackendConfig`] |
+//! | `memory.rs`, `disk/`, `redis/` | the backends |
+//! | `util.rs` | what the backends share: locking, handle table, waiting for room |
+//! | `conformance.rs` | the checks every backend passes (tests and the `conformance` feature) |
+//!
+//! Every backend passes the same conformance suite: push with optional
+//! unique key, lease a batch for a time, settle each lease (ack, retry at a
+//! time, dead-letter, release), and report its length. A leased task is not
+//! removed: if its holder dies, the lease expires and the task is handed out
+//! again, so a task never dies with the process that took it (as it does in
+//! pop-based queues).
 
 pub mod disk;
 pub mod memory;
+mod open;
 pub mod redis;
+mod util;
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use self::open::{Backend, BackendConfig, open};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,6 +328,17 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Names of queues that hold tasks or dead letters.
     async fn known_queues(&self) -> Result<Vec<String>, QueueError>;
+
+    /// Checks that the backend answers; local backends always do.
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Finishes what was handed to the backend and stops its background work.
+    async fn close(&self) {}
+
+    /// Where the queues are, for people: a file path, a URL without password.
+    fn describe(&self) -> String;
 }
 
 /// Checks a queue name: non-empty, printable, at most 200 bytes.
