@@ -1,83 +1,56 @@
-//! One conformance suite, run against every backend.
+//! The conformance suite: the behaviour every queue backend must show.
 //!
-//! Modelled on Gitea's `testQueueBasic`: each check is a plain async function
-//! taking a [`Fixture`], and `backend_suite!` instantiates all of them for a
-//! backend, so a new backend gets the whole suite by adding one line.
+//! Each check is a public async function taking a [`Fixture`] (a queue on
+//! the backend under test and the manual clock it reads), so a backend
+//! anywhere, this crate or another, runs the whole suite with one
+//! [`backend_suite!`](crate::backend_suite) line. Compiled for this crate's
+//! tests and under the non-default `conformance` feature.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::disk::{DiskOptions, DiskStore};
-use super::memory::{MemoryOptions, MemoryQueue};
-use super::redis::{RedisOptions, RedisStore};
-use super::*;
+use super::{BaseQueue, Lease, NewTask, Pushed, QueueError, QueueStats, Settled, Task, TaskId};
 use crate::clock::{Clock, ManualClock};
 
-const TTL: Duration = Duration::from_secs(10);
-const T0: u64 = 1_700_000_000_000;
+/// The lease time the checks use.
+pub const TTL: Duration = Duration::from_secs(10);
+/// The time every fixture's clock starts at, ms since the epoch.
+pub const T0: u64 = 1_700_000_000_000;
 
 /// A queue under test, its clock, and whatever keeps it alive.
-pub(crate) struct Fixture {
+///
+/// The queue is named `conformance`, reads `clock` (started at [`T0`]),
+/// and has a push timeout of tens of milliseconds.
+pub struct Fixture {
+    /// The queue under test.
     pub queue: Arc<dyn BaseQueue>,
+    /// The clock the queue reads; checks advance it by hand.
     pub clock: Arc<ManualClock>,
-    _keep: Option<(tempfile::TempDir, Arc<DiskStore>)>,
-    _redis: Option<crate::testing::RedisServer>,
+    /// Dropped after the checks: stores, servers, directories.
+    pub keep: Vec<Box<dyn Any + Send>>,
 }
 
-pub(crate) fn memory(capacity: Option<usize>) -> Fixture {
-    let clock = ManualClock::new(T0);
-    let opts = MemoryOptions {
-        capacity: capacity.unwrap_or(100_000),
-        push_timeout: Duration::from_millis(50),
-        ..MemoryOptions::default()
-    };
-    let q = MemoryQueue::new("conformance", opts, clock.clone()).expect("valid options");
-    Fixture {
-        queue: Arc::new(q),
-        clock,
-        _keep: None,
-        _redis: None,
+impl Fixture {
+    /// A fixture for `queue`, which reads `clock`.
+    pub fn new(queue: Arc<dyn BaseQueue>, clock: Arc<ManualClock>) -> Self {
+        Self {
+            queue,
+            clock,
+            keep: Vec::new(),
+        }
+    }
+
+    /// Keeps `thing` alive until the check ends.
+    pub fn keeping(mut self, thing: impl Any + Send) -> Self {
+        self.keep.push(Box::new(thing));
+        self
     }
 }
 
-pub(crate) fn disk(capacity: Option<usize>) -> Fixture {
-    let clock = ManualClock::new(T0);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let opts = DiskOptions {
-        capacity,
-        push_timeout: Duration::from_millis(50),
-        ..DiskOptions::default()
-    };
-    let store = DiskStore::open(dir.path(), opts, clock.clone()).expect("open store");
-    let queue = store.queue("conformance").expect("queue");
-    Fixture {
-        queue,
-        clock,
-        _keep: Some((dir, store)),
-        _redis: None,
-    }
-}
-
-/// A queue on a private redis-server started for this test.
-pub(crate) fn redis(capacity: Option<usize>) -> Fixture {
-    let server = crate::testing::RedisServer::start().expect("start redis-server");
-    let clock = ManualClock::new(T0);
-    let opts = RedisOptions {
-        capacity,
-        push_timeout: Duration::from_millis(50),
-        ..RedisOptions::default()
-    };
-    let store = RedisStore::open(&server.url(), opts, clock.clone()).expect("open store");
-    Fixture {
-        queue: store.queue("conformance").expect("queue"),
-        clock,
-        _keep: None,
-        _redis: Some(server),
-    }
-}
-
-async fn push_n(q: &dyn BaseQueue, n: usize) -> Vec<TaskId> {
+/// Pushes `n` plain tasks (`task-0`, `task-1`, ...); returns their ids.
+pub async fn push_n(q: &dyn BaseQueue, n: usize) -> Vec<TaskId> {
     let tasks = (0..n).map(|i| NewTask::new(format!("task-{i}"))).collect();
     q.push_batch(tasks)
         .await
@@ -90,11 +63,13 @@ async fn push_n(q: &dyn BaseQueue, n: usize) -> Vec<TaskId> {
         .collect()
 }
 
-fn leases(tasks: &[Task]) -> Vec<Lease> {
+/// The leases of these tasks.
+pub fn leases(tasks: &[Task]) -> Vec<Lease> {
     tasks.iter().map(Task::lease).collect()
 }
 
-pub(crate) async fn fifo_order(f: Fixture) {
+/// Tasks come out in push order, each leased once, at attempt 1.
+pub async fn fifo_order(f: Fixture) {
     let q = &*f.queue;
     let ids = push_n(q, 20).await;
     let first = q.lease(5, TTL).await.unwrap();
@@ -113,7 +88,8 @@ pub(crate) async fn fifo_order(f: Fixture) {
     assert!(q.lease(10, TTL).await.unwrap().is_empty(), "all leased");
 }
 
-pub(crate) async fn ack_removes(f: Fixture) {
+/// An ack removes the task; acking again is refused.
+pub async fn ack_removes(f: Fixture) {
     let q = &*f.queue;
     push_n(q, 3).await;
     let got = q.lease(3, TTL).await.unwrap();
@@ -132,7 +108,8 @@ pub(crate) async fn ack_removes(f: Fixture) {
     assert_eq!(again.lost, 3, "acking twice is refused");
 }
 
-pub(crate) async fn unique_keys(f: Fixture) {
+/// A unique key collapses pushes while its task is pending, delayed or leased.
+pub async fn unique_keys(f: Fixture) {
     let q = &*f.queue;
     let a = q.push(NewTask::new("a").unique("k")).await.unwrap();
     let Pushed::Created(id) = a else {
@@ -182,7 +159,8 @@ pub(crate) async fn unique_keys(f: Fixture) {
     assert_eq!((s.len(), s.delayed), (5, 1));
 }
 
-pub(crate) async fn lease_expiry(f: Fixture) {
+/// An expired lease hands the task out again and refuses its old holder.
+pub async fn lease_expiry(f: Fixture) {
     let q = &*f.queue;
     push_n(q, 2).await;
     let first = q.lease(2, TTL).await.unwrap();
@@ -219,7 +197,8 @@ pub(crate) async fn lease_expiry(f: Fixture) {
     assert_eq!(q.len().await.unwrap(), 0);
 }
 
-pub(crate) async fn renew_extends(f: Fixture) {
+/// Renewing extends a held lease; a lost lease cannot be renewed.
+pub async fn renew_extends(f: Fixture) {
     let q = &*f.queue;
     push_n(q, 1).await;
     let got = q.lease(1, TTL).await.unwrap();
@@ -240,7 +219,8 @@ pub(crate) async fn renew_extends(f: Fixture) {
     );
 }
 
-pub(crate) async fn retry_delay(f: Fixture) {
+/// A retry hides the task until its time and counts the delivery.
+pub async fn retry_delay(f: Fixture) {
     let q = &*f.queue;
     push_n(q, 1).await;
     let got = q.lease(1, TTL).await.unwrap();
@@ -260,7 +240,8 @@ pub(crate) async fn retry_delay(f: Fixture) {
     assert_eq!(again[0].attempt, 2);
 }
 
-pub(crate) async fn delayed_push(f: Fixture) {
+/// A delayed push becomes visible after its delay.
+pub async fn delayed_push(f: Fixture) {
     let q = &*f.queue;
     q.push(NewTask::new("later").delayed(Duration::from_secs(3)))
         .await
@@ -275,7 +256,8 @@ pub(crate) async fn delayed_push(f: Fixture) {
     assert_eq!(later[0].payload, b"later");
 }
 
-pub(crate) async fn dead_letter(f: Fixture) {
+/// A dead letter leaves the queue, is listed with its reason, and frees its key.
+pub async fn dead_letter(f: Fixture) {
     let q = &*f.queue;
     q.push(NewTask::new("doomed").unique("d")).await.unwrap();
     let got = q.lease(1, TTL).await.unwrap();
@@ -301,7 +283,8 @@ pub(crate) async fn dead_letter(f: Fixture) {
     );
 }
 
-pub(crate) async fn release_returns(f: Fixture) {
+/// Released tasks are visible at once and the delivery is not counted.
+pub async fn release_returns(f: Fixture) {
     let q = &*f.queue;
     let ids = push_n(q, 3).await;
     let got = q.lease(3, TTL).await.unwrap();
@@ -316,7 +299,8 @@ pub(crate) async fn release_returns(f: Fixture) {
     );
 }
 
-pub(crate) async fn full_queue(f: Fixture) {
+/// A full queue refuses pushes after the push timeout (needs a capacity of 3).
+pub async fn full_queue(f: Fixture) {
     let q = &*f.queue;
     push_n(q, 3).await;
     let err = q.push(NewTask::new("overflow")).await.unwrap_err();
@@ -340,7 +324,8 @@ pub(crate) async fn full_queue(f: Fixture) {
     assert_eq!(q.len().await.unwrap(), 3);
 }
 
-pub(crate) async fn concurrent_leases_are_disjoint(f: Fixture) {
+/// Concurrent lease calls never hand out one task twice.
+pub async fn concurrent_leases_are_disjoint(f: Fixture) {
     let q = f.queue.clone();
     let ids: HashSet<_> = push_n(&*q, 500).await.into_iter().collect();
     let mut handles = Vec::new();
@@ -367,116 +352,123 @@ pub(crate) async fn concurrent_leases_are_disjoint(f: Fixture) {
     assert_eq!(seen, ids);
 }
 
+/// Instantiates every conformance check as a `#[tokio::test]` in a module
+/// `$name`, each on a fixture from `$make(capacity).await`, where `capacity`
+/// is `None` or the bound a check needs. `$make` is resolved inside the
+/// generated module, which glob-imports its parent.
+#[macro_export]
 macro_rules! backend_suite {
-    ($backend:ident) => {
-        mod $backend {
+    ($name:ident, $make:path) => {
+        mod $name {
+            #[allow(unused_imports)]
             use super::*;
+            use $crate::queue::conformance as c;
 
             #[tokio::test]
             async fn fifo_order() {
-                super::fifo_order($backend(None)).await
+                c::fifo_order($make(None).await).await
             }
             #[tokio::test]
             async fn ack_removes() {
-                super::ack_removes($backend(None)).await
+                c::ack_removes($make(None).await).await
             }
             #[tokio::test]
             async fn unique_keys() {
-                super::unique_keys($backend(None)).await
+                c::unique_keys($make(None).await).await
             }
             #[tokio::test]
             async fn lease_expiry() {
-                super::lease_expiry($backend(None)).await
+                c::lease_expiry($make(None).await).await
             }
             #[tokio::test]
             async fn renew_extends() {
-                super::renew_extends($backend(None)).await
+                c::renew_extends($make(None).await).await
             }
             #[tokio::test]
             async fn retry_delay() {
-                super::retry_delay($backend(None)).await
+                c::retry_delay($make(None).await).await
             }
             #[tokio::test]
             async fn delayed_push() {
-                super::delayed_push($backend(None)).await
+                c::delayed_push($make(None).await).await
             }
             #[tokio::test]
             async fn dead_letter() {
-                super::dead_letter($backend(None)).await
+                c::dead_letter($make(None).await).await
             }
             #[tokio::test]
             async fn release_returns() {
-                super::release_returns($backend(None)).await
+                c::release_returns($make(None).await).await
             }
             #[tokio::test]
             async fn full_queue() {
-                super::full_queue($backend(Some(3))).await
+                c::full_queue($make(Some(3)).await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_leases_are_disjoint() {
-                super::concurrent_leases_are_disjoint($backend(None)).await
+                c::concurrent_leases_are_disjoint($make(None).await).await
             }
         }
     };
 }
 
-backend_suite!(memory);
-backend_suite!(disk);
-backend_suite!(redis);
+/// The fixtures of this crate's backends, and the list of suites.
+#[cfg(test)]
+mod backends {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-/// The disk backend keeps everything across a close and reopen, leases included.
-#[tokio::test]
-async fn disk_persists_across_reopen() {
-    let clock = ManualClock::new(T0);
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    let q = store.queue("persist").unwrap();
-    let ids = push_n(&*q, 10).await;
-    q.push(NewTask::new("keyed").unique("key")).await.unwrap();
-    let held = q.lease(3, TTL).await.unwrap();
-    let dead = q.lease(1, TTL).await.unwrap();
-    q.dead_letter(dead[0].lease(), "gone").await.unwrap();
-    store.close().await;
-    drop((q, store));
+    use super::{Fixture, T0};
+    use crate::clock::ManualClock;
+    use crate::queue::QueueStore;
+    use crate::queue::disk::{DiskOptions, DiskStore};
+    use crate::queue::memory::{MemoryOptions, MemoryQueue};
+    use crate::queue::redis::{RedisOptions, RedisStore};
+    // Test-only fixtures; their paths change when they move to a dev crate.
+    use crate::testing::RedisServer;
+    use tempfile::tempdir;
 
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    let q = store.queue("persist").unwrap();
-    let s = q.stats().await.unwrap();
-    assert_eq!((s.pending, s.leased, s.dead), (7, 3, 1));
-    assert_eq!(
-        store.known_queues().await.unwrap(),
-        vec!["persist".to_string()]
-    );
-    let dup = q.push(NewTask::new("again").unique("key")).await.unwrap();
-    assert!(matches!(dup, Pushed::Duplicate(_)), "unique index survives");
-    // A process that died holding leases: they come back after expiry.
-    clock.advance(TTL);
-    let all = q.lease(100, TTL).await.unwrap();
-    let got: HashSet<_> = all.iter().map(|t| t.id).collect();
-    let want: HashSet<_> = ids[..3].iter().chain(&ids[4..]).copied().collect();
-    assert!(want.is_subset(&got), "every task but the dead one is back");
-    assert_eq!(all.len(), 10, "9 plain tasks + the keyed one");
-    assert!(
-        held.iter()
-            .all(|h| all.iter().any(|t| t.id == h.id && t.attempt == 2))
-    );
-    store.close().await;
-}
+    const PUSH_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Two stores on one file (two processes, in effect) share the queue.
-#[tokio::test]
-async fn disk_two_openers_share_one_queue() {
-    let clock = ManualClock::new(T0);
-    let dir = tempfile::tempdir().unwrap();
-    let a = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    let b = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    let qa = a.queue("shared").unwrap();
-    let qb = b.queue("shared").unwrap();
-    push_n(&*qa, 4).await;
-    let got_b = qb.lease(2, TTL).await.unwrap();
-    let got_a = qa.lease(10, TTL).await.unwrap();
-    assert_eq!(got_b.len() + got_a.len(), 4);
-    assert!(got_b.iter().all(|t| got_a.iter().all(|u| u.id != t.id)));
-    a.close().await;
-    b.close().await;
+    async fn memory(capacity: Option<usize>) -> Fixture {
+        let clock = ManualClock::new(T0);
+        let opts = MemoryOptions {
+            capacity: capacity.unwrap_or(100_000),
+            push_timeout: PUSH_TIMEOUT,
+            ..MemoryOptions::default()
+        };
+        let q = MemoryQueue::new("conformance", opts, clock.clone()).expect("valid options");
+        Fixture::new(Arc::new(q), clock)
+    }
+
+    async fn disk(capacity: Option<usize>) -> Fixture {
+        let clock = ManualClock::new(T0);
+        let dir = tempdir().expect("temp dir");
+        let opts = DiskOptions {
+            capacity,
+            push_timeout: PUSH_TIMEOUT,
+            ..DiskOptions::default()
+        };
+        let store = DiskStore::open(dir.path(), opts, clock.clone()).expect("open store");
+        let queue = store.queue("conformance").expect("queue");
+        Fixture::new(queue, clock).keeping((dir, store))
+    }
+
+    /// A queue on a private redis-server started for this test.
+    async fn redis(capacity: Option<usize>) -> Fixture {
+        let server = RedisServer::start().expect("start redis-server");
+        let clock = ManualClock::new(T0);
+        let opts = RedisOptions {
+            capacity,
+            push_timeout: PUSH_TIMEOUT,
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::open(&server.url(), opts, clock.clone()).expect("open store");
+        let queue = store.queue("conformance").expect("queue");
+        Fixture::new(queue, clock).keeping(server)
+    }
+
+    crate::backend_suite!(memory, memory);
+    crate::backend_suite!(disk, disk);
+    crate::backend_suite!(redis, redis);
 }
