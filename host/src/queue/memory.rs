@@ -10,20 +10,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use super::util::{Handles, PushRoom, lock};
 use super::{
     Action, BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore,
     Settle, Settled, Task, TaskId, validate_name,
 };
 use crate::clock::{self, Clock};
 
-/// Settings of the memory backend.
-#[derive(Debug, Clone)]
+/// Settings of the memory backend; the first two are read from the host
+/// configuration's `[memory]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryOptions {
     /// Most tasks (pending, delayed and leased) one queue holds.
     pub capacity: usize,
     /// How long a push waits for room in a full queue before failing.
+    #[serde(with = "humantime_serde")]
     pub push_timeout: Duration,
     /// Most dead letters kept per queue; older ones are dropped.
+    #[serde(skip)]
     pub dead_capacity: usize,
 }
 
@@ -142,8 +147,7 @@ impl MemoryQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Pushes if the whole batch fits; `None` when it does not fit yet.
@@ -207,29 +211,21 @@ impl BaseQueue for MemoryQueue {
     }
 
     async fn push_batch(&self, mut tasks: Vec<NewTask>) -> Result<Vec<Pushed>, QueueError> {
-        if tasks.len() > self.opts.capacity {
-            return Err(QueueError::BatchTooLarge {
-                queue: self.name.to_string(),
-                capacity: self.opts.capacity,
-                batch: tasks.len(),
-            });
-        }
-        let deadline = tokio::time::Instant::now() + self.opts.push_timeout;
+        let room = PushRoom::start(
+            &self.name,
+            Some(self.opts.capacity),
+            self.opts.push_timeout,
+            tasks.len(),
+        )?;
         loop {
             // Register for a wake-up before checking, so a removal between the
             // check and the wait is not missed.
-            let room = self.room.notified();
+            let freed = self.room.notified();
             if let Some(out) = self.try_push(&mut tasks) {
                 self.work.notify_one();
                 return Ok(out);
             }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return Err(QueueError::Full {
-                    queue: self.name.to_string(),
-                    capacity: self.opts.capacity,
-                    waited: self.opts.push_timeout,
-                });
-            }
+            room.wait(freed).await?;
         }
     }
 
@@ -349,7 +345,7 @@ impl BaseQueue for MemoryQueue {
 pub struct MemoryStore {
     opts: MemoryOptions,
     clock: Arc<dyn Clock>,
-    queues: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+    queues: Handles<MemoryQueue>,
 }
 
 impl MemoryStore {
@@ -358,7 +354,7 @@ impl MemoryStore {
         Self {
             opts,
             clock,
-            queues: Mutex::new(HashMap::new()),
+            queues: Handles::default(),
         }
     }
 }
@@ -366,23 +362,17 @@ impl MemoryStore {
 #[async_trait]
 impl QueueStore for MemoryStore {
     fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = qs.get(name) {
-            return Ok(q.clone());
-        }
-        let q = Arc::new(MemoryQueue::new(
-            name,
-            self.opts.clone(),
-            self.clock.clone(),
-        )?);
-        qs.insert(name.to_owned(), q.clone());
+        let q = self.queues.get_or_open(name, || {
+            MemoryQueue::new(name, self.opts.clone(), self.clock.clone())
+        })?;
         Ok(q)
     }
 
     async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
-        let qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let mut names: Vec<_> = qs.keys().cloned().collect();
-        names.sort();
-        Ok(names)
+        Ok(self.queues.names())
+    }
+
+    fn describe(&self) -> String {
+        "memory (in this process)".into()
     }
 }
