@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use taskhost::clock;
 use taskhost::plugin::cache::Source;
-use taskhost::plugin::swap::PluginSlot;
+use taskhost::plugin::swap::{HotSwap, PluginSlot};
 use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions};
 use taskhost::pool::{PoolConfig, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
@@ -78,7 +78,7 @@ async fn twenty_swaps_under_load_lose_and_fail_nothing() {
         .unwrap();
     let slot = PluginSlot::new(runtime.clone(), plugin, store.clone());
     let stop = CancellationToken::new();
-    let watcher = slot.watch(Duration::from_millis(5), stop.clone());
+    let watcher = slot.clone().watch(Duration::from_millis(5), stop.clone());
     let mut live = slot.subscribe();
 
     let work = store.queue("work").unwrap();
@@ -168,7 +168,7 @@ async fn half_written_or_wrong_files_never_replace_a_working_plugin() {
         store,
     );
     let stop = CancellationToken::new();
-    let watcher = slot.watch(Duration::from_millis(5), stop.clone());
+    let watcher = slot.clone().watch(Duration::from_millis(5), stop.clone());
     let mut attempts = slot.reload_attempts();
 
     // A copy that stopped half way: validated, refused, the old one serves.
@@ -329,8 +329,9 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
     use http_body_util::Full;
     use std::sync::atomic::{AtomicU64, Ordering};
     use taskhost::http::server::CountingServer;
+    use taskhost::plugin::SourcePlugin;
     use taskhost::plugin::swap::{Reloaded, SourceSlot};
-    use taskhost::source::{Poller, SourceConfig, SourcePlugin};
+    use taskhost::source::{Poller, SourceConfig};
 
     // Each poll gets the next number as its one task.
     let served = Arc::new(AtomicU64::new(0));
@@ -400,7 +401,7 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
 
     // The file watcher swaps back to version a.
     let stop = CancellationToken::new();
-    let watcher = slot.watch(Duration::from_millis(5), stop.clone());
+    let watcher = slot.clone().watch(Duration::from_millis(5), stop.clone());
     replace(&path, &a);
     slot.subscribe()
         .wait_for(|v| *v == version_of(&a))

@@ -15,11 +15,11 @@ use http_body_util::Full;
 use taskhost::clock;
 use taskhost::http::HttpOptions;
 use taskhost::http::server::{self, CountingServer, Handler};
-use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions};
+use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions, SourcePlugin};
 use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{BaseQueue, NewTask, QueueStore};
-use taskhost::source::{Poller, Source, SourceConfig, SourcePlugin};
+use taskhost::source::{Poller, Source, SourceConfig};
 
 fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
     PluginSpec {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::clock::{self, Clock};
 use crate::config::HostConfig;
 use crate::plugin::Runtime;
-use crate::plugin::swap::{PluginSlot, SlotControl, SourceSlot};
+use crate::plugin::swap::{HotSwap, PluginSlot, SourceSlot};
 use crate::pool::{PoolSnapshot, WorkerPool};
 use crate::queue::{self, NewTask, QueueStats, QueueStore};
 
@@ -168,7 +168,7 @@ async fn run_with(
         src.poll
             .validate()
             .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
-        let plugin = crate::source::SourcePlugin::load_async(
+        let plugin = crate::plugin::SourcePlugin::load_async(
             &runtime,
             src.spec(),
             &src.queue,
@@ -183,7 +183,7 @@ async fn run_with(
     let mut background = tokio::task::JoinSet::new();
     // Handler and source plugins alike: watched, reloaded on SIGHUP and
     // shown by `host status`.
-    let mut slots: Vec<Arc<dyn SlotControl>> = Vec::new();
+    let mut slots: Vec<Arc<dyn HotSwap>> = Vec::new();
     let mut slot_queues = Vec::new();
     for (p, slot, _) in &loaded {
         slots.push(slot.clone());
@@ -288,10 +288,7 @@ async fn run_with(
 }
 
 /// Reloads every plugin on SIGHUP (what `host reload` sends).
-async fn reload_on_sighup(
-    slots: Vec<Arc<dyn SlotControl>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
+async fn reload_on_sighup(slots: Vec<Arc<dyn HotSwap>>, stop: tokio_util::sync::CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -367,7 +364,7 @@ impl RunFile {
         }))
     }
 
-    fn write(&self, slots: &[Arc<dyn SlotControl>]) {
+    fn write(&self, slots: &[Arc<dyn HotSwap>]) {
         let info = RunInfo {
             pid: std::process::id(),
             plugins: slots

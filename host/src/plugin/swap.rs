@@ -1,12 +1,13 @@
-//! Hot swap: a plugin slot whose code can be replaced while batches run.
+//! Hot swap: a plugin slot whose code can be replaced while calls run.
 //!
-//! The slot holds an `Arc<Plugin>`; each batch clones the `Arc` when it
-//! starts, so it runs start to end on one version, while the next batch
-//! picks up whatever is current. A new version is compiled and linked beside
-//! the running one and swapped in only when that succeeded: a broken file
-//! never replaces a working plugin (stop-then-start reloads drop or stall
-//! work; this has no gap). Handler plugins ([`PluginSlot`]) and source
-//! plugins ([`SourceSlot`]) swap the same way.
+//! The slot holds an `Arc<Plugin<W>>`; each call (a batch or a poll)
+//! clones the `Arc` when it starts, so it runs start to end on one version,
+//! while the next call picks up whatever is current. A new version is
+//! compiled and linked beside the running one and swapped in only when that
+//! succeeded: a broken file never replaces a working plugin, and there is no
+//! gap in service. Handler plugins ([`PluginSlot`]) and source plugins
+//! ([`SourceSlot`]) swap the same way; [`HotSwap`] is what the host does
+//! with any slot.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,47 +19,26 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Loaded, Plugin, PluginError, PluginSpec, Runtime};
+use super::engine::Runtime;
+use super::error::PluginError;
+use super::handler::HandlerWorld;
+use super::load::Plugin;
+use super::source::{SourcePlugin, SourceWorld};
+use super::spec::PluginSpec;
 use crate::pool::{BatchError, BatchHandler, Outcome};
 use crate::queue::{NewTask, QueueStore, Task};
-use crate::source::{Source, SourcePlugin};
+use crate::source::Source;
 
-/// A loaded component a [`Slot`] can hold and replace.
-pub trait Swappable: Send + Sync + 'static {
-    /// The spec it was loaded from (the file the slot watches).
-    fn spec(&self) -> &PluginSpec;
-    /// What loading found out: version, hash, file stamp.
-    fn loaded(&self) -> &Loaded;
-}
-
-impl Swappable for Plugin {
-    fn spec(&self) -> &PluginSpec {
-        Plugin::spec(self)
-    }
-    fn loaded(&self) -> &Loaded {
-        &self.loaded
-    }
-}
-
-impl Swappable for SourcePlugin {
-    fn spec(&self) -> &PluginSpec {
-        SourcePlugin::spec(self)
-    }
-    fn loaded(&self) -> &Loaded {
-        SourcePlugin::loaded(self)
-    }
-}
-
-type LoadFuture<P> = Pin<Box<dyn Future<Output = Result<P, PluginError>> + Send>>;
+type LoadFuture<W> = Pin<Box<dyn Future<Output = Result<Plugin<W>, PluginError>> + Send>>;
 
 /// Loads the slot's file again.
-type Loader<P> = Box<dyn Fn() -> LoadFuture<P> + Send + Sync>;
+type Loader<W> = Box<dyn Fn() -> LoadFuture<W> + Send + Sync>;
 
 /// A swappable handler plugin serving one queue.
-pub type PluginSlot = Slot<Plugin>;
+pub type PluginSlot = Slot<HandlerWorld>;
 
 /// A swappable source plugin feeding one queue.
-pub type SourceSlot = Slot<SourcePlugin>;
+pub type SourceSlot = Slot<SourceWorld>;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,23 +54,24 @@ pub enum Reloaded {
     },
 }
 
-/// A component that can be replaced while it serves.
-pub struct Slot<P> {
-    loader: Loader<P>,
+/// A plugin of world `W` that can be replaced while it serves.
+pub struct Slot<W> {
+    loader: Loader<W>,
     spec: PluginSpec,
-    current: RwLock<Arc<P>>,
+    current: RwLock<Arc<Plugin<W>>>,
     version_tx: watch::Sender<String>,
     reload_lock: tokio::sync::Mutex<()>,
-    batches: Mutex<BTreeMap<String, u64>>,
+    /// Calls started per version.
+    calls: Mutex<BTreeMap<String, u64>>,
     attempts_tx: watch::Sender<u64>,
     last_error: Mutex<Option<String>>,
 }
 
-impl<P: Swappable> std::fmt::Debug for Slot<P> {
+impl<W> std::fmt::Debug for Slot<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
             .field("plugin", &self.spec.name)
-            .field("version", &self.version())
+            .field("version", &*self.version_tx.borrow())
             .finish()
     }
 }
@@ -131,60 +112,103 @@ impl SourceSlot {
     }
 }
 
-impl<P: Swappable> Slot<P> {
+impl<W: Send + Sync + 'static> Slot<W> {
     /// A slot serving `plugin` that reloads with `loader`.
-    fn with_loader(plugin: P, loader: Loader<P>) -> Arc<Self> {
-        let (version_tx, _) = watch::channel(plugin.loaded().version.clone());
+    fn with_loader(plugin: Plugin<W>, loader: Loader<W>) -> Arc<Self> {
+        let (version_tx, _) = watch::channel(plugin.version().to_owned());
         Arc::new(Self {
             loader,
             spec: plugin.spec().clone(),
             current: RwLock::new(Arc::new(plugin)),
             version_tx,
             reload_lock: tokio::sync::Mutex::new(()),
-            batches: Mutex::new(BTreeMap::new()),
+            calls: Mutex::new(BTreeMap::new()),
             attempts_tx: watch::channel(0).0,
             last_error: Mutex::new(None),
         })
     }
 
-    /// The version new batches (or polls) go to.
-    pub fn current(&self) -> Arc<P> {
+    /// The version new calls go to.
+    pub fn current(&self) -> Arc<Plugin<W>> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// The live version tag.
-    pub fn version(&self) -> String {
-        self.version_tx.borrow().clone()
+    /// The live version, counted as one more call of it.
+    fn start_call(&self) -> Arc<Plugin<W>> {
+        let plugin = self.current();
+        // On the hot path: allocate the key only for a version's first call.
+        let mut b = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let version = plugin.version();
+        match b.get_mut(version) {
+            Some(n) => *n += 1,
+            None => {
+                b.insert(version.to_owned(), 1);
+            }
+        }
+        plugin
     }
+}
 
-    /// Watches the live version tag.
-    pub fn subscribe(&self) -> watch::Receiver<String> {
-        self.version_tx.subscribe()
-    }
-
+/// What the host does with a hot-swappable slot, whatever world it serves:
+/// show its version, reload it, watch its file.
+#[async_trait]
+pub trait HotSwap: Send + Sync + 'static {
     /// The plugin's spec (name, path, limits).
-    pub fn spec(&self) -> &PluginSpec {
+    fn spec(&self) -> &PluginSpec;
+    /// The live version tag.
+    fn version(&self) -> String;
+    /// Watches the live version tag.
+    fn subscribe(&self) -> watch::Receiver<String>;
+    /// Calls (batches or polls) started per version since the slot was made.
+    fn batches_by_version(&self) -> BTreeMap<String, u64>;
+    /// Loads the file again and swaps it in if it is a new, valid version.
+    async fn reload(&self) -> Result<Reloaded, PluginError>;
+    /// Reloads and logs the result; a failure keeps the old version serving.
+    async fn reload_logged(&self);
+    /// Watches the number of reloads attempted (whatever their outcome).
+    fn reload_attempts(&self) -> watch::Receiver<u64>;
+    /// Why the last refused reload was refused, if it was.
+    fn last_error(&self) -> Option<String>;
+    /// Watches the plugin file and reloads it once a change has settled.
+    ///
+    /// A change counts once the file's size and modification time stayed the
+    /// same for one whole `interval`, so a copy still in progress is not
+    /// loaded; a file that is still broken after that is refused by
+    /// validation and retried at its next change.
+    fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>;
+}
+
+#[async_trait]
+impl<W: Send + Sync + 'static> HotSwap for Slot<W> {
+    fn spec(&self) -> &PluginSpec {
         &self.spec
     }
 
-    /// Batches (or polls) started per version since the slot was made.
-    pub fn batches_by_version(&self) -> BTreeMap<String, u64> {
-        self.batches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn version(&self) -> String {
+        self.version_tx.borrow().clone()
     }
 
-    /// Loads the file again and swaps it in if it is a new, valid version.
-    pub async fn reload(&self) -> Result<Reloaded, PluginError> {
+    fn subscribe(&self) -> watch::Receiver<String> {
+        self.version_tx.subscribe()
+    }
+
+    fn batches_by_version(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn reload(&self) -> Result<Reloaded, PluginError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let new = (self.loader)().await?;
         let old = self.current();
-        let (from, to) = (old.loaded().version.clone(), new.loaded().version.clone());
-        if new.loaded().sha256 == old.loaded().sha256 {
+        let (from, to) = (old.version().to_owned(), new.version().to_owned());
+        if new.sha256() == old.sha256() {
             return Ok(Reloaded::Unchanged(from));
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
@@ -193,21 +217,7 @@ impl<P: Swappable> Slot<P> {
         Ok(Reloaded::Swapped { from, to })
     }
 
-    /// Watches the number of reloads attempted (whatever their outcome).
-    pub fn reload_attempts(&self) -> watch::Receiver<u64> {
-        self.attempts_tx.subscribe()
-    }
-
-    /// Why the last refused reload was refused, if it was.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Reloads and logs the result; a failure keeps the old version serving.
-    pub async fn reload_logged(&self) {
+    async fn reload_logged(&self) {
         let result = self.reload().await;
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().map(|e| e.to_string());
@@ -224,23 +234,27 @@ impl<P: Swappable> Slot<P> {
         }
     }
 
-    /// Watches the plugin file and reloads it once a change has settled.
-    ///
-    /// A change counts once the file's size and modification time stayed the
-    /// same for one whole `interval`, so a copy still in progress is not
-    /// loaded; a file that is still broken after that is refused by
-    /// validation and retried at its next change.
-    pub fn watch(
-        self: &Arc<Self>,
+    fn reload_attempts(&self) -> watch::Receiver<u64> {
+        self.attempts_tx.subscribe()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn watch(
+        self: Arc<Self>,
         interval: Duration,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let slot = self.clone();
         tokio::spawn(async move {
-            let path = slot.spec.path.clone();
+            let path = self.spec.path.clone();
             // Start from the file as it was when loaded, so a change made
             // before this task first runs is not mistaken for the baseline.
-            let mut seen = slot.current().loaded().file_stamp;
+            let mut seen = self.current().info.file_stamp;
             let mut pending: Option<Stamp> = None;
             loop {
                 tokio::select! {
@@ -253,7 +267,7 @@ impl<P: Swappable> Slot<P> {
                     Some(p) if p == now => {
                         pending = None;
                         seen = now;
-                        slot.reload_logged().await;
+                        self.reload_logged().await;
                     }
                     _ if now != seen => pending = Some(now),
                     _ => pending = None,
@@ -279,71 +293,6 @@ pub(super) fn from_metadata(m: std::fs::Metadata) -> Stamp {
     #[cfg(not(unix))]
     let ino = 0;
     Some((m.len(), m.modified().ok()?, ino))
-}
-
-impl<P: Swappable> Slot<P> {
-    /// The live version, counted as one more call of it.
-    fn start_call(&self) -> Arc<P> {
-        let plugin = self.current();
-        // On the hot path: allocate the key only for a version's first call.
-        let mut b = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-        let version = &plugin.loaded().version;
-        match b.get_mut(version) {
-            Some(n) => *n += 1,
-            None => {
-                b.insert(version.clone(), 1);
-            }
-        }
-        plugin
-    }
-}
-
-/// What the host does with any slot, whatever it holds: show its version,
-/// reload it, watch its file.
-#[async_trait]
-pub trait SlotControl: Send + Sync + 'static {
-    /// The spec it was loaded from.
-    fn spec(&self) -> &PluginSpec;
-    /// The live version tag.
-    fn version(&self) -> String;
-    /// Watches the live version tag.
-    fn subscribe(&self) -> watch::Receiver<String>;
-    /// Calls started per version.
-    fn batches_by_version(&self) -> BTreeMap<String, u64>;
-    /// Reloads and logs the result; a failure keeps the old version serving.
-    async fn reload_logged(&self);
-    /// Watches the file and reloads it once a change has settled.
-    fn watch(
-        self: Arc<Self>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()>;
-}
-
-#[async_trait]
-impl<P: Swappable> SlotControl for Slot<P> {
-    fn spec(&self) -> &PluginSpec {
-        Slot::spec(self)
-    }
-    fn version(&self) -> String {
-        Slot::version(self)
-    }
-    fn subscribe(&self) -> watch::Receiver<String> {
-        Slot::subscribe(self)
-    }
-    fn batches_by_version(&self) -> BTreeMap<String, u64> {
-        Slot::batches_by_version(self)
-    }
-    async fn reload_logged(&self) {
-        Slot::reload_logged(self).await
-    }
-    fn watch(
-        self: Arc<Self>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        Slot::watch(&self, interval, stop)
-    }
 }
 
 #[async_trait]

@@ -7,6 +7,9 @@
 //! `poll_interval_max`, +-20 % jitter) so idle sources cost almost nothing
 //! and do not poll in step after an outage; a poll that returns work resets
 //! the back-off and polls again at once (act_runner's fetch-first).
+//!
+//! This module knows only the [`Source`] trait; components of the
+//! `source-plugin` world implement it in `plugin`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +18,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-
-mod plugin;
-
-pub use plugin::{SOURCE_WORLD, SourcePlugin};
 
 use crate::backoff::Backoff;
 use crate::queue::{BaseQueue, NewTask};

@@ -1,0 +1,159 @@
+//! The handler world: a component that answers a batch of tasks with one
+//! outcome per task, run as the pool's [`BatchHandler`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::bindings::handler::BulkHandlerPluginPre;
+use super::bindings::wit;
+use super::engine::Runtime;
+use super::error::PluginError;
+use super::load::Plugin;
+use super::spec::PluginSpec;
+use super::store::CallState;
+use crate::pool::{BatchError, BatchHandler, Outcome};
+use crate::queue::{QueueStore, Task};
+
+/// The WIT world a handler plugin must implement.
+pub const HANDLER_WORLD: &str = "taskhost:plugin/handler-plugin@0.1.0";
+
+/// A linked handler component (either handler world), ready to instantiate.
+pub struct HandlerWorld(BulkHandlerPluginPre<CallState>);
+
+impl Runtime {
+    /// Checks, compiles (or takes from the cache) and links a handler
+    /// plugin; refuses files of the wrong kind. Blocks while compiling: from
+    /// async code use [`Runtime::load_async`].
+    pub fn load(
+        &self,
+        spec: PluginSpec,
+        queues: Arc<dyn QueueStore>,
+    ) -> Result<Plugin, PluginError> {
+        self.load_world(
+            spec,
+            "",
+            queues,
+            |linker, c| {
+                Ok(HandlerWorld(BulkHandlerPluginPre::new(
+                    linker.instantiate_pre(c)?,
+                )?))
+            },
+            |spec, info| {
+                let mut config = spec.config.clone();
+                config.insert("taskhost.plugin".into(), spec.name.clone());
+                config.insert("taskhost.version".into(), info.version.clone());
+                config
+            },
+        )
+    }
+
+    /// [`Runtime::load`] on a blocking thread.
+    pub async fn load_async(
+        &self,
+        spec: PluginSpec,
+        queues: Arc<dyn QueueStore>,
+    ) -> Result<Plugin, PluginError> {
+        let rt = self.clone();
+        let name = spec.name.clone();
+        tokio::task::spawn_blocking(move || rt.load(spec, queues))
+            .await
+            .map_err(|e| PluginError::Engine(format!("loading plugin {name}: {e}")))?
+    }
+}
+
+impl Plugin<HandlerWorld> {
+    /// Creates and drops one fresh instance without calling it.
+    pub async fn instantiate_only(&self) -> Result<(), BatchError> {
+        let pre = &self.world.0;
+        let stderr = MemoryOutputPipe::new(self.ctx.spec.limits.stderr_bytes);
+        let mut store = self
+            .ctx
+            .store(pre.engine(), Arc::from(""), stderr)
+            .map_err(BatchError)?;
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|e| BatchError(format!("failed to instantiate: {}", root_cause(&e))))?;
+        Ok(())
+    }
+
+    /// Runs one batch in a fresh instance.
+    pub async fn call(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let pre = &self.world.0;
+        let spec = &self.ctx.spec;
+        let stderr = MemoryOutputPipe::new(spec.limits.stderr_bytes);
+        let mut store = self
+            .ctx
+            .store(pre.engine(), first.queue.clone(), stderr.clone())
+            .map_err(BatchError)?;
+        let fail = |what: &str, e: wasmtime::Error| {
+            let l = &spec.limits;
+            // The limits in force go into the reason, so a dead letter says
+            // whether a bigger limit would have helped.
+            let mut msg = format!(
+                "plugin {} version {} {what} (limits: {} MiB memory, {:?} per call): {}",
+                spec.name,
+                self.info.version,
+                l.memory_mib,
+                l.time,
+                root_cause(&e)
+            );
+            let err = stderr.contents();
+            if !err.is_empty() {
+                let text = String::from_utf8_lossy(&err);
+                msg.push_str("; stderr: ");
+                msg.push_str(text.trim());
+            }
+            BatchError(msg)
+        };
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| fail("failed to instantiate", e))?;
+        let tasks: Vec<wit::Task<'_>> = batch.iter().map(to_wit).collect();
+        let outcomes = instance
+            .taskhost_plugin_handler()
+            .call_handle(&mut store, &tasks)
+            .await
+            .map_err(|e| fail("trapped", e))?;
+        Ok(outcomes.into_iter().map(from_wit).collect())
+    }
+}
+
+#[async_trait]
+impl BatchHandler for Plugin<HandlerWorld> {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        self.call(batch).await
+    }
+}
+
+/// The most telling part of a wasmtime error chain, on one line.
+fn root_cause(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    parts.join(": ").replace('\n', " ")
+}
+
+fn to_wit(t: &Task) -> wit::Task<'_> {
+    wit::Task {
+        id: t.id,
+        queue: &t.queue,
+        unique_key: t.unique_key.as_deref(),
+        payload: &t.payload,
+        attempt: t.attempt,
+        enqueued_at_ms: t.enqueued_at_ms,
+    }
+}
+
+fn from_wit(o: wit::Outcome) -> Outcome {
+    match o {
+        wit::Outcome::Done => Outcome::Done,
+        wit::Outcome::Retry(ms) => Outcome::Retry(ms.map(Duration::from_millis)),
+        wit::Outcome::Fail(reason) => Outcome::Fail(reason),
+    }
+}

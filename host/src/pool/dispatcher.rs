@@ -1,0 +1,168 @@
+//! The dispatcher: takes a worker permit, then leases and buffers tasks
+//! until a trigger sends the batch (full, urgent, max latency, sweep tick),
+//! and starts workers on demand.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::config::PoolConfig;
+use super::worker::{give_back, worker};
+use super::{Job, Shared, lock};
+use crate::backoff::Backoff;
+use crate::queue::Task;
+
+/// Why a batch went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Full,
+    Urgent,
+    Latency,
+    Interval,
+}
+
+pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Job>) {
+    let permits = Arc::new(Semaphore::new(s.cfg.max_workers));
+    let poll = Backoff::new(Duration::from_millis(5), s.cfg.poll_interval_max);
+    let error_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut empty_polls = 0u32;
+    let mut errors = 0u32;
+    let mut sweep = s.cfg.interval.map(|i| (i, tokio::time::Instant::now() + i));
+    'outer: loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = s.stop.cancelled() => break,
+        };
+        // Circuit breaker: while batches keep failing as a whole, lease
+        // more slowly (the failed tasks wait out their own retry back-off).
+        let failing = s.failing.load(Ordering::Relaxed);
+        if failing > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(s.cfg.failure_pause.delay(failing)) => {}
+                _ = s.stop.cancelled() => break,
+            }
+        }
+        let mut batch: Vec<Task> = Vec::new();
+        // Enqueue time of the oldest buffered task, for the max-latency trigger.
+        let mut oldest_ms = u64::MAX;
+        let mut asked = false;
+        let reason = loop {
+            if s.stop.is_cancelled() {
+                give_back(&s, &batch).await;
+                break 'outer;
+            }
+            match s
+                .queue
+                .lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl)
+                .await
+            {
+                Ok(got) => {
+                    errors = 0;
+                    for t in &got {
+                        oldest_ms = oldest_ms.min(t.enqueued_at_ms);
+                        asked |= is_urgent(&s.cfg, t);
+                    }
+                    batch.extend(got);
+                }
+                Err(e) => {
+                    errors += 1;
+                    s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+                    let wait = error_backoff.delay(errors);
+                    tracing::error!(queue = s.queue.name(), error = %e, retry_in = ?wait, "lease failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = s.stop.cancelled() => continue,
+                    }
+                }
+            }
+            let now = tokio::time::Instant::now();
+            // A sweep tick that finds the buffer empty calls nobody; the
+            // next tick is then one interval on.
+            let swept = match &mut sweep {
+                Some((every, next)) if *next <= now => {
+                    while *next <= now {
+                        *next += *every;
+                    }
+                    !batch.is_empty()
+                }
+                _ => false,
+            };
+            if batch.len() >= s.cfg.batch_size {
+                break Flush::Full;
+            }
+            if asked && !batch.is_empty() {
+                break Flush::Urgent;
+            }
+            asked = false;
+            if swept {
+                break Flush::Interval;
+            }
+            let mut wait = if batch.is_empty() {
+                empty_polls = empty_polls.saturating_add(1);
+                poll.delay(empty_polls)
+            } else {
+                empty_polls = 0;
+                let age = Duration::from_millis(s.clock.now_ms().saturating_sub(oldest_ms));
+                match s.cfg.max_latency.checked_sub(age) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break Flush::Latency,
+                }
+            };
+            if let Some((_, next)) = sweep {
+                wait = wait.min(next - now);
+            }
+            tokio::select! {
+                _ = s.queue.wait_for_work(wait) => {}
+                _ = s.flush_now.notified() => asked = true,
+                _ = s.stop.cancelled() => {}
+            }
+        };
+        empty_polls = 0;
+        let counter = match reason {
+            Flush::Full => &s.stats.flush_full,
+            Flush::Urgent => &s.stats.flush_urgent,
+            Flush::Latency => &s.stats.flush_latency,
+            Flush::Interval => &s.stats.flush_interval,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if jobs
+            .send(Job {
+                batch,
+                _permit: permit,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        spawn_worker_if_needed(&s, &jobs);
+    }
+    jobs.close();
+}
+
+fn is_urgent(cfg: &PoolConfig, t: &Task) -> bool {
+    match (&cfg.urgent_key_prefix, &t.unique_key) {
+        (Some(p), Some(k)) => k.starts_with(p.as_str()),
+        _ => false,
+    }
+}
+
+/// Starts a worker when queued batches outnumber idle workers.
+fn spawn_worker_if_needed(s: &Arc<Shared>, jobs: &async_channel::Sender<Job>) {
+    let mut c = lock(&s.counts);
+    if jobs.len() > c.idle && c.workers < s.cfg.max_workers {
+        c.workers += 1;
+        s.workers_tx.send_replace(c.workers);
+        s.stats
+            .peak_workers
+            .fetch_max(c.workers as u64, Ordering::Relaxed);
+        let mut set = lock(&s.workers);
+        while set.try_join_next().is_some() {}
+        set.spawn(worker(s.clone()));
+    }
+}

@@ -1,0 +1,60 @@
+//! Running totals of a pool: atomic counters and their plain copy, both
+//! generated from one field list.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Declares [`PoolStats`] (atomic counters) and [`PoolSnapshot`] (a plain
+/// copy of them) from one list of documented fields.
+macro_rules! pool_counters {
+    ($($(#[doc = $doc:literal])+ $field:ident,)+) => {
+        /// Running totals of a pool.
+        #[derive(Debug, Default)]
+        pub struct PoolStats {
+            $($(#[doc = $doc])+ pub $field: AtomicU64,)+
+        }
+
+        /// A plain copy of [`PoolStats`].
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct PoolSnapshot {
+            $($(#[doc = $doc])+ pub $field: u64,)+
+        }
+
+        impl PoolStats {
+            /// A copy of the counters.
+            pub fn snapshot(&self) -> PoolSnapshot {
+                PoolSnapshot {
+                    $($field: self.$field.load(Ordering::Relaxed),)+
+                }
+            }
+        }
+    };
+}
+
+pool_counters! {
+    /// Tasks acked.
+    done,
+    /// Tasks scheduled for another attempt.
+    retried,
+    /// Tasks dead-lettered.
+    dead,
+    /// Batches handed to the handler.
+    batches,
+    /// Batches whose handler call failed as a whole.
+    failed_batches,
+    /// Settlements refused because the lease had been taken over.
+    lost_leases,
+    /// Queue operations that failed (the tasks come back when leases expire).
+    queue_errors,
+    /// Most workers alive at once.
+    peak_workers,
+    /// Batches sent because they were full.
+    flush_full,
+    /// Batches sent because they held an urgent task or a flush was asked for.
+    flush_urgent,
+    /// Batches sent because their oldest task reached `max_latency`.
+    flush_latency,
+    /// Batches sent by the periodic sweep.
+    flush_interval,
+}

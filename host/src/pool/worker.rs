@@ -1,0 +1,167 @@
+//! Workers: run a batch through the handler while renewing its leases,
+//! then settle every task (ack, retry with back-off, dead-letter); a worker
+//! stops after `idle_timeout` without work, one always staying.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{BatchError, Job, Outcome, Shared, lock};
+use crate::clock;
+use crate::queue::{Action, Lease, Settle, Task};
+
+pub(super) async fn worker(s: Arc<Shared>) {
+    loop {
+        lock(&s.counts).idle += 1;
+        let got = tokio::time::timeout(s.cfg.idle_timeout, s.jobs_rx.recv()).await;
+        let job = {
+            let mut c = lock(&s.counts);
+            c.idle -= 1;
+            match got {
+                Ok(Ok(job)) => Some(job),
+                // Closed and drained (shutting down), or idle while others
+                // can cover: leave. The last worker stays while the pool runs.
+                Ok(Err(_)) => None,
+                Err(_) if c.workers > 1 && s.jobs_rx.is_empty() => None,
+                Err(_) => continue,
+            }
+            .or_else(|| {
+                c.workers -= 1;
+                s.workers_tx.send_replace(c.workers);
+                None
+            })
+        };
+        match job {
+            Some(job) => run_job(&s, job).await,
+            None => return,
+        }
+    }
+}
+
+async fn run_job(s: &Shared, job: Job) {
+    let batch = job.batch;
+    if s.stop.is_cancelled() {
+        give_back(s, &batch).await;
+        return;
+    }
+    s.stats.batches.fetch_add(1, Ordering::Relaxed);
+    let leases: Vec<Lease> = batch.iter().map(Task::lease).collect();
+    let call = s.handler.handle(&batch);
+    tokio::pin!(call);
+    // Renew well before expiry so a long batch keeps its tasks.
+    let renew_every = s.cfg.lease_ttl / 3;
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break Some(r),
+            _ = s.abort.cancelled() => break None,
+            _ = renew.tick() => {
+                if let Err(e) = s.queue.renew(&leases, s.cfg.lease_ttl).await {
+                    s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(queue = s.queue.name(), error = %e, "lease renewal failed");
+                }
+            }
+        }
+    };
+    let Some(result) = result else {
+        give_back(s, &batch).await;
+        return;
+    };
+    let now = s.clock.now_ms();
+    let settlements: Vec<Settle> = match result {
+        Ok(outcomes) if outcomes.len() == batch.len() => {
+            s.failing.store(0, Ordering::Relaxed);
+            batch
+                .iter()
+                .zip(outcomes)
+                .map(|(t, o)| settle_outcome(s, t, o, now))
+                .collect()
+        }
+        Ok(outcomes) => {
+            let e = BatchError(format!(
+                "handler answered {} outcomes for a batch of {} tasks",
+                outcomes.len(),
+                batch.len()
+            ));
+            batch_failed(s, &batch, &e, now)
+        }
+        Err(e) => batch_failed(s, &batch, &e, now),
+    };
+    match s.queue.settle(settlements).await {
+        Ok(r) => {
+            s.stats
+                .lost_leases
+                .fetch_add(r.lost as u64, Ordering::Relaxed);
+            if r.lost > 0 {
+                tracing::warn!(
+                    queue = s.queue.name(),
+                    lost = r.lost,
+                    "leases expired before settling; those tasks run again"
+                );
+            }
+        }
+        Err(e) => {
+            s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(queue = s.queue.name(), error = %e, tasks = batch.len(), "settling a batch failed; its tasks run again when their leases expire");
+        }
+    }
+}
+
+fn batch_failed(s: &Shared, batch: &[Task], e: &BatchError, now: u64) -> Vec<Settle> {
+    s.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+    s.failing.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(queue = s.queue.name(), tasks = batch.len(), error = %e, "batch failed");
+    batch
+        .iter()
+        .map(|t| retry_or_bury(s, t, None, &e.0, now))
+        .collect()
+}
+
+fn settle_outcome(s: &Shared, t: &Task, o: Outcome, now: u64) -> Settle {
+    match o {
+        Outcome::Done => {
+            s.stats.done.fetch_add(1, Ordering::Relaxed);
+            Settle {
+                lease: t.lease(),
+                action: Action::Ack,
+            }
+        }
+        Outcome::Retry(after) => retry_or_bury(s, t, after, "the handler asked for a retry", now),
+        Outcome::Fail(reason) => {
+            s.stats.dead.fetch_add(1, Ordering::Relaxed);
+            Settle {
+                lease: t.lease(),
+                action: Action::DeadLetter(reason),
+            }
+        }
+    }
+}
+
+/// Schedules another attempt, or dead-letters once attempts are spent.
+fn retry_or_bury(s: &Shared, t: &Task, after: Option<Duration>, why: &str, now: u64) -> Settle {
+    let action = if t.attempt >= s.cfg.max_attempts {
+        s.stats.dead.fetch_add(1, Ordering::Relaxed);
+        Action::DeadLetter(format!("gave up after {} attempts: {why}", t.attempt))
+    } else {
+        s.stats.retried.fetch_add(1, Ordering::Relaxed);
+        let wait = after.unwrap_or_else(|| s.cfg.retry_backoff.delay(t.attempt));
+        Action::RetryAt(clock::after(now, wait))
+    };
+    Settle {
+        lease: t.lease(),
+        action,
+    }
+}
+
+/// Returns unstarted or abandoned tasks to the queue, this delivery not counted.
+pub(super) async fn give_back(s: &Shared, batch: &[Task]) {
+    if batch.is_empty() {
+        return;
+    }
+    let leases: Vec<Lease> = batch.iter().map(Task::lease).collect();
+    if let Err(e) = s.queue.release(&leases).await {
+        s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(queue = s.queue.name(), error = %e, tasks = leases.len(), "returning tasks failed; they come back when their leases expire");
+    }
+}
