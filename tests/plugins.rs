@@ -176,6 +176,31 @@ async fn memory_limit_is_enforced_per_instance() {
     runtime.shutdown();
 }
 
+/// The time limit holds while the guest waits in a host call (a sleep in
+/// `wasi:clocks`), where epoch interruption cannot reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limit_holds_while_the_guest_waits_in_a_host_call() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("sleepy").unwrap();
+    push(&q, &["sleep:3600000"]).await;
+    let limits = Limits {
+        time: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let plugin = testkit(&runtime, store.clone(), "script", limits);
+    let pool = serve(&q, plugin, 1);
+    assert_eq!(settled(&q).await.dead, 1);
+    pool.shutdown().await;
+    let dead = q.dead_letters(1).await.unwrap();
+    assert!(
+        dead[0].reason.contains("time limit of 500ms"),
+        "{}",
+        dead[0].reason
+    );
+    runtime.shutdown();
+}
+
 /// `enqueue-many` pushes a batch's follow-ups per target queue, collapses
 /// unique keys across the batch, and refuses only the task it cannot take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,8 @@ impl Backoff {
         let nominal = self.nominal(failures).as_secs_f64();
         let jitter = self.jitter.clamp(0.0, 1.0);
         let factor = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        Duration::from_secs_f64((nominal * factor).max(0.0))
+        // A cap from configuration may be near Duration::MAX: never overflow.
+        Duration::try_from_secs_f64((nominal * factor).max(0.0)).unwrap_or(self.max)
     }
 
     /// The smallest and largest delay jitter can give after `failures` failures.

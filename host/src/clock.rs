@@ -62,6 +62,17 @@ pub fn after(now_ms: u64, d: Duration) -> u64 {
     now_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
+/// The instant `d` from now, or a century ahead when `d` reaches past that
+/// (durations from configuration or from outside must not overflow).
+pub fn deadline_in(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(FAR_FUTURE))
+        .unwrap_or(now + Duration::from_secs(86_400))
+}
+
+/// A century: longer than any wait the host takes on purpose.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Wall time derived from tokio's clock, so a paused test runtime drives it.
 ///
 /// With `#[tokio::test(start_paused = true)]`, retries and lease expiry then

@@ -14,10 +14,13 @@ use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+type HttpConnector =
+    hyper_util::client::legacy::connect::HttpConnector<super::allow::GuardedResolver>;
 
 /// [`HttpConnector`] with at most `per_host` open connections per host.
 #[derive(Debug, Clone)]
@@ -38,10 +41,7 @@ impl CappedConnector {
     }
 
     fn cap(&self, uri: &Uri) -> Arc<Semaphore> {
-        let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
-        caps.entry(host_key(uri))
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-            .clone()
+        super::shared_entry(&self.caps, &host_key(uri), || Semaphore::new(self.per_host))
     }
 }
 
@@ -175,16 +175,13 @@ impl<C> H2Gate<C> {
     }
 
     fn host(&self, uri: &Uri) -> Arc<Negotiated> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.entry(host_key(uri)).or_default().clone()
+        super::shared_entry(&self.hosts, &host_key(uri), Negotiated::default)
     }
 }
 
 /// The destination a connection is for: host and port, case-folded.
 fn host_key(uri: &Uri) -> String {
-    uri.authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .unwrap_or_default()
+    super::destination(uri).unwrap_or_default()
 }
 
 impl<C> tower_service::Service<Uri> for H2Gate<C>

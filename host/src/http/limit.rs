@@ -21,8 +21,14 @@ impl HostGate {
     /// `burst` of them back to back.
     pub fn new(concurrency: usize, rate: Option<f64>, burst: u32) -> Self {
         let rate = rate.filter(|r| *r > 0.0).map(|r| {
-            let period = Duration::from_secs_f64(1.0 / r);
-            (period, period * burst.saturating_sub(1))
+            // A rate from configuration can be absurdly small: cap the period.
+            let period = Duration::try_from_secs_f64(1.0 / r)
+                .unwrap_or(crate::clock::FAR_FUTURE)
+                .min(crate::clock::FAR_FUTURE);
+            let ahead = period
+                .checked_mul(burst.saturating_sub(1))
+                .unwrap_or(crate::clock::FAR_FUTURE);
+            (period, ahead)
         });
         Self {
             inflight: Semaphore::new(concurrency.max(1)),
@@ -38,7 +44,7 @@ impl HostGate {
             let start = {
                 let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
                 let tat = next.map_or(now, |n| n.max(now));
-                *next = Some(tat + period);
+                *next = Some(tat.checked_add(period).unwrap_or(tat));
                 tat.checked_sub(burst).map_or(now, |s| s.max(now))
             };
             tokio::time::sleep_until(start).await;

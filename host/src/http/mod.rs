@@ -14,7 +14,9 @@
 //! deadline is the host's own: a guest's epoch deadline cannot interrupt a
 //! host call.
 
+mod allow;
 mod connector;
+mod deadline;
 mod limit;
 pub mod server;
 mod tls;
@@ -36,6 +38,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use crate::backoff::Backoff;
+use crate::clock;
+pub use allow::{AllowedHosts, GuardedResolver, is_public};
+use deadline::DeadlineBody;
 pub use limit::HostGate;
 pub use tls::TlsError;
 
@@ -101,6 +106,7 @@ pub struct HttpStats {
 #[derive(Debug)]
 pub struct HttpClient {
     client: Client<connector::H2Gate<HttpsConnector<connector::CappedConnector>>, Full<Bytes>>,
+    resolver: allow::GuardedResolver,
     opts: HttpOptions,
     gates: Mutex<HashMap<String, Arc<HostGate>>>,
     stats: HttpStats,
@@ -109,7 +115,8 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client with its own connection pool; fails if `ca_file` cannot be used.
     pub fn new(opts: HttpOptions) -> Result<Arc<Self>, TlsError> {
-        let mut tcp = HttpConnector::new();
+        let resolver = allow::GuardedResolver::default();
+        let mut tcp = HttpConnector::new_with_resolver(resolver.clone());
         tcp.set_nodelay(true);
         // The TLS layer above hands https:// URIs down for the TCP part.
         tcp.enforce_http(false);
@@ -128,6 +135,7 @@ impl HttpClient {
             .build(connector);
         Ok(Arc::new(Self {
             client,
+            resolver,
             opts,
             gates: Mutex::default(),
             stats: HttpStats::default(),
@@ -144,17 +152,16 @@ impl HttpClient {
         &self.stats
     }
 
-    fn gate(&self, authority: &str) -> Arc<HostGate> {
-        let mut g = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        g.entry(authority.to_owned())
-            .or_insert_with(|| {
-                Arc::new(HostGate::new(
-                    self.opts.host_concurrency,
-                    self.opts.host_rate,
-                    self.opts.host_burst,
-                ))
-            })
-            .clone()
+    /// The limits of one destination, keyed by host and port (never by the
+    /// raw authority: userinfo must not buy a fresh gate).
+    fn gate(&self, key: &str) -> Arc<HostGate> {
+        shared_entry(&self.gates, key, || {
+            HostGate::new(
+                self.opts.host_concurrency,
+                self.opts.host_rate,
+                self.opts.host_burst,
+            )
+        })
     }
 
     /// Sends a buffered request through the pool: waits for the host's
@@ -163,13 +170,17 @@ impl HttpClient {
         &self,
         req: Request<Bytes>,
     ) -> Result<Response<hyper::body::Incoming>, HttpError> {
+        self.send_until(req, clock::deadline_in(self.opts.deadline))
+            .await
+    }
+
+    async fn send_until(
+        &self,
+        req: Request<Bytes>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<hyper::body::Incoming>, HttpError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + self.opts.deadline;
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .ok_or(HttpError::HttpRequestUriInvalid)?;
+        let authority = destination(req.uri()).ok_or(HttpError::HttpRequestUriInvalid)?;
         let gate = self.gate(&authority);
         let (parts, body) = req.into_parts();
         let mut retries = 0u32;
@@ -197,8 +208,12 @@ impl HttpClient {
             retries += 1;
             let wait = retry_after(resp.headers(), std::time::SystemTime::now())
                 .unwrap_or_else(|| self.opts.retry_backoff.delay(retries));
-            if tokio::time::Instant::now() + wait >= deadline {
-                // No time for another try: the plugin sees the answer.
+            // A wait past the deadline (or past the end of time: the header
+            // comes from outside) leaves no time for another try.
+            if tokio::time::Instant::now()
+                .checked_add(wait)
+                .is_none_or(|at| at >= deadline)
+            {
                 return Ok(resp);
             }
             // Read the short error body so the connection goes back to the pool.
@@ -210,7 +225,54 @@ impl HttpClient {
     }
 }
 
+/// Most destinations whose per-host state is remembered at once.
+const MAX_DESTINATIONS: usize = 1024;
+
+/// The per-destination state for `key`, made on first use. Wildcard entries
+/// can name endless hosts, so a full map first forgets idle entries (held
+/// by nothing but the map).
+fn shared_entry<V>(
+    map: &Mutex<HashMap<String, Arc<V>>>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() >= MAX_DESTINATIONS && !m.contains_key(key) {
+        m.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+    m.entry(key.to_owned())
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
+}
+
+/// `host:port` of a URI, lower-case, the scheme's default port filled in.
+fn destination(uri: &http::Uri) -> Option<String> {
+    let host = allow::normalize_host(uri.host()?);
+    let port = uri.port_u16().unwrap_or_else(|| default_port(uri));
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn default_port(uri: &http::Uri) -> u16 {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    }
+}
+
 fn client_error(e: hyper_util::client::legacy::Error, authority: &str) -> HttpError {
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<allow::NonPublicAddress>() {
+            tracing::warn!(%authority, "outbound request refused: {refused}");
+            return HttpError::HttpRequestDenied;
+        }
+        source = s.source();
+    }
     if let Some(code) = tls::error_code(&e) {
         // The code tells the plugin what failed; the log says why.
         tracing::warn!(%authority, error = ?e, "TLS handshake failed: {code}");
@@ -236,35 +298,6 @@ pub fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Opt
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// The hosts one plugin may reach; none means no outbound request at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedHosts(Vec<String>);
-
-impl AllowedHosts {
-    /// From config entries: `host`, `host:port`, or `*.domain`.
-    pub fn new(entries: &[String]) -> Self {
-        Self(
-            entries
-                .iter()
-                .map(|e| e.trim().to_ascii_lowercase())
-                .collect(),
-        )
-    }
-
-    /// Whether a request to `host` on `port` may go out.
-    pub fn permits(&self, host: &str, port: Option<u16>) -> bool {
-        let host = host.to_ascii_lowercase();
-        let with_port = port.map(|p| format!("{host}:{p}"));
-        self.0.iter().any(|e| {
-            if let Some(suffix) = e.strip_prefix("*.") {
-                host.ends_with(&format!(".{suffix}"))
-            } else {
-                *e == host || Some(e) == with_port.as_ref()
-            }
-        })
-    }
-}
-
 type BoxFut<T> = Box<dyn Future<Output = T> + Send>;
 
 /// One plugin's view of outbound HTTP: its allowed hosts and the shared client.
@@ -278,6 +311,7 @@ pub struct PluginHttp {
 impl PluginHttp {
     /// The hooks for one plugin.
     pub fn new(plugin: &str, allowed: AllowedHosts, client: Arc<HttpClient>) -> Self {
+        client.resolver.allow_names(allowed.exact_names());
         Self {
             plugin: plugin.into(),
             allowed: Arc::new(allowed),
@@ -289,18 +323,24 @@ impl PluginHttp {
         self,
         req: Request<wasmtime_wasi_http::WasiBody>,
     ) -> Result<Response<wasmtime_wasi_http::WasiBody>, HttpError> {
+        let deadline = clock::deadline_in(self.client.opts.deadline);
         let uri = req.uri();
-        let host = uri.host().unwrap_or_default();
-        if !self.allowed.permits(host, uri.port_u16()) {
-            self.client.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: host not in allowed_hosts");
-            return Err(HttpError::HttpRequestDenied);
-        }
         if uri.scheme() != Some(&http::uri::Scheme::HTTP)
             && uri.scheme() != Some(&http::uri::Scheme::HTTPS)
         {
             tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: scheme is neither http nor https");
             return Err(HttpError::HttpRequestUriInvalid);
+        }
+        // Address literals match only entries naming them; names are
+        // checked again as they resolve (GuardedResolver).
+        let host = uri.host().unwrap_or_default();
+        if !self
+            .allowed
+            .permits(host, uri.port_u16(), default_port(uri))
+        {
+            self.client.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: host not in allowed_hosts");
+            return Err(HttpError::HttpRequestDenied);
         }
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, self.client.opts.max_body_bytes)
@@ -308,8 +348,11 @@ impl PluginHttp {
             .await
             .map_err(|_| HttpError::HttpRequestBodySize(None))?
             .to_bytes();
-        let resp = self.client.send(Request::from_parts(parts, body)).await?;
-        Ok(resp.map(|b| b.map_err(HttpError::from).boxed_unsync()))
+        let resp = self
+            .client
+            .send_until(Request::from_parts(parts, body), deadline)
+            .await?;
+        Ok(resp.map(|b| DeadlineBody::new(b.map_err(HttpError::from), deadline).boxed_unsync()))
     }
 }
 

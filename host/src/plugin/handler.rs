@@ -11,6 +11,7 @@ use super::bindings::handler::BulkHandlerPluginPre;
 use super::bindings::wit;
 use super::engine::Runtime;
 use super::error::PluginError;
+use super::guard::guarded;
 use super::load::Plugin;
 use super::spec::PluginSpec;
 use super::store::CallState;
@@ -79,8 +80,20 @@ impl Plugin<HandlerWorld> {
         Ok(())
     }
 
-    /// Runs one batch in a fresh instance.
+    /// Runs one batch in a fresh instance, within the plugin's time limit.
     pub async fn call(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let spec = &self.ctx.spec;
+        guarded(
+            &spec.name,
+            &self.info.version,
+            spec.limits.time,
+            async { self.call_unguarded(batch).await.map_err(|e| e.0) },
+        )
+        .await
+        .map_err(BatchError)
+    }
+
+    async fn call_unguarded(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
         let Some(first) = batch.first() else {
             return Ok(Vec::new());
         };

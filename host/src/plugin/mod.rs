@@ -15,6 +15,7 @@
 //! - `store`: what a plugin is granted and the per-call store with its limits;
 //! - `handler`, `source`: one file per world, the calls into the guest;
 //! - `imports`: the host side of the WIT interfaces guests import;
+//! - `guard`: the wall-clock time limit and panic fence around every call;
 //! - `swap`: slots whose plugin is replaced while it serves;
 //! - `spec`, `error`: what a plugin is loaded from, and why loading failed.
 //!
@@ -25,6 +26,7 @@ mod bindings;
 pub mod cache;
 mod engine;
 mod error;
+mod guard;
 mod handler;
 mod imports;
 mod load;

@@ -9,6 +9,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use super::bindings::source::SourcePluginPre;
 use super::engine::Runtime;
 use super::error::PluginError;
+use super::guard::guarded;
 use super::imports::new_task;
 use super::load::Plugin;
 use super::spec::PluginSpec;
@@ -75,6 +76,19 @@ impl Plugin<SourceWorld> {
 #[async_trait]
 impl Source for Plugin<SourceWorld> {
     async fn poll(&self, max: usize) -> Result<Vec<NewTask>, String> {
+        let spec = &self.ctx.spec;
+        guarded(
+            &spec.name,
+            &self.info.version,
+            spec.limits.time,
+            self.poll_unguarded(max),
+        )
+        .await
+    }
+}
+
+impl Plugin<SourceWorld> {
+    async fn poll_unguarded(&self, max: usize) -> Result<Vec<NewTask>, String> {
         let SourceWorld { pre, queue } = &self.world;
         let stderr = MemoryOutputPipe::new(self.ctx.spec.limits.stderr_bytes);
         let mut store = self

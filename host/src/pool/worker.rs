@@ -2,11 +2,14 @@
 //! then settle every task (ack, retry with back-off, dead-letter); a worker
 //! stops after `idle_timeout` without work, one always staying.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{BatchError, Job, Outcome, Shared, lock};
+use futures_util::FutureExt;
+
+use super::{BatchError, Job, Outcome, Shared, lock, panic_message};
 use crate::clock;
 use crate::queue::{Action, Lease, Settle, Task};
 
@@ -31,9 +34,12 @@ pub(super) async fn worker(s: Arc<Shared>) {
                 None
             })
         };
-        match job {
-            Some(job) => run_job(&s, job).await,
-            None => return,
+        let Some(job) = job else { return };
+        // A panic here is the host's own bug; the worker survives it, and
+        // the batch's tasks come back when their leases expire.
+        if let Err(panic) = AssertUnwindSafe(run_job(&s, job)).catch_unwind().await {
+            s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(queue = s.queue.name(), panic = %panic_message(panic.as_ref()), "a worker caught a panic; its batch comes back when its leases expire");
         }
     }
 }
@@ -46,27 +52,25 @@ async fn run_job(s: &Shared, job: Job) {
     }
     s.stats.batches.fetch_add(1, Ordering::Relaxed);
     let leases: Vec<Lease> = batch.iter().map(Task::lease).collect();
-    let call = s.handler.handle(&batch);
-    tokio::pin!(call);
-    // Renew well before expiry so a long batch keeps its tasks.
-    let renew_every = s.cfg.lease_ttl / 3;
-    let mut renew =
-        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-    let result = loop {
-        tokio::select! {
-            r = &mut call => break Some(r),
-            _ = s.abort.cancelled() => break None,
-            _ = renew.tick() => {
-                if let Err(e) = s.queue.renew(&leases, s.cfg.lease_ttl).await {
-                    s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(queue = s.queue.name(), error = %e, "lease renewal failed");
-                }
-            }
+    // The renewal runs beside the call, never inside it: a slow queue does
+    // not freeze the guest, and a lost lease stops the call.
+    let call = AssertUnwindSafe(s.handler.handle(&batch)).catch_unwind();
+    let result = tokio::select! {
+        r = call => r.unwrap_or_else(|panic| {
+            let msg = panic_message(panic.as_ref());
+            tracing::error!(queue = s.queue.name(), panic = %msg, "the handler panicked; its batch fails");
+            Err(BatchError(format!("the handler panicked: {msg}")))
+        }),
+        _ = s.abort.cancelled() => {
+            give_back(s, &batch).await;
+            return;
         }
-    };
-    let Some(result) = result else {
-        give_back(s, &batch).await;
-        return;
+        why = keep_leases(s, &leases) => {
+            // Another holder may run these tasks now: stop, settle nothing.
+            s.stats.lost_leases.fetch_add(leases.len() as u64, Ordering::Relaxed);
+            tracing::warn!(queue = s.queue.name(), tasks = leases.len(), "lease lost ({why}): the call was stopped and nothing settled");
+            return;
+        }
     };
     let now = s.clock.now_ms();
     let settlements: Vec<Settle> = match result {
@@ -104,6 +108,34 @@ async fn run_job(s: &Shared, job: Job) {
         Err(e) => {
             s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(queue = s.queue.name(), error = %e, tasks = batch.len(), "settling a batch failed; its tasks run again when their leases expire");
+        }
+    }
+}
+
+/// Renews the leases every third of their time to live; returns (why) only
+/// once they can no longer be trusted: the queue says some were taken over,
+/// or renewal kept failing until they expired.
+async fn keep_leases(s: &Shared, leases: &[Lease]) -> String {
+    let ttl = s.cfg.lease_ttl;
+    let mut expires = clock::deadline_in(ttl);
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let asked = tokio::time::Instant::now();
+        match tokio::time::timeout_at(expires, s.queue.renew(leases, ttl)).await {
+            Ok(Ok(held)) if held >= leases.len() => {
+                expires = asked.checked_add(ttl).unwrap_or(expires);
+            }
+            Ok(Ok(held)) => {
+                return format!("{} of {} taken over", leases.len() - held, leases.len());
+            }
+            Ok(Err(e)) => {
+                s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(queue = s.queue.name(), error = %e, "lease renewal failed");
+                if tokio::time::Instant::now() >= expires {
+                    return format!("renewal failed until the leases expired: {e}");
+                }
+            }
+            Err(_) => return "renewal did not answer before the leases expired".to_owned(),
         }
     }
 }

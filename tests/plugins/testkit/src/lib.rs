@@ -39,6 +39,8 @@
 //! | `enqueue:QUEUE:PAYLOAD` | enqueues PAYLOAD on QUEUE (no key, no delay): `done`, or `fail(err)` if refused |
 //! | `log:TEXT` | logs TEXT at info level, `done` |
 //! | `alloc:BYTES` | allocates and touches BYTES of memory, `done` (traps past the memory limit) |
+//! | `sleep:MS` | sleeps MS milliseconds in `wasi:clocks` (a host call), `done` |
+//! | `get:URL` | GETs URL over `wasi:http` and reads the whole body: `done`, or `fail(err)` |
 //! | anything else | `fail("unknown command: ...")` |
 
 use std::hint::black_box;
@@ -264,6 +266,17 @@ fn run_command(task: &Task) -> Outcome {
             Err(_) => unknown(),
         },
         ("fail", Some(reason)) => Outcome::Fail(reason.to_owned()),
+        ("sleep", Some(ms)) => match ms.parse::<u64>() {
+            Ok(ms) => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Outcome::Done
+            }
+            Err(_) => unknown(),
+        },
+        ("get", Some(url)) => match taskhost_guest::http::get(url) {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Fail(format!("get {url}: {e:?}")),
+        },
         ("enqueue", Some(rest)) => match rest.split_once(':') {
             Some((queue, payload)) => {
                 let task = NewTask {
