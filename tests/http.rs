@@ -14,12 +14,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use taskhost::clock;
 use taskhost::http::HttpOptions;
-use taskhost::http::server::{self, CountingServer, Handler};
 use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions};
 use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{BaseQueue, NewTask, QueueStore};
 use taskhost::source::{Poller, Source, SourceConfig, SourcePlugin};
+use taskhost_fixtures::http::{CountingServer, Handler};
+use taskhost_fixtures::tls::loopback_tls;
 
 fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
     PluginSpec {
@@ -267,7 +268,7 @@ struct TlsServer {
 /// Starts a [`TlsServer`] that offers HTTP/2 or only HTTP/1.1.
 async fn tls_server(http2: bool) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_pem, tls) = server::loopback_tls(http2).unwrap();
+    let (ca_pem, tls) = loopback_tls(http2).unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let rows = Arc::new(AtomicU64::new(0));

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use support::*;
-use taskhost::testing::RedisServer;
+use taskhost_fixtures::redis::RedisServer;
 
 const HOSTS: usize = 5;
 const TASKS: usize = 100_000;

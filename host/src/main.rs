@@ -1,4 +1,4 @@
-//! The `host` command: run plugins over queues, push tasks, show status, bench.
+//! The `host` command: run plugins over queues, push tasks, show status.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,10 +12,6 @@ use taskhost::plugin::DirGrant;
 use taskhost::queue::NewTask;
 use taskhost::run::{Queues, RunOptions};
 
-mod bench;
-mod bench_redis;
-mod httpsbench;
-mod loadbench;
 mod new_plugin;
 
 /// A task-processing host whose handlers are WebAssembly components.
@@ -49,18 +45,8 @@ enum Cmd {
     Status(StatusArgs),
     /// Ask every host running on the data directory to reload its plugins (SIGHUP).
     Reload(ReloadArgs),
-    /// Measure throughput and memory; prints figures.
-    Bench(bench::BenchArgs),
-    /// Measure the Redis backend and Harbor's status-refresh scenario; prints figures.
-    BenchRedis(bench_redis::BenchRedisArgs),
-    /// Per plugin language: component size, load times, call time, tasks/s.
-    BenchLangs(bench::langs::BenchLangsArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
-    /// act_runner's load table: requests/s of a naive runner fleet vs this host.
-    BenchLoad(loadbench::LoadArgs),
-    /// Requests/s of the pooled client over https (HTTP/2, HTTP/1.1) vs a connection per request.
-    BenchHttps(httpsbench::HttpsBenchArgs),
 }
 
 /// Where the queues are.
@@ -285,12 +271,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Push(a) => push(a).await,
         Cmd::Status(a) => status(a).await,
         Cmd::Reload(a) => reload(a),
-        Cmd::Bench(a) => bench::bench(a).await,
-        Cmd::BenchRedis(a) => bench_redis::bench_redis(a).await,
-        Cmd::BenchLangs(a) => bench::langs::bench_langs(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
-        Cmd::BenchLoad(a) => loadbench::bench_load(a).await,
-        Cmd::BenchHttps(a) => httpsbench::bench_https(a).await,
     }
 }
 

@@ -16,7 +16,6 @@
 
 mod connector;
 mod limit;
-pub mod server;
 mod tls;
 
 use std::collections::HashMap;

@@ -22,7 +22,7 @@ pub(crate) struct Fixture {
     pub queue: Arc<dyn BaseQueue>,
     pub clock: Arc<ManualClock>,
     _keep: Option<(tempfile::TempDir, Arc<DiskStore>)>,
-    _redis: Option<crate::testing::RedisServer>,
+    _redis: Option<taskhost_fixtures::redis::RedisServer>,
 }
 
 pub(crate) fn memory(capacity: Option<usize>) -> Fixture {
@@ -61,7 +61,7 @@ pub(crate) fn disk(capacity: Option<usize>) -> Fixture {
 
 /// A queue on a private redis-server started for this test.
 pub(crate) fn redis(capacity: Option<usize>) -> Fixture {
-    let server = crate::testing::RedisServer::start().expect("start redis-server");
+    let server = taskhost_fixtures::redis::RedisServer::start().expect("start redis-server");
     let clock = ManualClock::new(T0);
     let opts = RedisOptions {
         capacity,

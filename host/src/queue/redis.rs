@@ -1278,7 +1278,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::queue::settle_all;
-    use crate::testing::RedisServer;
+    use taskhost_fixtures::redis::RedisServer;
 
     /// An idle host waiting for work is woken by another host's push (or
     /// release) through Redis, long before its time-out, and again after
