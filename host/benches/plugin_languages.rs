@@ -28,10 +28,10 @@ struct BenchLangsArgs {
     /// Rust archiver (cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p archive).
     #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/archive.wasm")]
     rust: PathBuf,
-    /// Python archiver (built by `cargo test -p taskhost --test languages`).
+    /// Python archiver (built by `cargo test -p taskhost --test all languages::`).
     #[arg(long, default_value = "target/langs/archive-py.wasm")]
     python: PathBuf,
-    /// JavaScript archiver (built by `cargo test -p taskhost --test languages`).
+    /// JavaScript archiver (built by `cargo test -p taskhost --test all languages::`).
     #[arg(long, default_value = "target/langs/archive-js.wasm")]
     js: PathBuf,
     /// Tasks per throughput run.

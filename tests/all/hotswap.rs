@@ -1,7 +1,7 @@
 //! Hot swap under load, reload refusals, and the compiled-code cache, with
 //! real components.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
