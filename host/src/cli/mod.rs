@@ -1,0 +1,63 @@
+//! The `host` subcommands, one file per command; `main.rs` parses the
+//! command line and dispatches here. Binary-only: nothing here is part of
+//! the `taskhost` library.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use taskhost::config::{Backend, HostConfig};
+
+pub mod new_plugin;
+pub mod push;
+pub mod reload;
+pub mod run;
+pub mod status;
+
+/// Where the queues are.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// TOML configuration file; every option has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory of the disk backend [default: taskhost-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Queue backend [default: disk].
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    #[arg(long, env = "TASKHOST_QUEUE_URL")]
+    queue_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn load(&self) -> Result<HostConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => HostConfig::load(p)?,
+            None => HostConfig::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(u) = &self.queue_url {
+            cfg.queue_url = Some(u.clone());
+            cfg.backend = Backend::Redis;
+        }
+        if let Some(b) = self.backend {
+            cfg.backend = b;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Refuses a command that needs queues outliving one host.
+pub fn persistent(cfg: &HostConfig, what: &str) -> Result<()> {
+    if cfg.backend == Backend::Memory {
+        bail!(
+            "`host {what}` needs a persistent backend: the memory backend lives inside one running host"
+        );
+    }
+    Ok(())
+}
