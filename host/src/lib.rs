@@ -13,4 +13,3 @@ pub mod pool;
 pub mod queue;
 pub mod run;
 pub mod source;
-pub mod testing;

@@ -18,7 +18,6 @@ mod allow;
 mod connector;
 mod deadline;
 mod limit;
-pub mod server;
 mod tls;
 
 use std::collections::HashMap;

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicU32;
 use http::HeaderMap;
 use tokio::task::JoinSet;
 
-use super::server::{CountingServer, Handler};
 use super::*;
+use taskhost_fixtures::http::{CountingServer, Handler};
 
 fn ok() -> Handler {
     Arc::new(|_, body| Response::new(Full::new(body)))

@@ -425,7 +425,7 @@ mod backends {
     use crate::queue::memory::{MemoryOptions, MemoryQueue};
     use crate::queue::redis::{RedisOptions, RedisStore};
     // Test-only fixtures; their paths change when they move to a dev crate.
-    use crate::testing::RedisServer;
+    use taskhost_fixtures::redis::RedisServer;
     use tempfile::tempdir;
 
     const PUSH_TIMEOUT: Duration = Duration::from_millis(50);

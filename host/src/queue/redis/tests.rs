@@ -7,7 +7,7 @@ use super::codec::{Element, pack, unpack, unpack_dead};
 use super::*;
 use crate::clock::{self, ManualClock};
 use crate::queue::{Action, NewTask, Pushed, Task, settle_all};
-use crate::testing::RedisServer;
+use taskhost_fixtures::redis::RedisServer;
 
 /// An idle host waiting for work is woken by another host's push (or
 /// release) through Redis, long before its time-out, and again after

@@ -3,12 +3,12 @@
 //! a block whose info string carries `file=PATH` is written to PATH first.
 //! So the pages cannot drift from what works.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::root;
+use crate::support::root;
 
 /// Turns a markdown page into a bash script.
 fn script(page: &str) -> String {

@@ -1,7 +1,10 @@
-//! `host bench-langs`: the `archive` plugin in each language: component
-//! size, load times, time per batch, and tasks/s on the memory backend.
+//! The `archive` plugin in each language: component size, load times, time
+//! per batch, and tasks/s on the memory backend.
+//!
+//! `cargo bench -p taskhost --bench plugin_languages -- [OPTIONS]`
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,18 +15,23 @@ use taskhost::plugin::{DirGrant, Limits, Plugin, PluginSpec, Runtime};
 use taskhost::queue::QueueStore;
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 
-use super::{BenchArgs, throughput};
+mod common;
+use common::{PoolShape, synthetic_batch, tempdir, throughput};
 
-/// Options of `host bench-langs`.
+fn main() -> ExitCode {
+    common::main(bench_langs)
+}
+
+/// Options of the plugin-languages bench.
 #[derive(Debug, Args)]
-pub struct BenchLangsArgs {
+struct BenchLangsArgs {
     /// Rust archiver (cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p archive).
     #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/archive.wasm")]
     rust: PathBuf,
-    /// Python archiver (built by `cargo test -p taskhost --test languages`).
+    /// Python archiver (built by `cargo test -p taskhost --test all languages::`).
     #[arg(long, default_value = "target/langs/archive-py.wasm")]
     python: PathBuf,
-    /// JavaScript archiver (built by `cargo test -p taskhost --test languages`).
+    /// JavaScript archiver (built by `cargo test -p taskhost --test all languages::`).
     #[arg(long, default_value = "target/langs/archive-js.wasm")]
     js: PathBuf,
     /// Tasks per throughput run.
@@ -78,14 +86,14 @@ fn timed_load(
 }
 
 /// Prints one row per language.
-pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
+async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
     let clock: Arc<dyn Clock> = clock::system();
     let tmp = match &a.archive_dir {
         Some(d) => d.join(format!("taskhost-bench-langs-{}", std::process::id())),
-        None => super::tempdir()?,
+        None => tempdir()?,
     };
     println!(
-        "taskhost bench-langs: archive plugin, batch {}, {} workers, {} tasks of 100 bytes, memory backend, archive files in {}",
+        "taskhost bench plugin_languages: archive plugin, batch {}, {} workers, {} tasks of 100 bytes, memory backend, archive files in {}",
         a.batch_size,
         a.workers,
         a.tasks,
@@ -117,7 +125,7 @@ pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
         first_rt.shutdown();
         let (runtime, plugin, second_load) = timed_load(path, &dir, &cache, store.clone())?;
 
-        let batch = super::synthetic_batch(a.batch_size);
+        let batch = synthetic_batch(a.batch_size);
         let mut times = Vec::with_capacity(a.calls);
         for _ in 0..a.calls.max(1) {
             let t = Instant::now();
@@ -127,19 +135,11 @@ pub async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
         times.sort();
         let call = times[times.len() / 2];
 
-        let args = BenchArgs {
-            plugin: path.clone(),
-            memory_tasks: a.tasks,
-            disk_tasks: 0,
+        let shape = PoolShape {
             batch_size: a.batch_size,
             workers: a.workers,
-            rss_backlog: 0,
-            repeat: 1,
-            cases: Vec::new(),
-            rss_time: Duration::ZERO,
-            hostile_tasks: 0,
         };
-        let (e2e, _) = throughput(&args, store, Arc::new(plugin), a.tasks, clock.clone()).await?;
+        let (e2e, _) = throughput(shape, store, Arc::new(plugin), a.tasks, clock.clone()).await?;
         runtime.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
         println!(

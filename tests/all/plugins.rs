@@ -1,7 +1,7 @@
 //! Real components in the plugin runtime: hostile plugins are contained,
 //! script outcomes map to queue actions, host imports work.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

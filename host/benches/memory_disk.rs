@@ -1,14 +1,15 @@
-//! `host bench`: throughput of memory and disk queues with a native and a
-//! WASM no-op handler, and resident memory under a large throttled backlog.
+//! Throughput of memory and disk queues with a native and a WASM no-op
+//! handler, the plugin call overhead, start-up times, hostile neighbours, and
+//! resident memory under a large throttled backlog.
+//!
+//! `cargo bench -p taskhost --bench memory_disk -- [OPTIONS]`
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-
-pub mod langs;
 use async_trait::async_trait;
 use clap::Args;
 use taskhost::clock::{self, Clock};
@@ -18,9 +19,16 @@ use taskhost::queue::disk::{DiskOptions, DiskStore};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{NewTask, QueueStore, Task};
 
-/// Options of `host bench`.
+mod common;
+use common::{PoolShape, load_noop, synthetic_batch, tempdir, throughput};
+
+fn main() -> ExitCode {
+    common::main(bench)
+}
+
+/// Options of the memory and disk bench.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+struct BenchArgs {
     /// No-op handler component (the testkit plugin in its default mode).
     #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/testkit.wasm")]
     plugin: PathBuf,
@@ -57,6 +65,15 @@ pub struct BenchArgs {
     rss_time: Duration,
 }
 
+impl BenchArgs {
+    fn shape(&self) -> PoolShape {
+        PoolShape {
+            batch_size: self.batch_size,
+            workers: self.workers,
+        }
+    }
+}
+
 /// Lets through at most `rate` tasks per second, then calls the inner handler.
 struct Throttled<H> {
     inner: H,
@@ -90,12 +107,12 @@ fn mib(kib: Option<u64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-pub async fn bench(a: BenchArgs) -> Result<()> {
+async fn bench(a: BenchArgs) -> Result<()> {
     let runtime = Runtime::new()?;
     let clock = clock::system();
     let tmp = tempdir()?;
     println!(
-        "taskhost bench: batch {}, {} workers, {} cores",
+        "taskhost bench memory_disk: batch {}, {} workers, {} cores",
         a.batch_size,
         a.workers,
         std::thread::available_parallelism()
@@ -221,11 +238,11 @@ async fn startup(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     );
     // A restart of the real binary: process start, open the queue, load the
     // plugin from the warm cache, handle one task, shut down.
-    let exe = std::env::current_exe().context("locating the host binary")?;
+    let exe = env!("CARGO_BIN_EXE_host");
     let mut times = Vec::new();
     for run in 0..4 {
         let t = Instant::now();
-        let out = tokio::process::Command::new(&exe)
+        let out = tokio::process::Command::new(exe)
             .arg("run")
             .arg("--plugin")
             .arg(&a.plugin)
@@ -306,7 +323,7 @@ async fn hostile_neighbours(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clo
             }
         }
         let handler = Arc::new(load_noop(runtime, &a.plugin, store.clone())?);
-        let (e2e, _) = throughput(a, store, handler, n, clock.clone()).await?;
+        let (e2e, _) = throughput(a.shape(), store, handler, n, clock.clone()).await?;
         let mut failed = 0;
         for p in hostile {
             failed += p.shutdown().await.failed_batches;
@@ -355,112 +372,11 @@ async fn throughput_case(
         "wasm" => Arc::new(load_noop(runtime, &a.plugin, store.clone())?),
         other => anyhow::bail!("unknown handler kind {other:?} (native or wasm)"),
     };
-    let result = throughput(a, store, handler, case.n, clock).await;
+    let result = throughput(a.shape(), store, handler, case.n, clock).await;
     if let Some(d) = disk {
         d.close().await;
     }
     result
-}
-
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("taskhost-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-/// `n` leased-looking tasks with 100-byte payloads, for timing calls.
-pub(crate) fn synthetic_batch(n: usize) -> Vec<Task> {
-    (1..=n as u64)
-        .map(|id| Task {
-            id,
-            queue: "bench".into(),
-            unique_key: None,
-            payload: vec![b'x'; 100],
-            attempt: 1,
-            enqueued_at_ms: 0,
-        })
-        .collect()
-}
-
-/// Loads the testkit component in its no-op mode.
-pub(crate) fn load_noop(
-    runtime: &Runtime,
-    path: &std::path::Path,
-    store: Arc<dyn QueueStore>,
-) -> Result<taskhost::plugin::Plugin> {
-    let config = [("mode".to_string(), "noop".to_string())].into();
-    load_built(runtime, path, store, "testkit", config)
-}
-
-/// Loads the component a bench runs, built from the workspace package
-/// `package`; the error says how to build it.
-pub(crate) fn load_built(
-    runtime: &Runtime,
-    path: &std::path::Path,
-    store: Arc<dyn QueueStore>,
-    package: &str,
-    config: std::collections::BTreeMap<String, String>,
-) -> Result<taskhost::plugin::Plugin> {
-    let spec = PluginSpec {
-        name: package.into(),
-        path: path.to_owned(),
-        config,
-        dir: None,
-        limits: Limits::default(),
-        allowed_hosts: Vec::new(),
-    };
-    runtime.load(spec, store).with_context(|| {
-        format!("loading {package} (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p {package})")
-    })
-}
-
-/// Pushes `n` tasks while a pool drains them; returns (end-to-end, drain) tasks/s.
-async fn throughput(
-    a: &BenchArgs,
-    store: Arc<dyn QueueStore>,
-    handler: Arc<dyn BatchHandler>,
-    n: usize,
-    clock: Arc<dyn Clock>,
-) -> Result<(f64, f64)> {
-    let queue = store.queue("bench")?;
-    let cfg = PoolConfig {
-        batch_size: a.batch_size,
-        max_workers: a.workers,
-        max_latency: Duration::from_millis(1),
-        ..PoolConfig::default()
-    };
-    let start = Instant::now();
-    let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).map_err(anyhow::Error::msg)?;
-    let stats = pool.stats();
-    let producer = {
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let payload = vec![b'x'; 100];
-            let mut pushed = 0;
-            while pushed < n {
-                let k = (n - pushed).min(1_000);
-                let tasks = (0..k).map(|_| NewTask::new(payload.clone())).collect();
-                queue.push_batch(tasks).await?;
-                pushed += k;
-            }
-            anyhow::Ok(())
-        })
-    };
-    producer.await.context("producer task")??;
-    let pushed_at = start.elapsed();
-    let done_at_push = stats.done.load(Ordering::Relaxed);
-    while (stats.done.load(Ordering::Relaxed) as usize) < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let total = start.elapsed();
-    pool.shutdown().await;
-    let drain_secs = (total - pushed_at).as_secs_f64();
-    let drain = if drain_secs > 0.0 {
-        (n as u64 - done_at_push) as f64 / drain_secs
-    } else {
-        f64::NAN
-    };
-    Ok((n as f64 / total.as_secs_f64(), drain))
 }
 
 /// Resident memory with a small and a large backlog behind a 100 tasks/s handler.

@@ -1,8 +1,11 @@
-//! `host bench-https`: requests/s of the pooled client over TLS against a
+//! Requests/s of the pooled client over TLS against a
 //! loopback server (certificate made at start), HTTP/2 and HTTP/1.1
 //! keep-alive, against one TLS connection per request (how https:// was
 //! served before it was pooled) and plain pooled http:// for reference.
+//!
+//! `cargo bench -p taskhost --bench https_client -- [OPTIONS]`
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,13 +14,20 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
-use taskhost::http::server::{self, CountingServer, Handler};
 use taskhost::http::{HttpClient, HttpOptions};
+use taskhost_fixtures::http::{CountingServer, Handler};
+use taskhost_fixtures::tls::loopback_tls;
 use tokio::task::JoinSet;
 
-/// Options of `host bench-https`.
+mod common;
+
+fn main() -> ExitCode {
+    common::main(bench_https)
+}
+
+/// Options of the HTTPS client bench.
 #[derive(Debug, Args)]
-pub struct HttpsBenchArgs {
+struct HttpsBenchArgs {
     /// Requests per row.
     #[arg(long, default_value_t = 5_000)]
     requests: usize,
@@ -35,7 +45,7 @@ struct Row {
 }
 
 /// Runs every row and prints the table.
-pub async fn bench_https(a: HttpsBenchArgs) -> Result<()> {
+async fn bench_https(a: HttpsBenchArgs) -> Result<()> {
     anyhow::ensure!(
         a.requests > 0 && a.concurrency > 0,
         "--requests and --concurrency must be at least 1"
@@ -59,7 +69,7 @@ pub async fn bench_https(a: HttpsBenchArgs) -> Result<()> {
             Arc::new(|_, _| http::Response::new(Full::new(Bytes::from_static(b"ok"))));
         let server = match tls {
             Some(http2) => {
-                let (ca_pem, cfg) = server::loopback_tls(http2)
+                let (ca_pem, cfg) = loopback_tls(http2)
                     .map_err(|e| anyhow::anyhow!("making the loopback certificate: {e}"))?;
                 std::fs::write(&ca_file, ca_pem).context("writing the CA file")?;
                 CountingServer::start_tls(ok, cfg).await

@@ -1,8 +1,11 @@
-//! `host bench-redis`: the Redis backend's throughput with one host, and
-//! Harbor's execution-status refresh done through the queue versus Harbor's
+//! The Redis backend's throughput with one host, and Harbor's
+//! execution-status refresh done through the queue versus Harbor's
 //! SCAN-and-refresh, each on a private `redis-server`.
+//!
+//! `cargo bench -p taskhost --bench redis_backend -- [OPTIONS]`
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,11 +17,18 @@ use taskhost::plugin::Runtime;
 use taskhost::pool::{PoolConfig, WorkerPool};
 use taskhost::queue::redis::{RedisOptions, RedisStore};
 use taskhost::queue::{NewTask, QueueStore};
-use taskhost::testing::{RedisServer, info_fields};
+use taskhost_fixtures::redis::{RedisServer, info_fields};
 
-/// Options of `host bench-redis`.
+mod common;
+use common::{load_built, load_noop};
+
+fn main() -> ExitCode {
+    common::main(bench_redis)
+}
+
+/// Options of the Redis backend bench.
 #[derive(Debug, Args)]
-pub struct BenchRedisArgs {
+struct BenchRedisArgs {
     /// No-op handler component (the testkit plugin in its default mode).
     #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/testkit.wasm")]
     plugin: PathBuf,
@@ -171,10 +181,10 @@ fn report(what: &str, wall: Duration, cost: RedisCost, per: usize, per_name: &st
     );
 }
 
-pub async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
+async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
     let runtime = Runtime::new()?;
     println!(
-        "taskhost bench-redis: batch {}, {} workers per host, {} cores; private redis-server per case",
+        "taskhost bench redis_backend: batch {}, {} workers per host, {} cores; private redis-server per case",
         a.batch_size,
         a.workers,
         std::thread::available_parallelism()
@@ -296,7 +306,7 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let clock = clock::system();
     let store = store(&server, clock.clone())?;
     let queue = store.queue("bench")?;
-    let plugin = crate::bench::load_noop(runtime, &a.plugin, store.clone())?;
+    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
     let before = snapshot(&server)?;
     let start = Instant::now();
     let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
@@ -394,8 +404,8 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
     for _ in 0..a.hosts {
         let store = store(&server, clock.clone())?;
         let plugin = match drain {
-            Drain::Noop => crate::bench::load_noop(runtime, &a.plugin, store.clone())?,
-            Drain::StatusRefresh => crate::bench::load_built(
+            Drain::Noop => load_noop(runtime, &a.plugin, store.clone())?,
+            Drain::StatusRefresh => load_built(
                 runtime,
                 &a.status_plugin,
                 store.clone(),

@@ -1,36 +1,25 @@
 //! End to end: the real `host` binary with the real `archive` component.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 // The 10,000-task run of each archiver (Rust, Python, JavaScript) is the
-// language matrix in tests/languages.rs.
+// language matrix in tests/all/languages.rs.
 
 #[test]
 fn host_killed_mid_run_loses_nothing_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
-    let config = tmp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-data_dir = "{data}"
-[[plugins]]
-path = "{plugin}"
-dir = {{ host = "{archive}", guest = "/archive" }}
-pool = {{ batch_size = 20, max_workers = 2, lease_ttl = "1s" }}
-"#,
-            data = data.display(),
-            plugin = plugin("archive").display(),
-            archive = archive.display()
-        ),
-    )
-    .unwrap();
+    let config = HostToml::new(&data)
+        .plugin(&plugin("archive"))
+        .dir(&archive, "/archive")
+        .raw(
+            "pool",
+            r#"{ batch_size = 20, max_workers = 2, lease_ttl = "1s" }"#,
+        )
+        .write(tmp.path().join("host.toml"));
     let payloads = payload_file(tmp.path(), 10_000);
     ok(host()
         .args(["push", "default", "--config"])

@@ -1,4 +1,4 @@
-//! `host bench-load`: act_runner's load table (gitea/act_runner PR 819),
+//! act_runner's load table (gitea/act_runner PR 819),
 //! measured against a local HTTP server standing in for Gitea.
 //!
 //! Both designs run the same fleet for the same time: `runners` runners with
@@ -18,7 +18,10 @@
 //! The server classifies requests (GET /fetch: polling; POST /report holding
 //! a state row: state; else log) and measures each log row's delay from its
 //! creation to its arrival.
+//!
+//! `cargo bench -p taskhost --bench runner_load -- [OPTIONS]`
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,18 +32,24 @@ use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use taskhost::clock;
-use taskhost::http::server::{CountingServer, Handler};
 use taskhost::http::{HttpClient, HttpOptions};
 use taskhost::pool::{BatchError, BatchHandler, Outcome, PoolConfig, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryQueue};
 use taskhost::queue::{BaseQueue, NewTask, Task};
 use taskhost::source::{Poller, Source, SourceConfig};
+use taskhost_fixtures::http::{CountingServer, Handler};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Options of `host bench-load`.
+mod common;
+
+fn main() -> ExitCode {
+    common::main(bench_load)
+}
+
+/// Options of the runner-load bench.
 #[derive(Debug, Args)]
-pub struct LoadArgs {
+struct LoadArgs {
     /// Runners in the fleet.
     #[arg(long, default_value_t = 200)]
     runners: usize,
@@ -472,7 +481,7 @@ fn figures(seen: &Seen, secs: f64) -> Figures {
 }
 
 /// Runs both designs and prints act_runner's table.
-pub async fn bench_load(a: LoadArgs) -> Result<()> {
+async fn bench_load(a: LoadArgs) -> Result<()> {
     anyhow::ensure!(
         a.runners > 0 && a.tasks > 0,
         "--runners and --tasks must be at least 1"

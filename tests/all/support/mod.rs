@@ -140,4 +140,7 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+pub mod host_toml;
 pub mod langs;
+
+pub use host_toml::{HostToml, quoted};

@@ -1,8 +1,6 @@
 //! Many real `host run` processes sharing one Redis queue, on a private
 //! `redis-server` started by the test (never the machine's default one).
 
-mod support;
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use support::*;
-use taskhost::testing::RedisServer;
+use crate::support::*;
+use taskhost_fixtures::redis::RedisServer;
 
 const HOSTS: usize = 5;
 const TASKS: usize = 100_000;
@@ -67,26 +65,16 @@ fn start_host(
     pool: &str,
 ) -> Host {
     std::fs::create_dir_all(dir).unwrap();
-    let config = tmp.join(format!("host-{n}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-backend = "redis"
-queue_url = "{url}"
-data_dir = "{data}"
-[[plugins]]
-path = "{plugin}"
-dir = {{ host = "{dir}", guest = "/out" }}
-config = {{ dir = "/out", journal_dir = "/out", host = "h{n}"{extra} }}
-pool = {{ {pool} }}
-"#,
-            plugin = plugin.display(),
-            dir = dir.display(),
-            data = tmp.join(format!("data-{n}")).display(),
-        ),
-    )
-    .unwrap();
+    let config = HostToml::new(&tmp.join(format!("data-{n}")))
+        .redis(url)
+        .plugin(plugin)
+        .dir(dir, "/out")
+        .raw(
+            "config",
+            &format!(r#"{{ dir = "/out", journal_dir = "/out", host = "h{n}"{extra} }}"#),
+        )
+        .raw("pool", &format!("{{ {pool} }}"))
+        .write(tmp.join(format!("host-{n}.toml")));
     let log = tmp.join(format!("host-{n}.log"));
     let out = tmp.join(format!("host-{n}.out"));
     let child = host()
@@ -366,31 +354,16 @@ fn status_refresh_collapses_marks_and_enqueues_each_executions_status() {
         out.contains(&format!("pushed {} tasks", executions + 1)),
         "marks of a pending execution collapse: {out}"
     );
-    let config = tmp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-backend = "redis"
-queue_url = "{url}"
-data_dir = "{data}"
-[[plugins]]
-path = "{refresh}"
-queue = "status-refresh"
-config = {{ output_queue = "execution-status" }}
-pool = {{ max_attempts = 1 }}
-[[plugins]]
-path = "{archive_wasm}"
-queue = "execution-status"
-dir = {{ host = "{archive}", guest = "/archive" }}
-"#,
-            refresh = plugin("status-refresh").display(),
-            archive_wasm = plugin("archive").display(),
-            data = tmp.path().join("data").display(),
-            archive = archive.display(),
-        ),
-    )
-    .unwrap();
+    let config = HostToml::new(&tmp.path().join("data"))
+        .redis(&url)
+        .plugin(&plugin("status-refresh"))
+        .string("queue", "status-refresh")
+        .raw("config", r#"{ output_queue = "execution-status" }"#)
+        .raw("pool", "{ max_attempts = 1 }")
+        .plugin(&plugin("archive"))
+        .string("queue", "execution-status")
+        .dir(&archive, "/archive")
+        .write(tmp.path().join("host.toml"));
     let summary = ok(host()
         .args(["run", "--exit-when-drained", "--config"])
         .arg(&config));

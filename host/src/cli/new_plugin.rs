@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 /// The WIT package every skeleton builds against.
-const WIT: &str = include_str!("../../wit/plugin.wit");
+const WIT: &str = include_str!("../../../wit/plugin.wit");
 
 /// A language a skeleton can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,43 +39,43 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
         Lang::Rust => vec![
             (
                 "Cargo.toml",
-                include_str!("../../plugins/templates/rust/Cargo.toml"),
+                include_str!("../../../plugins/templates/rust/Cargo.toml"),
             ),
             (
                 "src/lib.rs",
-                include_str!("../../plugins/templates/rust/src/lib.rs"),
+                include_str!("../../../plugins/templates/rust/src/lib.rs"),
             ),
             (
                 ".gitignore",
-                include_str!("../../plugins/templates/rust/gitignore"),
+                include_str!("../../../plugins/templates/rust/gitignore"),
             ),
         ],
         Lang::Python => vec![
             (
                 "app.py",
-                include_str!("../../plugins/templates/python/app.py"),
+                include_str!("../../../plugins/templates/python/app.py"),
             ),
             (
                 "requirements.txt",
-                include_str!("../../plugins/templates/python/requirements.txt"),
+                include_str!("../../../plugins/templates/python/requirements.txt"),
             ),
             (
                 ".gitignore",
-                include_str!("../../plugins/templates/python/gitignore"),
+                include_str!("../../../plugins/templates/python/gitignore"),
             ),
         ],
         Lang::Js => vec![
             (
                 "plugin.js",
-                include_str!("../../plugins/templates/js/plugin.js"),
+                include_str!("../../../plugins/templates/js/plugin.js"),
             ),
             (
                 "package.json",
-                include_str!("../../plugins/templates/js/package.json"),
+                include_str!("../../../plugins/templates/js/package.json"),
             ),
             (
                 ".gitignore",
-                include_str!("../../plugins/templates/js/gitignore"),
+                include_str!("../../../plugins/templates/js/gitignore"),
             ),
         ],
     });

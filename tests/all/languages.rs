@@ -2,13 +2,11 @@
 //! against the Rust, Python and JavaScript builds, and the three write the
 //! same archive contents for the same batch.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use support::langs::{LANGS, Lang, archive};
-use support::*;
+use crate::support::langs::{LANGS, Lang, archive};
+use crate::support::*;
 use taskhost::plugin::{DirGrant, Limits, PluginSpec, Runtime};
 use taskhost::pool::Outcome;
 use taskhost::queue::Task;

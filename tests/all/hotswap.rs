@@ -1,7 +1,7 @@
 //! Hot swap under load, reload refusals, and the compiled-code cache, with
 //! real components.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -328,10 +328,10 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
     use bytes::Bytes;
     use http_body_util::Full;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use taskhost::http::server::CountingServer;
     use taskhost::plugin::SourcePlugin;
     use taskhost::plugin::swap::{Reloaded, SourceSlot};
     use taskhost::source::{Poller, SourceConfig};
+    use taskhost_fixtures::http::CountingServer;
 
     // Each poll gets the next number as its one task.
     let served = Arc::new(AtomicU64::new(0));

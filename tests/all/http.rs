@@ -3,7 +3,7 @@
 //! plain http://, and https:// with a CA made at test time (HTTP/2 where the
 //! server offers it, HTTP/1.1 keep-alive where it does not).
 
-mod support;
+use crate::support::{self, HostToml, quoted};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,12 +14,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use taskhost::clock;
 use taskhost::http::HttpOptions;
-use taskhost::http::server::{self, CountingServer, Handler};
 use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions, SourcePlugin};
 use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{BaseQueue, NewTask, QueueStore};
 use taskhost::source::{Poller, Source, SourceConfig};
+use taskhost_fixtures::http::{CountingServer, Handler};
+use taskhost_fixtures::tls::loopback_tls;
 
 fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
     PluginSpec {
@@ -202,34 +203,24 @@ async fn host_run_polls_a_configured_source_into_a_plugins_queue() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("archive");
-    let config = tmp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-backend = "memory"
-data_dir = "{data}"
-[[plugins]]
-path = "{archive_wasm}"
-queue = "jobs"
-dir = {{ host = "{archive}", guest = "/archive" }}
-pool = {{ max_latency = "10ms" }}
-[[sources]]
-path = "{source_wasm}"
-queue = "jobs"
-config = {{ url = "{url}/fetch" }}
-allowed_hosts = ["{addr}"]
-poll = {{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }}
-"#,
-            archive_wasm = support::plugin("archive").display(),
-            source_wasm = support::plugin("http-source").display(),
-            archive = archive.display(),
-            data = tmp.path().join("data").display(),
-            url = server.url(),
-            addr = server.addr(),
-        ),
-    )
-    .unwrap();
+    let config = HostToml::new(&tmp.path().join("data"))
+        .backend("memory")
+        .plugin(&support::plugin("archive"))
+        .string("queue", "jobs")
+        .dir(&archive, "/archive")
+        .raw("pool", r#"{ max_latency = "10ms" }"#)
+        .source(&support::plugin("http-source"))
+        .string("queue", "jobs")
+        .raw(
+            "config",
+            &format!("{{ url = {} }}", quoted(format!("{}/fetch", server.url()))),
+        )
+        .raw("allowed_hosts", &format!("[{}]", quoted(server.addr())))
+        .raw(
+            "poll",
+            r#"{ poll_interval = "20ms", poll_interval_max = "100ms", capacity = 10 }"#,
+        )
+        .write(tmp.path().join("host.toml"));
     let mut child = support::host()
         .arg("run")
         .arg("--config")
@@ -267,7 +258,7 @@ struct TlsServer {
 /// Starts a [`TlsServer`] that offers HTTP/2 or only HTTP/1.1.
 async fn tls_server(http2: bool) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_pem, tls) = server::loopback_tls(http2).unwrap();
+    let (ca_pem, tls) = loopback_tls(http2).unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let rows = Arc::new(AtomicU64::new(0));

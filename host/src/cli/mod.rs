@@ -1,0 +1,85 @@
+//! The `host` subcommands, one file per command; `main.rs` parses the
+//! command line and dispatches here. Binary-only: nothing here is part of
+//! the `taskhost` library.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use taskhost::config::HostConfig;
+use taskhost::queue::Backend;
+
+pub mod new_plugin;
+pub mod push;
+pub mod reload;
+pub mod run;
+pub mod status;
+
+/// Where the queues are.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// TOML configuration file; every option has a default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory of the disk backend [default: taskhost-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Queue backend [default: disk].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    #[arg(long, env = "TASKHOST_QUEUE_URL")]
+    queue_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn load(&self) -> Result<HostConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => HostConfig::load(p)?,
+            None => HostConfig::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(u) = &self.queue_url {
+            cfg.queue_url = Some(u.clone());
+            cfg.backend = Backend::Redis;
+        }
+        if let Some(b) = self.backend {
+            cfg.backend = b.into();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Refuses a command that needs queues outliving one host.
+pub fn persistent(cfg: &HostConfig, what: &str) -> Result<()> {
+    if cfg.backend == Backend::Memory {
+        bail!(
+            "`host {what}` needs a persistent backend: the memory backend lives inside one running host"
+        );
+    }
+    Ok(())
+}
+
+/// The values of `--backend`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// Embedded on-disk queue (SQLite) in the data directory: persistent.
+    Disk,
+    /// In-process bounded queue: fastest, lost when the process ends.
+    Memory,
+    /// Redis at `queue_url`: many hosts share the queues.
+    Redis,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Disk => Backend::Disk,
+            BackendArg::Memory => Backend::Memory,
+            BackendArg::Redis => Backend::Redis,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `host status`: queue counts, dead letters, and the hosts running.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use taskhost::clock;
+use taskhost::queue::QueueStore;
+use taskhost::run::open_queues;
+
+use super::{StoreArgs, persistent};
+
+/// Options of `host status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this queue.
+    #[arg(long, short)]
+    queue: Option<String>,
+    /// Also list this many newest dead letters per queue.
+    #[arg(long, default_value_t = 0)]
+    dead: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the queues' counts (a table, or JSON) and the running hosts.
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let cfg = a.store.load()?;
+    persistent(&cfg, "status")?;
+    if !cfg.queue_backend()?.exists() {
+        bail!(
+            "no queue database in {} (nothing pushed yet?)",
+            cfg.data_dir.display()
+        );
+    }
+    let queues = open_queues(&cfg, clock::system())?;
+    if let Err(e) = queues.ping().await {
+        queues.close().await;
+        return Err(anyhow::Error::new(e).context("cannot read queue status"));
+    }
+    let result = status_of(&a, &*queues, &cfg.data_dir).await;
+    queues.close().await;
+    result
+}
+
+async fn status_of(
+    a: &StatusArgs,
+    queues: &dyn QueueStore,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    let hosts = taskhost::run::live_hosts(data_dir);
+    let names = match &a.queue {
+        Some(q) => vec![q.clone()],
+        None => queues.known_queues().await?,
+    };
+    let mut rows = Vec::new();
+    for name in &names {
+        let q = queues.queue(name)?;
+        let stats = q.stats().await?;
+        let dead = q.dead_letters(a.dead).await?;
+        rows.push((name.clone(), stats, dead));
+    }
+    if a.json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(name, s, dead)| {
+                serde_json::json!({
+                    "queue": name, "pending": s.pending, "delayed": s.delayed,
+                    "leased": s.leased, "dead": s.dead,
+                    "hosts": hosts.iter().filter_map(|h| {
+                        h.plugins.iter().find(|p| &p.queue == name).map(|p| serde_json::json!({
+                            "pid": h.pid, "plugin": p.name, "version": p.version,
+                            "batches_by_version": p.batches_by_version,
+                        }))
+                    }).collect::<Vec<_>>(),
+                    "dead_letters": dead.iter().map(|d| serde_json::json!({
+                        "id": d.task.id, "attempt": d.task.attempt, "reason": d.reason,
+                        "payload": String::from_utf8_lossy(&d.task.payload),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "queue", "pending", "delayed", "leased", "dead"
+    );
+    for (name, s, dead) in &rows {
+        println!(
+            "{name:<24} {:>10} {:>10} {:>10} {:>10}",
+            s.pending, s.delayed, s.leased, s.dead
+        );
+        for d in dead {
+            println!(
+                "  dead #{} (attempt {}): {}",
+                d.task.id, d.task.attempt, d.reason
+            );
+        }
+    }
+    if rows.is_empty() {
+        println!("(no queues)");
+    }
+    for h in hosts {
+        for p in &h.plugins {
+            println!(
+                "host pid {}: plugin {} version {} on queue {:?} ({})",
+                h.pid,
+                p.name,
+                p.version,
+                p.queue,
+                p.path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! taskhost's integration tests, in one binary (one link of wasmtime):
+//! the real `host` binary and real components, with private Redis and HTTP
+//! servers from `taskhost-fixtures`. Shared helpers are in `support/`.
+
+mod docs;
+mod e2e;
+mod hotswap;
+mod http;
+mod languages;
+mod plugins;
+mod redis;
+mod support;
