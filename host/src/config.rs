@@ -345,6 +345,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn timers_that_would_overflow_or_outlive_the_lease_are_refused() {
+        let refused = |pool: &str| {
+            let c = HostConfig::parse(&format!(
+                "[[plugins]]\npath = \"x.wasm\"\n[plugins.pool]\n{pool}"
+            ))
+            .unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let e = refused("interval = \"500000000years\"");
+        assert!(e.contains("interval") && e.contains("longer than"), "{e}");
+        let e = refused("lease_ttl = \"500000000years\"");
+        assert!(e.contains("lease_ttl"), "{e}");
+        let e = refused("max_latency = \"10s\"\nlease_ttl = \"5s\"");
+        assert!(
+            e.contains("max_latency 10s must be shorter than lease_ttl 5s"),
+            "{e}"
+        );
+        let e = refused("interval = \"5s\"\nlease_ttl = \"5s\"");
+        assert!(
+            e.contains("interval 5s must be shorter than lease_ttl 5s"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(HostConfig::parse("").unwrap(), HostConfig::default());
     }

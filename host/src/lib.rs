@@ -11,5 +11,6 @@ pub mod http;
 pub mod plugin;
 pub mod pool;
 pub mod queue;
+pub mod registry;
 pub mod run;
 pub mod source;

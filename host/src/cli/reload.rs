@@ -15,12 +15,12 @@ pub struct ReloadArgs {
 /// Sends SIGHUP to every live host on the data directory.
 pub fn reload(a: ReloadArgs) -> Result<()> {
     let cfg = a.store.load()?;
-    let hosts = taskhost::run::live_hosts(&cfg.data_dir);
+    let hosts = taskhost::registry::live_hosts(&cfg.data_dir);
     if hosts.is_empty() {
         bail!("no host is running on {}", cfg.data_dir.display());
     }
     for h in &hosts {
-        taskhost::run::signal_reload(h.pid)
+        taskhost::registry::signal_reload(h)
             .with_context(|| format!("signalling host {}", h.pid))?;
     }
     println!(

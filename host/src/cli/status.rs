@@ -49,7 +49,7 @@ async fn status_of(
     queues: &dyn QueueStore,
     data_dir: &std::path::Path,
 ) -> Result<()> {
-    let hosts = taskhost::run::live_hosts(data_dir);
+    let hosts = taskhost::registry::live_hosts(data_dir);
     let names = match &a.queue {
         Some(q) => vec![q.clone()],
         None => queues.known_queues().await?,

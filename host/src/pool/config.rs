@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 
+/// The longest duration a pool setting may have.
+pub const MAX_TIMER: Duration = Duration::from_secs(366 * 86_400);
+
 /// Settings of one worker pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +90,41 @@ impl PoolConfig {
                 "lease_ttl {:?} is too short (>= 100ms)",
                 self.lease_ttl
             ));
+        }
+        // Timers are set from these; a value from a typo (years of years)
+        // must be refused here, not overflow a clock later.
+        let timers = [
+            ("max_latency", Some(self.max_latency)),
+            ("interval", self.interval),
+            ("idle_timeout", Some(self.idle_timeout)),
+            ("lease_ttl", Some(self.lease_ttl)),
+            ("poll_interval_max", Some(self.poll_interval_max)),
+            ("shutdown_grace", Some(self.shutdown_grace)),
+            ("retry_backoff.max", Some(self.retry_backoff.max)),
+            ("failure_pause.max", Some(self.failure_pause.max)),
+        ];
+        for (field, value) in timers {
+            if let Some(v) = value.filter(|v| *v > MAX_TIMER) {
+                return Err(format!(
+                    "{field} {} is longer than {} (the longest timer the pool sets)",
+                    humantime::format_duration(v),
+                    humantime::format_duration(MAX_TIMER)
+                ));
+            }
+        }
+        // A batch held longer than its lease is handed out again while the
+        // first holder still buffers it: the same task twice in one batch.
+        for (field, value) in [
+            ("max_latency", Some(self.max_latency)),
+            ("interval", self.interval),
+        ] {
+            if let Some(v) = value.filter(|v| *v >= self.lease_ttl) {
+                return Err(format!(
+                    "{field} {} must be shorter than lease_ttl {}",
+                    humantime::format_duration(v),
+                    humantime::format_duration(self.lease_ttl)
+                ));
+            }
         }
         Ok(())
     }

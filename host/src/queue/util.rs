@@ -83,7 +83,7 @@ impl<'a> PushRoom<'a> {
             queue,
             capacity,
             timeout,
-            deadline: Instant::now() + timeout,
+            deadline: crate::clock::deadline_in(timeout),
         })
     }
 

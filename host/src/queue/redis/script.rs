@@ -79,7 +79,7 @@ impl Shared {
     /// Runs an idempotent script, retrying connection errors with back-off.
     pub(super) async fn run_retrying(&self, call: &Call<'_>) -> Result<Value, QueueError> {
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let deadline = tokio::time::Instant::now() + self.opts.retry_for;
+        let deadline = crate::clock::deadline_in(self.opts.retry_for);
         let mut failures = 0;
         loop {
             match self.try_run(call).await {

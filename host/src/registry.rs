@@ -1,0 +1,292 @@
+//! The hosts running on one data directory: each writes a run file saying
+//! what it serves, and holds an exclusive lock on a lock file beside it for
+//! as long as it lives. `host status` lists the run files whose lock is
+//! held; `host reload` signals only those.
+//!
+//! The lock, not the process id, says whether a host is alive: a stale run
+//! file whose pid was reused by an unrelated process is never signalled
+//! (SIGHUP would terminate it), and a file naming pid 0 or 1 (the caller's
+//! process group, init) is never acted on at all.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::swap::HotSwap;
+
+/// Directory of run files: one per running host, for `status` and `reload`.
+pub fn run_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("run")
+}
+
+/// What a running host says about itself in its run file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Plugins with their live versions.
+    pub plugins: Vec<RunPlugin>,
+}
+
+/// One plugin of a running host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunPlugin {
+    /// Plugin name.
+    pub name: String,
+    /// Queue served.
+    pub queue: String,
+    /// Component file.
+    pub path: PathBuf,
+    /// Live version tag.
+    pub version: String,
+    /// Batches started per version.
+    pub batches_by_version: std::collections::BTreeMap<String, u64>,
+}
+
+/// This host's entry in the registry: its run file and the lock that says
+/// it is alive.
+#[derive(Debug)]
+pub struct RunFile {
+    path: PathBuf,
+    lock_path: PathBuf,
+    queues: Vec<String>,
+    /// Held (flock, exclusive) until the process ends or `remove` runs.
+    _lock: File,
+}
+
+impl RunFile {
+    /// Registers this process; `queues[i]` is the queue of the `i`-th slot
+    /// later given to `write`.
+    pub fn create(data_dir: &Path, queues: Vec<String>) -> Result<Arc<Self>> {
+        let dir = run_dir(data_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pid = std::process::id();
+        let lock_path = dir.join(format!("{pid}.lock"));
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        if !try_lock(&lock)? {
+            anyhow::bail!(
+                "{} is locked by another process with this pid (a container sharing the data directory?)",
+                lock_path.display()
+            );
+        }
+        Ok(Arc::new(Self {
+            path: dir.join(format!("{pid}.json")),
+            lock_path,
+            queues,
+            _lock: lock,
+        }))
+    }
+
+    /// Rewrites the run file from the slots' current state.
+    pub fn write(&self, slots: &[Arc<dyn HotSwap>]) {
+        let info = RunInfo {
+            pid: std::process::id(),
+            plugins: slots
+                .iter()
+                .zip(&self.queues)
+                .map(|(s, q)| RunPlugin {
+                    name: s.spec().name.clone(),
+                    queue: q.clone(),
+                    path: s.spec().path.clone(),
+                    version: s.version(),
+                    batches_by_version: s.batches_by_version(),
+                })
+                .collect(),
+        };
+        let tmp = self.path.with_extension("tmp");
+        let result = serde_json::to_vec_pretty(&info)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write run file");
+        }
+    }
+
+    /// Leaves the registry (the lock goes with the process).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Run files of hosts alive on this data directory; stale ones are removed.
+pub fn live_hosts(data_dir: &Path) -> Vec<RunInfo> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let named: Option<u32> = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok());
+        let Some(pid) = named.filter(|p| *p > 1) else {
+            continue;
+        };
+        match liveness(&path.with_extension("lock")) {
+            Liveness::Alive => {}
+            Liveness::Unknown => continue,
+            Liveness::Gone => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("lock"));
+                continue;
+            }
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        // A file whose pid is not its name's was not written by that host.
+        match serde_json::from_str::<RunInfo>(&text) {
+            Ok(info) if info.pid == pid => out.push(info),
+            _ => {}
+        }
+    }
+    out.sort_by_key(|i| i.pid);
+    out
+}
+
+enum Liveness {
+    Alive,
+    Gone,
+    /// The lock file cannot be opened (another user's host): neither
+    /// listed nor removed.
+    Unknown,
+}
+
+fn liveness(lock_path: &Path) -> Liveness {
+    let file = match File::open(lock_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Liveness::Gone,
+        Err(_) => return Liveness::Unknown,
+    };
+    match try_lock(&file) {
+        // Nobody held it: the host that made it is gone (dropping `file`
+        // releases the lock again).
+        Ok(true) => Liveness::Gone,
+        Ok(false) => Liveness::Alive,
+        Err(_) => Liveness::Unknown,
+    }
+}
+
+/// Takes an exclusive flock without waiting; false if another holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this File owns for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(true)
+    }
+}
+
+/// Sends SIGHUP to a host listed by [`live_hosts`], asking it to reload.
+pub fn signal_reload(host: &RunInfo) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let pid = libc::pid_t::try_from(host.pid)
+            .ok()
+            .filter(|p| *p > 1)
+            .ok_or_else(|| std::io::Error::other(format!("refusing to signal pid {}", host.pid)))?;
+        // SAFETY: plain kill(2) with a valid signal number and a pid > 1.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = host;
+        Err(std::io::Error::other("reload by signal needs unix"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_info(dir: &Path, name: &str, pid: u32) {
+        let info = RunInfo {
+            pid,
+            plugins: Vec::new(),
+        };
+        std::fs::create_dir_all(run_dir(dir)).unwrap();
+        std::fs::write(run_dir(dir).join(name), serde_json::to_vec(&info).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_run_file_without_its_lock_is_stale_even_when_its_pid_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        // This test's own pid: alive, but no host holds the lock. Before
+        // locks, `host reload` would have sent SIGHUP to this process.
+        let me = std::process::id();
+        write_info(dir.path(), &format!("{me}.json"), me);
+        assert!(live_hosts(dir.path()).is_empty());
+        assert!(!run_dir(dir.path()).join(format!("{me}.json")).exists());
+    }
+
+    #[test]
+    fn pid_zero_one_and_mismatched_files_are_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_info(dir.path(), "0.json", 0);
+        write_info(dir.path(), "1.json", 1);
+        let host = RunFile::create(dir.path(), Vec::new()).unwrap();
+        host.write(&[]);
+        // A file naming another pid than its own name, beside a held lock.
+        let me = std::process::id();
+        std::fs::write(
+            run_dir(dir.path()).join(format!("{me}.json")),
+            br#"{"pid": 0, "plugins": []}"#,
+        )
+        .unwrap();
+        assert!(live_hosts(dir.path()).is_empty());
+        assert!(
+            signal_reload(&RunInfo {
+                pid: 0,
+                plugins: Vec::new()
+            })
+            .is_err()
+        );
+        assert!(
+            signal_reload(&RunInfo {
+                pid: 1,
+                plugins: Vec::new()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_live_host_is_listed_while_it_holds_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RunFile::create(dir.path(), Vec::new()).unwrap();
+        host.write(&[]);
+        let live = live_hosts(dir.path());
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].pid, std::process::id());
+        host.remove();
+        drop(host);
+        assert!(live_hosts(dir.path()).is_empty());
+    }
+}
