@@ -118,7 +118,7 @@ async fn a_retry_after_past_the_end_of_time_neither_panics_the_host_nor_stops_th
         let n = count.fetch_add(1, Ordering::Relaxed);
         let mut r = http::Response::new(Full::new(Bytes::new()));
         *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
-        let wait = if n % 2 == 0 {
+        let wait = if n.is_multiple_of(2) {
             "99999999999999999999"
         } else {
             "18446744073709551615"
