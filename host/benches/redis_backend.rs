@@ -312,22 +312,7 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
         .map_err(anyhow::Error::msg)?;
     let n = a.tasks;
-    let producer = {
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let payload = vec![b'x'; 100];
-            let mut pushed = 0;
-            while pushed < n {
-                let k = (n - pushed).min(1_000);
-                queue
-                    .push_batch((0..k).map(|_| NewTask::new(payload.clone())).collect())
-                    .await?;
-                pushed += k;
-            }
-            anyhow::Ok(())
-        })
-    };
-    producer.await.context("producer task")??;
+    common::push_hundred_byte_tasks(&queue, n).await?;
     let stats = pool.stats();
     while (stats.done.load(Ordering::Relaxed) as usize) < n {
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -156,49 +156,43 @@ async fn hostile_plugins_fail_their_batches_only() {
     runtime.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_limit_is_enforced_per_instance() {
+/// Runs one task through testkit in script mode with `limits` and one
+/// attempt; returns the reason it was dead-lettered with.
+async fn dead_reason(command: &str, limits: Limits) -> String {
     let runtime = Runtime::new().unwrap();
     let store = memory_store();
-    let q = store.queue("big").unwrap();
-    // Each task asks the guest to allocate 8 MiB; the instance may have 4.
-    push(&q, &["alloc:8388608"]).await;
-    let limits = Limits {
-        memory_mib: 4,
-        ..Limits::default()
-    };
+    let q = store.queue("limited").unwrap();
+    push(&q, &[command]).await;
     let plugin = testkit(&runtime, store.clone(), "script", limits);
     let pool = serve(&q, plugin, 1);
     assert_eq!(settled(&q).await.dead, 1);
     pool.shutdown().await;
     let dead = q.dead_letters(1).await.unwrap();
-    assert!(dead[0].reason.contains("memory"), "{}", dead[0].reason);
     runtime.shutdown();
+    dead[0].reason.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_is_enforced_per_instance() {
+    // The task asks the guest to allocate 8 MiB; the instance may have 4.
+    let limits = Limits {
+        memory_mib: 4,
+        ..Limits::default()
+    };
+    let reason = dead_reason("alloc:8388608", limits).await;
+    assert!(reason.contains("memory"), "{reason}");
 }
 
 /// The time limit holds while the guest waits in a host call (a sleep in
 /// `wasi:clocks`), where epoch interruption cannot reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_limit_holds_while_the_guest_waits_in_a_host_call() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("sleepy").unwrap();
-    push(&q, &["sleep:3600000"]).await;
     let limits = Limits {
         time: Duration::from_millis(500),
         ..Limits::default()
     };
-    let plugin = testkit(&runtime, store.clone(), "script", limits);
-    let pool = serve(&q, plugin, 1);
-    assert_eq!(settled(&q).await.dead, 1);
-    pool.shutdown().await;
-    let dead = q.dead_letters(1).await.unwrap();
-    assert!(
-        dead[0].reason.contains("time limit of 500ms"),
-        "{}",
-        dead[0].reason
-    );
-    runtime.shutdown();
+    let reason = dead_reason("sleep:3600000", limits).await;
+    assert!(reason.contains("time limit of 500ms"), "{reason}");
 }
 
 /// `enqueue-many` pushes a batch's follow-ups per target queue, collapses

@@ -19,7 +19,7 @@ use clap::{Args, Parser};
 use taskhost::clock::Clock;
 use taskhost::plugin::{Limits, Plugin, PluginSpec, Runtime};
 use taskhost::pool::{BatchHandler, PoolConfig, WorkerPool};
-use taskhost::queue::{NewTask, QueueStore, Task};
+use taskhost::queue::{BaseQueue, NewTask, QueueStore, Task};
 
 /// A bench's options with the ones every bench takes.
 #[derive(Debug, Parser)]
@@ -136,6 +136,19 @@ pub struct PoolShape {
     pub workers: usize,
 }
 
+/// Pushes `n` tasks of 100 bytes in batches of 1,000.
+pub async fn push_hundred_byte_tasks(queue: &Arc<dyn BaseQueue>, n: usize) -> Result<()> {
+    let payload = vec![b'x'; 100];
+    let mut pushed = 0;
+    while pushed < n {
+        let k = (n - pushed).min(1_000);
+        let tasks = (0..k).map(|_| NewTask::new(payload.clone())).collect();
+        queue.push_batch(tasks).await?;
+        pushed += k;
+    }
+    Ok(())
+}
+
 /// Pushes `n` tasks while a pool drains them; returns (end-to-end, drain) tasks/s.
 pub async fn throughput(
     shape: PoolShape,
@@ -154,21 +167,7 @@ pub async fn throughput(
     let start = Instant::now();
     let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).map_err(anyhow::Error::msg)?;
     let stats = pool.stats();
-    let producer = {
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let payload = vec![b'x'; 100];
-            let mut pushed = 0;
-            while pushed < n {
-                let k = (n - pushed).min(1_000);
-                let tasks = (0..k).map(|_| NewTask::new(payload.clone())).collect();
-                queue.push_batch(tasks).await?;
-                pushed += k;
-            }
-            anyhow::Ok(())
-        })
-    };
-    producer.await.context("producer task")??;
+    push_hundred_byte_tasks(&queue, n).await?;
     let pushed_at = start.elapsed();
     let done_at_push = stats.done.load(Ordering::Relaxed);
     while (stats.done.load(Ordering::Relaxed) as usize) < n {

@@ -426,8 +426,10 @@ async fn max_latency_flushes_the_oldest_task_in_time() {
 #[tokio::test(start_paused = true)]
 async fn interval_sweeps_what_is_buffered_at_each_tick() {
     let t0 = tokio::time::Instant::now();
+    // Max latency out of the way (it must stay below the lease).
     let cfg = PoolConfig {
         max_latency: Duration::from_secs(3_600),
+        lease_ttl: Duration::from_secs(7_200),
         ..act_runner_triggers()
     };
     let (queue, pool, mut calls) = trigger_pool(cfg);
