@@ -123,10 +123,12 @@ async fn hostile_plugins_fail_their_batches_only() {
             continue;
         }
         assert_eq!(s.dead, 3, "{}: every task dead-lettered", q.name());
+        // Every call fails, so each batch of 3 is bisected down to single
+        // tasks: per attempt 2 splits and 3 failed single-task calls.
         assert_eq!(
-            stats.failed_batches,
-            2,
-            "{}: one failed batch per attempt",
+            (stats.split_batches, stats.failed_batches),
+            (4, 6),
+            "{}: bisected, one failed call per task per attempt",
             q.name()
         );
         for d in &dead {
@@ -147,7 +149,7 @@ async fn hostile_plugins_fail_their_batches_only() {
             ],
             "loop" => &["testkit-loop", "time limit of 200ms exceeded"],
             "grow" => &["testkit-grow", "16 MiB memory", "memory"],
-            _ => &["outcomes for a batch of 3 tasks"],
+            _ => &["outcomes for a batch of 1 tasks"],
         };
         for e in expect {
             assert!(reason.contains(e), "{}: {e:?} not in {reason}", q.name());
@@ -193,6 +195,41 @@ async fn time_limit_holds_while_the_guest_waits_in_a_host_call() {
     };
     let reason = dead_reason("sleep:3600000", limits).await;
     assert!(reason.contains("time limit of 500ms"), "{reason}");
+}
+
+/// One task that traps among 99 good ones in a single batch: the failed
+/// batch is bisected, so the 99 are done on their first attempt and only the
+/// poison task spends its attempts and is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_is_isolated_by_bisection() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("poison").unwrap();
+    let mut payloads = vec!["ok"; 100];
+    payloads[37] = "trap";
+    push(&q, &payloads).await;
+    let plugin = testkit(&runtime, store.clone(), "script", Limits::default());
+    let cfg = PoolConfig {
+        batch_size: 100,
+        max_workers: 1,
+        ..fast_retries(3)
+    };
+    let pool = WorkerPool::start(q.clone(), Arc::new(plugin), cfg, clock::system()).unwrap();
+    assert_eq!(settled(&q).await.dead, 1);
+    let stats = pool.shutdown().await;
+    println!(
+        "100 tasks, 1 poison, max_attempts 3: {} handler calls, {} splits",
+        stats.handler_calls, stats.split_batches
+    );
+    assert_eq!((stats.done, stats.dead), (99, 1));
+    // First attempt: one call per level of halving on the poison task's
+    // side and one for each half beside it (2 x 7 + 1); then one call for
+    // each of its two later attempts.
+    assert!(stats.handler_calls <= 17, "{stats:?}");
+    let dead = q.dead_letters(1).await.unwrap();
+    assert_eq!(dead[0].task.payload, b"trap");
+    assert_eq!(dead[0].task.attempt, 3);
+    runtime.shutdown();
 }
 
 /// `enqueue-many` pushes a batch's follow-ups per target queue, collapses

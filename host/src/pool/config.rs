@@ -43,6 +43,12 @@ pub struct PoolConfig {
     /// Pause before the next lease after consecutive whole-batch failures
     /// (traps, time-outs): a broken plugin then costs its neighbours little.
     pub failure_pause: Backoff,
+    /// A batch that fails as a whole is called again as two halves, down to
+    /// single tasks, so only the task that breaks it spends attempts.
+    pub bisect: bool,
+    /// Most payload bytes in one batch (the first task always goes), kept
+    /// well under the plugin's memory limit.
+    pub max_batch_bytes: usize,
     /// How long running batches may finish after shutdown begins.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -63,6 +69,8 @@ impl Default for PoolConfig {
             retry_backoff: Backoff::default(),
             failure_pause: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(10),
+            bisect: true,
+            max_batch_bytes: 16 << 20,
         }
     }
 }
@@ -75,6 +83,9 @@ impl PoolConfig {
         }
         if self.max_workers == 0 {
             return Err("max_workers must be at least 1".into());
+        }
+        if self.max_batch_bytes == 0 {
+            return Err("max_batch_bytes must be at least 1".into());
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());

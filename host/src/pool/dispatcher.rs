@@ -51,6 +51,8 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
         // Enqueue time of the oldest buffered task, for the max-latency trigger.
         let mut oldest_ms = u64::MAX;
         let mut asked = false;
+        let mut bytes = 0usize;
+        let mut full_by_bytes = false;
         let reason = loop {
             if s.stop.is_cancelled() {
                 give_back(&s, &batch).await;
@@ -61,8 +63,19 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
                 .lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl)
                 .await
             {
-                Ok(got) => {
+                Ok(mut got) => {
                     errors = 0;
+                    // What does not fit the byte bound goes straight back,
+                    // unstarted; a batch always takes its first task.
+                    let room = s.cfg.max_batch_bytes.saturating_sub(bytes);
+                    let fits = fitting(&got, batch.is_empty(), room);
+                    let over = got.split_off(fits);
+                    if !over.is_empty() {
+                        full_by_bytes = true;
+                        give_back(&s, &over).await;
+                    }
+                    bytes += got.iter().map(|t| t.payload.len()).sum::<usize>();
+                    full_by_bytes |= bytes >= s.cfg.max_batch_bytes;
                     for t in &got {
                         oldest_ms = oldest_ms.min(t.enqueued_at_ms);
                         asked |= is_urgent(&s.cfg, t);
@@ -92,7 +105,7 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
                 }
                 _ => false,
             };
-            if batch.len() >= s.cfg.batch_size {
+            if batch.len() >= s.cfg.batch_size || full_by_bytes {
                 break Flush::Full;
             }
             if asked && !batch.is_empty() {
@@ -143,6 +156,19 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
         spawn_worker_if_needed(&s, &jobs);
     }
     jobs.close();
+}
+
+/// How many of `tasks`, in order, fit in `room` payload bytes; at least one
+/// when the batch is still `empty`.
+fn fitting(tasks: &[Task], empty: bool, room: usize) -> usize {
+    let mut used = 0usize;
+    for (i, t) in tasks.iter().enumerate() {
+        used = used.saturating_add(t.payload.len());
+        if used > room && !(empty && i == 0) {
+            return i;
+        }
+    }
+    tasks.len()
 }
 
 fn is_urgent(cfg: &PoolConfig, t: &Task) -> bool {

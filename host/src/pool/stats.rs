@@ -41,8 +41,13 @@ pool_counters! {
     dead,
     /// Batches handed to the handler.
     batches,
-    /// Batches whose handler call failed as a whole.
+    /// Handler calls, the halves of split batches included.
+    handler_calls,
+    /// Calls that failed as a whole and whose tasks were charged a failed
+    /// attempt (single tasks, or whole batches with `bisect` off).
     failed_batches,
+    /// Calls that failed as a whole and were split in two to isolate the cause.
+    split_batches,
     /// Settlements refused because the lease had been taken over.
     lost_leases,
     /// Queue operations that failed (the tasks come back when leases expire).

@@ -593,3 +593,41 @@ async fn a_panicking_handler_fails_its_batch_and_the_pool_goes_on() {
         (1, 1, 1, 0)
     );
 }
+
+/// Records the payload bytes of every batch it is handed.
+struct Sizes(Mutex<Vec<usize>>);
+
+#[async_trait]
+impl BatchHandler for Sizes {
+    async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+        let bytes = batch.iter().map(|t| t.payload.len()).sum();
+        self.0.lock().unwrap().push(bytes);
+        Ok(vec![Outcome::Done; batch.len()])
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_stay_within_max_batch_bytes() {
+    let clock = TokioClock::new(1_000);
+    let queue = memory_queue(clock.clone());
+    let mut tasks: Vec<NewTask> = (0..10).map(|_| NewTask::new(vec![0u8; 1024])).collect();
+    // Larger than the bound on its own: it still goes, alone.
+    tasks.push(NewTask::new(vec![0u8; 5000]));
+    queue.push_batch(tasks).await.unwrap();
+    let sizes = Arc::new(Sizes(Mutex::default()));
+    let cfg = PoolConfig {
+        batch_size: 100,
+        max_workers: 1,
+        max_batch_bytes: 3 * 1024,
+        ..PoolConfig::default()
+    };
+    let pool = WorkerPool::start(queue.clone(), sizes.clone(), cfg, clock).unwrap();
+    while !queue.is_empty().await.unwrap() {
+        queue.wait_for_work(Duration::from_millis(50)).await;
+    }
+    let stats = pool.shutdown().await;
+    assert_eq!(stats.done, 11);
+    let seen = sizes.0.lock().unwrap().clone();
+    assert!(seen.contains(&5000), "{seen:?}");
+    assert!(seen.iter().all(|&b| b <= 3 * 1024 || b == 5000), "{seen:?}");
+}

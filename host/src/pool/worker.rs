@@ -2,7 +2,9 @@
 //! then settle every task (ack, retry with back-off, dead-letter); a worker
 //! stops after `idle_timeout` without work, one always staying.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -52,15 +54,10 @@ async fn run_job(s: &Shared, job: Job) {
     }
     s.stats.batches.fetch_add(1, Ordering::Relaxed);
     let leases: Vec<Lease> = batch.iter().map(Task::lease).collect();
-    // The renewal runs beside the call, never inside it: a slow queue does
-    // not freeze the guest, and a lost lease stops the call.
-    let call = AssertUnwindSafe(s.handler.handle(&batch)).catch_unwind();
-    let result = tokio::select! {
-        r = call => r.unwrap_or_else(|panic| {
-            let msg = panic_message(panic.as_ref());
-            tracing::error!(queue = s.queue.name(), panic = %msg, "the handler panicked; its batch fails");
-            Err(BatchError(format!("the handler panicked: {msg}")))
-        }),
+    // The renewal runs beside the calls, never inside them: a slow queue
+    // does not freeze the guest, and a lost lease stops the call.
+    let settlements = tokio::select! {
+        settlements = handle_bisecting(s, &batch) => settlements,
         _ = s.abort.cancelled() => {
             give_back(s, &batch).await;
             return;
@@ -71,26 +68,6 @@ async fn run_job(s: &Shared, job: Job) {
             tracing::warn!(queue = s.queue.name(), tasks = leases.len(), "lease lost ({why}): the call was stopped and nothing settled");
             return;
         }
-    };
-    let now = s.clock.now_ms();
-    let settlements: Vec<Settle> = match result {
-        Ok(outcomes) if outcomes.len() == batch.len() => {
-            s.failing.store(0, Ordering::Relaxed);
-            batch
-                .iter()
-                .zip(outcomes)
-                .map(|(t, o)| settle_outcome(s, t, o, now))
-                .collect()
-        }
-        Ok(outcomes) => {
-            let e = BatchError(format!(
-                "handler answered {} outcomes for a batch of {} tasks",
-                outcomes.len(),
-                batch.len()
-            ));
-            batch_failed(s, &batch, &e, now)
-        }
-        Err(e) => batch_failed(s, &batch, &e, now),
     };
     match s.queue.settle(settlements).await {
         Ok(r) => {
@@ -110,6 +87,57 @@ async fn run_job(s: &Shared, job: Job) {
             tracing::error!(queue = s.queue.name(), error = %e, tasks = batch.len(), "settling a batch failed; its tasks run again when their leases expire");
         }
     }
+}
+
+/// Calls the handler on `tasks` and settles each by its outcome. A call that
+/// fails as a whole (a trap, a limit, a wrong number of outcomes) is not
+/// charged to every task: with `bisect` on, the two halves are called in
+/// turn, down to single tasks, so only the task that causes the failure
+/// spends its attempts (AWS Lambda's BisectBatchOnFunctionError).
+fn handle_bisecting<'a>(
+    s: &'a Shared,
+    tasks: &'a [Task],
+) -> Pin<Box<dyn Future<Output = Vec<Settle>> + Send + 'a>> {
+    Box::pin(async move {
+        s.stats.handler_calls.fetch_add(1, Ordering::Relaxed);
+        let answer = match AssertUnwindSafe(s.handler.handle(tasks))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(outcomes)) if outcomes.len() == tasks.len() => Ok(outcomes),
+            Ok(Ok(outcomes)) => Err(BatchError(format!(
+                "handler answered {} outcomes for a batch of {} tasks",
+                outcomes.len(),
+                tasks.len()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                let msg = panic_message(panic.as_ref());
+                tracing::error!(queue = s.queue.name(), panic = %msg, "the handler panicked; its batch fails");
+                Err(BatchError(format!("the handler panicked: {msg}")))
+            }
+        };
+        let now = s.clock.now_ms();
+        match answer {
+            Ok(outcomes) => {
+                s.failing.store(0, Ordering::Relaxed);
+                tasks
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(t, o)| settle_outcome(s, t, o, now))
+                    .collect()
+            }
+            Err(e) if s.cfg.bisect && tasks.len() > 1 => {
+                s.stats.split_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(queue = s.queue.name(), tasks = tasks.len(), error = %e, "a batch failed as a whole; calling its halves to find the cause");
+                let (first, second) = tasks.split_at(tasks.len() / 2);
+                let mut out = handle_bisecting(s, first).await;
+                out.extend(handle_bisecting(s, second).await);
+                out
+            }
+            Err(e) => batch_failed(s, tasks, &e, now),
+        }
+    })
 }
 
 /// Renews the leases every third of their time to live; returns (why) only
