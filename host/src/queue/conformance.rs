@@ -482,7 +482,6 @@ mod backends {
             capacity: capacity.unwrap_or(100_000),
             push_timeout: PUSH_TIMEOUT,
             dead_capacity: DEAD_CAPACITY,
-            ..MemoryOptions::default()
         };
         let q = MemoryQueue::new("conformance", opts, clock.clone()).expect("valid options");
         Fixture::new(Arc::new(q), clock)
