@@ -18,11 +18,14 @@ use crate::clock::{Clock, ManualClock};
 pub const TTL: Duration = Duration::from_secs(10);
 /// The time every fixture's clock starts at, ms since the epoch.
 pub const T0: u64 = 1_700_000_000_000;
+/// The most dead letters every fixture's queue keeps.
+pub const DEAD_CAPACITY: usize = 3;
 
 /// A queue under test, its clock, and whatever keeps it alive.
 ///
 /// The queue is named `conformance`, reads `clock` (started at [`T0`]),
-/// and has a push timeout of tens of milliseconds.
+/// has a push timeout of tens of milliseconds and keeps at most
+/// [`DEAD_CAPACITY`] dead letters.
 pub struct Fixture {
     /// The queue under test.
     pub queue: Arc<dyn BaseQueue>,
@@ -299,6 +302,41 @@ pub async fn release_returns(f: Fixture) {
     );
 }
 
+/// Released tasks go back to the head of the line in their order, ahead
+/// of tasks never leased (issue 14 item 15).
+pub async fn release_keeps_order(f: Fixture) {
+    let q = &*f.queue;
+    let ids = push_n(q, 5).await;
+    let got = q.lease(3, TTL).await.unwrap();
+    assert_eq!(q.release(&leases(&got)).await.unwrap().applied, 3);
+    let again = q.lease(5, TTL).await.unwrap();
+    let got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
+    assert_eq!(got_ids, ids, "released tasks keep their order");
+}
+
+/// Only the newest [`DEAD_CAPACITY`] dead letters are kept (issue 14 item 14).
+pub async fn dead_letters_are_trimmed(f: Fixture) {
+    let q = &*f.queue;
+    let n = DEAD_CAPACITY + 2;
+    let ids = push_n(q, n).await;
+    let got = q.lease(n, TTL).await.unwrap();
+    for t in &got {
+        f.clock.advance(Duration::from_millis(1));
+        let done = q.dead_letter(t.lease(), "no").await.unwrap();
+        assert_eq!(done.applied, 1);
+    }
+    assert_eq!(q.stats().await.unwrap().dead, DEAD_CAPACITY as u64);
+    let dead: Vec<_> = q
+        .dead_letters(n)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.task.id)
+        .collect();
+    let newest: Vec<_> = ids.iter().rev().take(DEAD_CAPACITY).copied().collect();
+    assert_eq!(dead, newest, "the newest dead letters, newest first");
+}
+
 /// A full queue refuses pushes after the push timeout (needs a capacity of 3).
 pub async fn full_queue(f: Fixture) {
     let q = &*f.queue;
@@ -401,6 +439,14 @@ macro_rules! backend_suite {
                 c::release_returns($make(None).await).await
             }
             #[tokio::test]
+            async fn release_keeps_order() {
+                c::release_keeps_order($make(None).await).await
+            }
+            #[tokio::test]
+            async fn dead_letters_are_trimmed() {
+                c::dead_letters_are_trimmed($make(None).await).await
+            }
+            #[tokio::test]
             async fn full_queue() {
                 c::full_queue($make(Some(3)).await).await
             }
@@ -418,7 +464,7 @@ mod backends {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Fixture, T0};
+    use super::{DEAD_CAPACITY, Fixture, T0};
     use crate::clock::ManualClock;
     use crate::queue::QueueStore;
     use crate::queue::disk::{DiskOptions, DiskStore};
@@ -435,7 +481,7 @@ mod backends {
         let opts = MemoryOptions {
             capacity: capacity.unwrap_or(100_000),
             push_timeout: PUSH_TIMEOUT,
-            ..MemoryOptions::default()
+            dead_capacity: DEAD_CAPACITY,
         };
         let q = MemoryQueue::new("conformance", opts, clock.clone()).expect("valid options");
         Fixture::new(Arc::new(q), clock)
@@ -447,6 +493,7 @@ mod backends {
         let opts = DiskOptions {
             capacity,
             push_timeout: PUSH_TIMEOUT,
+            dead_capacity: DEAD_CAPACITY,
             ..DiskOptions::default()
         };
         let store = DiskStore::open(dir.path(), opts, clock.clone()).expect("open store");
@@ -461,6 +508,7 @@ mod backends {
         let opts = RedisOptions {
             capacity,
             push_timeout: PUSH_TIMEOUT,
+            dead_capacity: DEAD_CAPACITY,
             ..RedisOptions::default()
         };
         let store = RedisStore::open(&server.url(), opts, clock.clone()).expect("open store");

@@ -266,6 +266,8 @@ impl BaseQueue for MemoryQueue {
         let now = self.clock.now_ms();
         let mut done = Settled::default();
         let mut freed = false;
+        // Released tasks go back to the head of the line in their order.
+        let mut released = Vec::new();
         {
             let mut g = self.lock();
             for s in settlements {
@@ -286,7 +288,7 @@ impl BaseQueue for MemoryQueue {
                     Action::Release => {
                         e.task.attempt = e.task.attempt.saturating_sub(1);
                         e.state = State::Ready;
-                        g.ready.push_front(s.lease.id);
+                        released.push(s.lease.id);
                     }
                     Action::DeadLetter(reason) => {
                         if let Some(task) = g.remove(s.lease.id) {
@@ -303,6 +305,9 @@ impl BaseQueue for MemoryQueue {
                         freed = true;
                     }
                 }
+            }
+            for id in released.into_iter().rev() {
+                g.ready.push_front(id);
             }
         }
         if freed {

@@ -20,7 +20,8 @@
 //! `visible_at <= now`; leasing sets `leased = 1`, increments `attempt` and
 //! moves `visible_at` to the lease expiry, so an expired lease is simply
 //! visible again, and a lease is held while `(id, attempt, leased = 1)`
-//! matches. `dead` holds dead letters; `queues` names every queue ever
+//! matches. `dead` holds the newest `dead_capacity` dead letters of each
+//! queue (trimmed whenever a settlement adds one); `queues` names every queue ever
 //! pushed to, for `host status`. All statements run on the writer thread.
 
 mod sql;
@@ -71,6 +72,8 @@ pub struct DiskOptions {
     /// How long a push waits for room in a full queue before failing.
     #[serde(with = "humantime_serde")]
     pub push_timeout: Duration,
+    /// Most dead letters kept per queue; older ones are dropped.
+    pub dead_capacity: usize,
     /// Most requests folded into one transaction.
     #[serde(skip)]
     pub max_group: usize,
@@ -82,6 +85,7 @@ impl Default for DiskOptions {
             sync: Sync::Full,
             capacity: None,
             push_timeout: Duration::from_secs(2),
+            dead_capacity: 10_000,
             max_group: 512,
         }
     }
@@ -110,6 +114,11 @@ impl DiskStore {
         opts: DiskOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, QueueError> {
+        if opts.dead_capacity == 0 {
+            return Err(QueueError::Config(
+                "disk dead_capacity must be at least 1".into(),
+            ));
+        }
         std::fs::create_dir_all(data_dir).map_err(|e| {
             QueueError::Config(format!(
                 "cannot create data directory {}: {e}",
@@ -266,7 +275,11 @@ impl BaseQueue for DiskQueue {
 
     async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
         self.store
-            .call(|reply| Request::Settle { settlements, reply })
+            .call(|reply| Request::Settle {
+                settlements,
+                dead_capacity: self.store.opts.dead_capacity,
+                reply,
+            })
             .await
     }
 

@@ -21,4 +21,6 @@ CREATE TABLE IF NOT EXISTS dead (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_queue ON dead(queue, id);
+-- Newest first, for listing and trimming.
+CREATE INDEX IF NOT EXISTS dead_newest ON dead(queue, failed_at, id);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock;
 use crate::queue::{Action, DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
@@ -104,13 +104,16 @@ pub(super) fn renew(c: &Connection, leases: &[Lease], until: u64) -> rusqlite::R
     Ok(held)
 }
 
-/// Applies each settlement whose lease is still held.
+/// Applies each settlement whose lease is still held, then trims the dead
+/// letters of the queues it added to, keeping the newest `dead_capacity`.
 pub(super) fn settle(
     c: &Connection,
     settlements: Vec<Settle>,
+    dead_capacity: usize,
     now: u64,
 ) -> rusqlite::Result<Settled> {
     let mut out = Settled::default();
+    let mut died: Vec<String> = Vec::new();
     for s in settlements {
         let (id, attempt) = (s.lease.id as i64, s.lease.attempt);
         let n = match s.action {
@@ -132,19 +135,27 @@ pub(super) fn settle(
                 )?
                 .execute(params![id, attempt, to_i64(now)])?,
             Action::DeadLetter(reason) => {
-                let n = c
+                let queue: Option<String> = c
                     .prepare_cached(
                         "INSERT OR REPLACE INTO dead \
                          (id, queue, unique_key, payload, attempt, enqueued_at, failed_at, reason) \
                          SELECT id, queue, unique_key, payload, attempt, enqueued_at, ?3, ?4 \
-                         FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1",
+                         FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1 \
+                         RETURNING queue",
                     )?
-                    .execute(params![id, attempt, to_i64(now), reason])?;
-                if n == 1 {
-                    c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
-                        .execute([id])?;
+                    .query_row(params![id, attempt, to_i64(now), reason], |r| r.get(0))
+                    .optional()?;
+                match queue {
+                    Some(q) => {
+                        c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+                            .execute([id])?;
+                        if !died.contains(&q) {
+                            died.push(q);
+                        }
+                        1
+                    }
+                    None => 0,
                 }
-                n
             }
         };
         if n == 1 {
@@ -152,6 +163,15 @@ pub(super) fn settle(
         } else {
             out.lost += 1;
         }
+    }
+    for q in died {
+        // Walks the newest `dead_capacity` entries by index; runs only
+        // when something died.
+        c.prepare_cached(
+            "DELETE FROM dead WHERE id IN (SELECT id FROM dead WHERE queue = ?1 \
+             ORDER BY failed_at DESC, id DESC LIMIT -1 OFFSET ?2)",
+        )?
+        .execute(params![q, dead_capacity as i64])?;
     }
     Ok(out)
 }

@@ -41,6 +41,8 @@ pub(super) enum Request {
     },
     Settle {
         settlements: Vec<Settle>,
+        /// Most dead letters kept per queue.
+        dead_capacity: usize,
         reply: Reply<Settled>,
     },
     Stats {
@@ -209,7 +211,11 @@ fn apply(c: &Connection, r: Request, now: u64) -> (Finish, bool) {
         Request::Renew { leases, ttl, reply } => {
             done(reply, renew(c, &leases, clock::after(now, ttl)))
         }
-        Request::Settle { settlements, reply } => done(reply, settle(c, settlements, now)),
+        Request::Settle {
+            settlements,
+            dead_capacity,
+            reply,
+        } => done(reply, settle(c, settlements, dead_capacity, now)),
         Request::Stats { queue, reply } => done(reply, stats(c, &queue, now)),
         Request::Dead {
             queue,

@@ -21,6 +21,10 @@ use crate::queue::{
     Task,
 };
 
+/// Most expired batches a stats call counts as pending (one `LLEN` each);
+/// any beyond still count as leased until a lease call reclaims them.
+const STATS_EXPIRED_BATCHES: usize = 1_000;
+
 /// One named queue in Redis.
 #[derive(Debug)]
 pub struct RedisQueue {
@@ -39,8 +43,9 @@ pub struct RedisQueue {
 /// What a handle keeps of a lease it holds until it settles it.
 #[derive(Debug)]
 struct Held {
-    /// The lease call that handed the task out: its record in Redis.
-    batch: u64,
+    /// The lease call that handed the task out: its record in Redis,
+    /// `<number>.<nonce>` (see `scripts/lease.lua`).
+    batch: Arc<str>,
     /// The task's unique key, freed by an ack or a dead letter.
     key: Option<String>,
 }
@@ -195,19 +200,26 @@ impl BaseQueue for RedisQueue {
         }
         let now = self.shared.clock.now_ms();
         let mut inv = self.shared.call(&self.shared.scripts.lease, &self.prefix);
+        // A fresh random nonce per lease call makes the batch name unique
+        // even when Redis lost writes and hands out a batch number again.
+        let nonce = format!("{:016x}", fastrand::u64(..));
+        let opts = &self.shared.opts;
         inv.arg(now)
             .arg(clock::after(now, ttl))
             .arg(max)
-            .arg(self.shared.opts.promote_limit);
+            .arg(&nonce)
+            .arg(opts.script_elements)
+            .arg(opts.script_bytes);
         let v = self.shared.run(&inv).await?;
         let reply = array(v).map_err(|v| self.bad_reply("lease", &v))?;
         if reply.is_empty() {
             return Ok(Vec::new());
         }
-        let (batch, elements) = match <[Value; 2]>::try_from(reply) {
-            Ok([b, Value::Array(els)]) => match int(&b) {
-                Some(b) => (b as u64, els),
-                None => return Err(self.bad_reply("lease", &b)),
+        let (batch, elements): (Arc<str>, _) = match <[Value; 2]>::try_from(reply) {
+            Ok([Value::BulkString(b), Value::Array(els)]) => match String::from_utf8(b) {
+                Ok(b) if b.ends_with(&nonce) => (b.into(), els),
+                Ok(b) => return Err(self.bad_reply("lease", &Value::SimpleString(b))),
+                Err(e) => return Err(self.bad_reply("lease", &Value::BulkString(e.into_bytes()))),
             },
             Ok(v) => return Err(self.bad_reply("lease", &Value::Array(v.into()))),
             Err(v) => return Err(self.bad_reply("lease", &Value::Array(v))),
@@ -240,7 +252,7 @@ impl BaseQueue for RedisQueue {
             held.insert(
                 t.lease(),
                 Held {
-                    batch,
+                    batch: batch.clone(),
                     key: t.unique_key.clone(),
                 },
             );
@@ -250,14 +262,14 @@ impl BaseQueue for RedisQueue {
 
     async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
         // Per batch, how many of the given leases it holds.
-        let mut batches: Vec<(u64, usize)> = Vec::new();
+        let mut batches: Vec<(Arc<str>, usize)> = Vec::new();
         {
             let held = self.held();
             for l in leases {
                 let Some(h) = held.get(l) else { continue };
                 match batches.iter_mut().find(|(b, _)| *b == h.batch) {
                     Some((_, n)) => *n += 1,
-                    None => batches.push((h.batch, 1)),
+                    None => batches.push((h.batch.clone(), 1)),
                 }
             }
         }
@@ -265,9 +277,10 @@ impl BaseQueue for RedisQueue {
             return Ok(0);
         }
         let mut inv = self.shared.call(&self.shared.scripts.renew, &self.prefix);
-        inv.arg(clock::after(self.shared.clock.now_ms(), ttl));
+        let now = self.shared.clock.now_ms();
+        inv.arg(now).arg(clock::after(now, ttl));
         for (b, _) in &batches {
-            inv.arg(*b);
+            inv.arg(&**b);
         }
         let v = self.shared.run_retrying(&inv).await?;
         let flags = match &v {
@@ -286,7 +299,7 @@ impl BaseQueue for RedisQueue {
         // Leases this handle does not hold (settled already, or never
         // leased here) are refused without asking Redis.
         let mut unknown = 0;
-        let mut batches: Vec<(u64, Vec<(Settle, Option<String>)>)> = Vec::new();
+        let mut batches: Vec<(Arc<str>, Vec<(Settle, Option<String>)>)> = Vec::new();
         {
             let mut held = self.held();
             for s in settlements {
@@ -312,7 +325,7 @@ impl BaseQueue for RedisQueue {
             .arg(self.shared.opts.dead_capacity);
         let mut op = Vec::new();
         for (batch, group) in &batches {
-            inv.arg(*batch).arg(group.len());
+            inv.arg(&**batch).arg(group.len());
             for (s, key) in group {
                 op.clear();
                 // Acks and dead letters free the key; a retry or release
@@ -349,7 +362,8 @@ impl BaseQueue for RedisQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let mut inv = self.shared.call(&self.shared.scripts.stats, &self.prefix);
-        inv.arg(self.shared.clock.now_ms());
+        inv.arg(self.shared.clock.now_ms())
+            .arg(STATS_EXPIRED_BATCHES);
         let v = self.shared.run(&inv).await?;
         let r = array(v).map_err(|v| self.bad_reply("stats", &v))?;
         let n: Option<Vec<u64>> = r.iter().map(|x| int(x).map(|n| n.max(0) as u64)).collect();

@@ -150,6 +150,92 @@ async fn only_the_holder_settles_a_lease() {
     assert!(matches!(pushed, Pushed::Created(_)), "the key was freed");
 }
 
+/// Issue 14 item 5: a restart that loses recent writes rolls `bseq` and
+/// `seq` back, so another host's lease gets the batch number (and task
+/// ids) a stale holder still remembers. The stale holder's renewals and
+/// settlements are refused, and the other host's tasks and unique keys
+/// stay intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_holder_cannot_settle_a_batch_reused_after_a_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let clock = ManualClock::new(1_000);
+    let open = |url: &str| RedisStore::open(url, RedisOptions::default(), clock.clone()).unwrap();
+    let (a, b) = (open(&server.url()), open(&server.url()));
+    let (qa, qb) = (a.queue("q").unwrap(), b.queue("q").unwrap());
+    let ttl = Duration::from_secs(10);
+    // The snapshot the restart comes back to: an empty queue.
+    assert!(server.command(&["SAVE"]).unwrap().starts_with("+OK"));
+    let keyed = |who: &str| {
+        (0..2)
+            .map(|i| NewTask::new(format!("{who}{i}")).unique(format!("{who}-key{i}")))
+            .collect::<Vec<_>>()
+    };
+    qa.push_batch(keyed("a")).await.unwrap();
+    let stale = qa.lease(2, ttl).await.unwrap();
+    assert_eq!(stale.len(), 2);
+
+    // Redis restarts from the snapshot: A's push and lease are gone.
+    server.restart().unwrap();
+    for store in [&a, &b] {
+        // The connection manager reconnects on its own.
+        while store.ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    qb.push_batch(keyed("b")).await.unwrap();
+    let live = qb.lease(2, ttl).await.unwrap();
+    let ids = |t: &[Task]| t.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(&live), ids(&stale), "task ids were reused too");
+
+    let leases = |t: &[Task]| t.iter().map(Task::lease).collect::<Vec<_>>();
+    assert_eq!(qa.renew(&leases(&stale), ttl).await.unwrap(), 0);
+    let dead = qa
+        .settle(settle_all(
+            &leases(&stale[..1]),
+            Action::DeadLetter("x".into()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((dead.applied, dead.lost), (0, 1), "part of the batch");
+    let acked = qa.ack(&leases(&stale[1..])).await.unwrap();
+    assert_eq!((acked.applied, acked.lost), (0, 1));
+
+    let s = qb.stats().await.unwrap();
+    assert_eq!((s.leased, s.dead), (2, 0), "B's batch is intact");
+    assert_eq!(qb.renew(&leases(&live), ttl).await.unwrap(), 2);
+    let done = qb.ack(&leases(&live)).await.unwrap();
+    assert_eq!((done.applied, done.lost), (2, 0));
+    for t in keyed("b") {
+        let p = qb.push(t).await.unwrap();
+        assert!(matches!(p, Pushed::Created(_)), "B's keys were freed");
+    }
+}
+
+/// A stale holder whose batch number now names another host's batch of
+/// the same size cannot delete it by acking the whole batch.
+#[tokio::test]
+async fn a_stale_whole_batch_ack_is_refused_after_bseq_rolls_back() {
+    let (server, clock, store) = manual_store();
+    let other = RedisStore::open(&server.url(), RedisOptions::default(), clock.clone()).unwrap();
+    let (qa, qb) = (store.queue("q").unwrap(), other.queue("q").unwrap());
+    let ttl = Duration::from_secs(10);
+    qa.push(NewTask::new("a").unique("ka")).await.unwrap();
+    let stale = qa.lease(1, ttl).await.unwrap();
+    // Every write since an empty snapshot lost, as a restart from it
+    // would: the batch counter, the task ids and the lease.
+    assert!(server.command(&["FLUSHDB"]).unwrap().starts_with("+OK"));
+    qb.push(NewTask::new("b").unique("kb")).await.unwrap();
+    let live = qb.lease(1, ttl).await.unwrap();
+    assert_eq!(live[0].payload, b"b");
+    let acked = qa.ack(&[stale[0].lease()]).await.unwrap();
+    assert_eq!((acked.applied, acked.lost), (0, 1), "the stale ack is lost");
+    assert_eq!(qb.stats().await.unwrap().leased, 1, "B's batch is intact");
+    assert_eq!(live[0].id, stale[0].id, "the task id was reused too");
+    let dup = qb.push(NewTask::new("b2").unique("kb")).await.unwrap();
+    assert_eq!(dup, Pushed::Duplicate(live[0].id), "B's key is still held");
+    assert_eq!(qb.ack(&[live[0].lease()]).await.unwrap().applied, 1);
+}
+
 /// A private server and a store on it, its clock at 1 s and driven by hand.
 fn manual_store() -> (RedisServer, Arc<ManualClock>, RedisStore) {
     let server = RedisServer::start().unwrap();
@@ -283,4 +369,86 @@ fn passwords_are_not_shown() {
         redact("redis://127.0.0.1:6379/0"),
         "redis://127.0.0.1:6379/0"
     );
+}
+
+/// Issue 14 item 10: a password in a unix-socket URL's query
+/// (`redis+unix:///path?pass=...`) is not shown in the store's
+/// description, its errors, or the backend's name.
+#[tokio::test]
+async fn unix_socket_passwords_are_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let sock = sock.display();
+    for url in [
+        format!("redis+unix://{sock}?db=0&pass=hunter2"),
+        format!("unix://{sock}?pass=hunter2&db=1"),
+        format!("redis+unix://{sock}?user=u&pa%73s=hunter2"),
+        format!("redis+unix://{sock}?password=hunter2"),
+    ] {
+        let shown = redact(&url);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("none.sock"), "{shown}");
+        let store = RedisStore::open(&url, RedisOptions::default(), ManualClock::new(0)).unwrap();
+        let d = store.describe();
+        assert!(!d.contains("hunter2") && d.contains("none.sock"), "{d}");
+        let e = store.ping().await.unwrap_err().to_string();
+        assert!(!e.contains("hunter2") && e.contains("none.sock"), "{e}");
+        let cfg = crate::queue::BackendConfig::Redis {
+            url: url.clone(),
+            options: RedisOptions::default(),
+        };
+        assert!(!cfg.to_string().contains("hunter2"), "{cfg}");
+    }
+    assert_eq!(
+        redact("redis://u:p@db:6379/0?pass=x&db=2"),
+        "redis://***@db:6379/0?pass=***&db=2"
+    );
+    assert_eq!(redact("redis://db/0?x=a@b"), "redis://db/0?x=a@b");
+}
+
+/// Issue 14 item 6: one lease call moves back at most its budget of
+/// expired elements and bytes, so a batch bigger than that comes back in
+/// parts over several calls, each task once and counted as an attempt.
+#[tokio::test]
+async fn a_big_expired_batch_comes_back_in_parts_within_the_budget() {
+    let (server, clock, store) = manual_store();
+    let q = store.queue("q").unwrap();
+    let tasks = (0..30).map(|i| NewTask::new(format!("{i:04}").repeat(256)));
+    q.push_batch(tasks.collect()).await.unwrap();
+    let ttl = Duration::from_secs(10);
+    let first = q.lease(30, ttl).await.unwrap();
+    assert_eq!(first.len(), 30, "one batch under the default budget");
+    clock.advance(ttl);
+    let with = |opts: RedisOptions| {
+        let s = RedisStore::open(&server.url(), opts, clock.clone()).unwrap();
+        (s.queue("q").unwrap(), s)
+    };
+    let (by_count, _a) = with(RedisOptions {
+        script_elements: 10,
+        ..RedisOptions::default()
+    });
+    // Elements are just over 1 KiB: two fit.
+    let (by_bytes, _b) = with(RedisOptions {
+        script_bytes: 2_500,
+        ..RedisOptions::default()
+    });
+    let ready = || server.command(&["LLEN", "taskhost:{q}:ready"]).unwrap();
+    let mut seen = by_count.lease(1, ttl).await.unwrap();
+    assert_eq!(ready(), ":9\r\n", "10 moved back, 1 handed out");
+    seen.extend(by_bytes.lease(1, ttl).await.unwrap());
+    assert_eq!(ready(), ":10\r\n", "2 more moved back, 1 handed out");
+    assert_eq!(q.stats().await.unwrap().len(), 30);
+    loop {
+        let got = by_count.lease(10, ttl).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        seen.extend(got);
+    }
+    let mut ids: Vec<_> = seen.iter().map(|t| t.id).collect();
+    ids.sort();
+    let want: Vec<_> = first.iter().map(|t| t.id).collect();
+    assert_eq!(ids, want, "every task back once");
+    assert!(seen.iter().all(|t| t.attempt == 2));
+    assert_eq!(q.stats().await.unwrap().leased, 30);
 }

@@ -29,3 +29,42 @@ local function bump(e)
   if not n then return e end
   return string.sub(e, 1, a) .. (n + 1) .. string.sub(e, b)
 end
+-- The work budget of one call: it moves at most `left_n` elements and
+-- about `left_b` bytes, so no call blocks Redis long or grows the Lua heap
+-- without bound; what does not fit is left for the next call. The first
+-- element always fits, so an element larger than the budget still moves.
+local left_n, left_b, took, biggest = 0, 0, 0, 0
+local function budget(n, b)
+  left_n, left_b, took, biggest = n, b, 0, 0
+end
+-- Charges `e` if it fits.
+local function fits(e)
+  if left_n <= 0 or (took > 0 and #e > left_b) then return false end
+  left_n, left_b, took = left_n - 1, left_b - #e, took + 1
+  if #e > biggest then biggest = #e end
+  return true
+end
+-- How many elements to read next: none once the budget is spent, one
+-- until an element's size is known, then what the bytes left allow for
+-- elements as big as the biggest seen (at most 1000 per read).
+local function span()
+  if left_n <= 0 or (took > 0 and left_b <= 0) then return 0 end
+  if biggest == 0 then return 1 end
+  return math.max(1, math.min(left_n, 1000, math.floor(left_b / biggest)))
+end
+-- Takes from the head of list `key` what fits the budget: returns the
+-- elements and whether the list was read to its end.
+local function take(key)
+  local out, stop = {}, false
+  while not stop do
+    local n = span()
+    if n == 0 then return out, false end
+    local part = redis.call('LRANGE', key, #out, #out + n - 1)
+    stop = #part < n
+    for _, e in ipairs(part) do
+      if not fits(e) then return out, false end
+      out[#out + 1] = e
+    end
+  end
+  return out, true
+end

@@ -1,14 +1,17 @@
--- Renew: ARGV = until, then batch numbers. Extends those still held and
--- returns a 1 (held) or 0 per batch.
+-- Renew: ARGV = now, until, then batches. Extends those still held and not
+-- expired (an expired batch may be partly reclaimed already) and returns
+-- a 1 (held) or 0 per batch.
 local pre = KEYS[1]
+local now = tonumber(ARGV[1])
 local batches = {}
-for i = 2, #ARGV do batches[#batches + 1] = ARGV[i] end
+for i = 3, #ARGV do batches[#batches + 1] = ARGV[i] end
 local held = mget('ZMSCORE', pre .. 'leased', batches)
 local z, out = {}, {}
 for i, b in ipairs(batches) do
-  out[i] = held[i] and 1 or 0
-  if held[i] then
-    z[#z + 1] = ARGV[1]
+  local ok = held[i] and tonumber(held[i]) > now
+  out[i] = ok and 1 or 0
+  if ok then
+    z[#z + 1] = ARGV[2]
     z[#z + 1] = b
   end
 end

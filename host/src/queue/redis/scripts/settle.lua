@@ -71,7 +71,11 @@ if applied > 0 then redis.call('DECRBY', pre .. 'held', applied) end
 chunked('ZREM', pre .. 'leased', gone)
 chunked('HDEL', pre .. 'unique', uniq)
 chunked('ZADD', pre .. 'delayed', delayed)
-chunked('LPUSH', pre .. 'ready', back)
+-- Released tasks go back to the head of the line in their order: LPUSH
+-- prepends one at a time, so push them last first.
+local rev = {}
+for i = #back, 1, -1 do rev[#rev + 1] = back[i] end
+chunked('LPUSH', pre .. 'ready', rev)
 if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 if #dead > 0 then
   chunked('LPUSH', pre .. 'dead', dead)
