@@ -41,6 +41,10 @@ pub struct PluginConfig {
     /// none means no outbound request at all.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Queues it may enqueue to besides its own; unset: the queues its
+    /// config names as outputs (`results`, `queue`, `*_queue` keys).
+    #[serde(default)]
+    pub enqueue_to: Option<Vec<String>>,
     /// Batching, workers, retries.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -70,6 +74,7 @@ impl PluginConfig {
             config: BTreeMap::new(),
             limits: Limits::default(),
             allowed_hosts: Vec::new(),
+            enqueue_to: None,
             pool: PoolConfig::default(),
         }
     }
@@ -88,6 +93,7 @@ impl PluginConfig {
             dir: self.dir.clone(),
             limits: self.limits,
             allowed_hosts: self.allowed_hosts.clone(),
+            enqueue_to: self.enqueue_to.clone(),
         }
     }
 }
@@ -113,6 +119,10 @@ pub struct SourcePluginConfig {
     /// Hosts it may reach over HTTP; none means no outbound request at all.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Queues it may enqueue to besides its own; unset: the queues its
+    /// config names as outputs (`results`, `queue`, `*_queue` keys).
+    #[serde(default)]
+    pub enqueue_to: Option<Vec<String>>,
     /// Poll schedule and capacity.
     #[serde(default)]
     pub poll: crate::source::SourceConfig,
@@ -133,6 +143,7 @@ impl SourcePluginConfig {
             dir: None,
             limits: self.limits,
             allowed_hosts: self.allowed_hosts.clone(),
+            enqueue_to: self.enqueue_to.clone(),
         }
     }
 }
@@ -303,6 +314,10 @@ impl HostConfig {
                 return Err(ConfigError::Invalid(format!(
                     "plugin {name}: limits.memory_mib must be at least 1"
                 )));
+            }
+            for q in p.enqueue_to.iter().flatten() {
+                crate::queue::validate_name(q)
+                    .map_err(|e| ConfigError::Invalid(format!("plugin {name}: enqueue_to: {e}")))?;
             }
             if !queues.insert(p.queue.clone()) {
                 return Err(ConfigError::Invalid(format!(

@@ -83,12 +83,9 @@ impl Plugin<HandlerWorld> {
     /// Runs one batch in a fresh instance, within the plugin's time limit.
     pub async fn call(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
         let spec = &self.ctx.spec;
-        guarded(
-            &spec.name,
-            &self.info.version,
-            spec.limits.time,
-            async { self.call_unguarded(batch).await.map_err(|e| e.0) },
-        )
+        guarded(&spec.name, &self.info.version, spec.limits.time, async {
+            self.call_unguarded(batch).await.map_err(|e| e.0)
+        })
         .await
         .map_err(BatchError)
     }

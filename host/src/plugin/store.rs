@@ -1,7 +1,7 @@
 //! One store per call (a batch or a poll): WASI without ambient authority,
 //! the plugin's memory and time limits, and its view of `wasi:http`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,8 @@ pub(crate) struct PluginContext {
     /// What `get-config` answers.
     pub config: BTreeMap<String, String>,
     pub queues: Arc<dyn QueueStore>,
+    /// Queues it may enqueue to besides the one of the running call.
+    pub enqueue_to: BTreeSet<String>,
     pub http: PluginHttp,
 }
 
@@ -38,6 +40,8 @@ pub struct CallState {
     pub(super) queue: Arc<str>,
     /// Bytes the plugin may still log in this call.
     pub(super) log_left: usize,
+    /// Tasks and bytes enqueued so far in this call, against the batch caps.
+    pub(super) enqueued: (usize, usize),
     http_ctx: WasiHttpCtx,
     http: PluginHttp,
 }
@@ -94,6 +98,7 @@ impl PluginContext {
                 ctx: self.clone(),
                 queue,
                 log_left: spec.limits.log_bytes,
+                enqueued: (0, 0),
                 http_ctx: WasiHttpCtx::new(),
                 http: self.http.clone(),
             },
