@@ -557,3 +557,128 @@ fn plugin_log_text_cannot_forge_host_log_lines() {
         "{stderr:?}"
     );
 }
+
+/// A handler-world component of two core modules, each with its own linear
+/// memory: every batch grows both by `GROW` 64 KiB pages, then answers
+/// `done` for each task. A memory limit per linear memory lets it use twice
+/// `memory_mib`. (Hand-written: no toolchain here builds such a component.)
+const TWO_MEMORIES: &str = r#"
+(component
+  (core module $b
+    (memory 1)
+    (func (export "grow") (param i32) (result i32)
+      (memory.grow (local.get 0))))
+  (core module $a
+    (import "b" "grow" (func $b-grow (param i32) (result i32)))
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 32768))
+    ;; Bump allocator for the host's copy of the batch (never frees).
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))
+    (func (export "handle") (param $ptr i32) (param $len i32) (result i32)
+      (local $i i32)
+      (if (i32.lt_s (memory.grow (i32.const GROW)) (i32.const 0)) (then unreachable))
+      (if (i32.lt_s (call $b-grow (i32.const GROW)) (i32.const 0)) (then unreachable))
+      ;; One `done` (variant case 0, 24 bytes each) per task, at 64.
+      (block $end
+        (loop $next
+          (br_if $end (i32.ge_u (local.get $i) (local.get $len)))
+          (i32.store8
+            (i32.add (i32.const 64) (i32.mul (local.get $i) (i32.const 24)))
+            (i32.const 0))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $next)))
+      (i32.store (i32.const 16) (i32.const 64))
+      (i32.store (i32.const 20) (local.get $len))
+      (i32.const 16)))
+  (core instance $b-inst (instantiate $b))
+  (core instance $a-inst (instantiate $a (with "b" (instance $b-inst))))
+  (type $task (record
+    (field "id" u64)
+    (field "queue" string)
+    (field "unique-key" (option string))
+    (field "payload" (list u8))
+    (field "attempt" u32)
+    (field "enqueued-at-ms" u64)))
+  (type $outcome (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
+  (alias core export $a-inst "memory" (core memory $mem))
+  (alias core export $a-inst "realloc" (core func $realloc))
+  (alias core export $a-inst "handle" (core func $handle-core))
+  (func $handle (param "batch" (list $task)) (result (list $outcome))
+    (canon lift (core func $handle-core) (memory $mem) (realloc $realloc)))
+  ;; Exported functions may only use exported (named) types: export the
+  ;; interface through a component that names them.
+  (component $iface
+    (type $task-def (record
+      (field "id" u64)
+      (field "queue" string)
+      (field "unique-key" (option string))
+      (field "payload" (list u8))
+      (field "attempt" u32)
+      (field "enqueued-at-ms" u64)))
+    (import "import-type-task" (type $task (eq $task-def)))
+    (type $outcome-def (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
+    (import "import-type-outcome" (type $outcome (eq $outcome-def)))
+    (import "import-func-handle" (func $f (param "batch" (list $task)) (result (list $outcome))))
+    (export $task-out "task" (type $task))
+    (export $outcome-out "outcome" (type $outcome))
+    (export "handle" (func $f) (func (param "batch" (list $task-out)) (result (list $outcome-out)))))
+  (instance $handler (instantiate $iface
+    (with "import-func-handle" (func $handle))
+    (with "import-type-task" (type $task))
+    (with "import-type-outcome" (type $outcome))))
+  (export "taskhost:plugin/handler@0.1.0" (instance $handler)))
+"#;
+
+/// Issue 14, item 9: the memory limit holds for all linear memories of an
+/// instance together: a component whose two memories grow to 10 MiB each
+/// traps under `memory_mib = 16` and runs under 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_holds_for_all_memories_of_an_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-memories.wasm");
+    // 160 pages: 10 MiB per memory, 20 MiB together.
+    let wasm = wat::parse_str(TWO_MEMORIES.replace("GROW", "160")).unwrap();
+    std::fs::write(&path, wasm).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    for (mib, dead) in [(16, 1), (32, 0)] {
+        let q = store.queue(&format!("mib-{mib}")).unwrap();
+        push(&q, &["x"]).await;
+        let spec = PluginSpec {
+            name: format!("two-memories-{mib}"),
+            path: path.clone(),
+            config: Default::default(),
+            dir: None,
+            limits: Limits {
+                memory_mib: mib,
+                ..Limits::default()
+            },
+            allowed_hosts: Vec::new(),
+            enqueue_to: None,
+        };
+        let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
+        let s = settled(&q).await;
+        let stats = pool.shutdown().await;
+        let letters = q.dead_letters(1).await.unwrap();
+        assert_eq!(
+            (s.dead, stats.done),
+            (dead, 1 - dead),
+            "{mib} MiB: {letters:?}"
+        );
+        if let Some(d) = letters.first() {
+            assert!(
+                d.reason.contains("memory limit of 16 MiB exceeded"),
+                "{}",
+                d.reason
+            );
+        }
+    }
+    runtime.shutdown();
+}

@@ -12,6 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::bindings;
 use super::cache::CodeCache;
 use super::error::PluginError;
+use super::limiter;
 use super::spec::RuntimeOptions;
 use super::store::CallState;
 use crate::http::HttpClient;
@@ -117,6 +118,11 @@ fn engine_config(opts: &RuntimeOptions) -> Config {
         .total_memories(opts.instances.saturating_mul(2))
         .total_tables(opts.instances.saturating_mul(4))
         .total_stacks(opts.instances)
+        // One component may not take more pooled slots than a call's
+        // limiter lets it use (see `limiter`).
+        .max_memories_per_component(limiter::MAX_MEMORIES as u32)
+        .max_tables_per_component(limiter::MAX_TABLES as u32)
+        .max_core_instances_per_component(limiter::MAX_CORE_INSTANCES as u32)
         .max_memory_size(usize::try_from(opts.max_memory_mib << 20).unwrap_or(usize::MAX))
         .max_component_instance_size(4 << 20)
         .max_core_instance_size(4 << 20)

@@ -42,7 +42,8 @@ impl std::str::FromStr for DirGrant {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Most linear memory one instance may grow to, in MiB.
+    /// Most linear memory one instance may grow to, all its memories
+    /// together, in MiB.
     pub memory_mib: u64,
     /// Longest one `handle` call may run.
     #[serde(with = "humantime_serde")]

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::limiter::CallLimiter;
 use super::spec::PluginSpec;
 use crate::http::PluginHttp;
 use crate::queue::QueueStore;
@@ -33,7 +34,7 @@ pub(crate) struct PluginContext {
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CallLimiter,
     pub(super) ctx: Arc<PluginContext>,
     /// The queue of the running batch (or the source's queue): where an
     /// enqueue without a queue name goes, and the tag on log lines.
@@ -85,10 +86,7 @@ impl PluginContext {
                     format!("cannot open granted directory {}: {e:#}", g.host.display())
                 })?;
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = CallLimiter::new(spec.limits.memory_mib);
         let mut store = Store::new(
             engine,
             CallState {
