@@ -682,3 +682,72 @@ async fn memory_limit_holds_for_all_memories_of_an_instance() {
     }
     runtime.shutdown();
 }
+
+/// Issue 14, item 8: a compiled-code cache entry moved under another
+/// component's name is refused (and that component recompiled), so the host
+/// never reports one plugin while running another's native code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_cache_entries_are_not_loaded() {
+    use taskhost::plugin::RuntimeOptions;
+    use taskhost::plugin::cache::Source;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let opts = || RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeOptions::default()
+    };
+    let spec = |name: &str| PluginSpec {
+        name: name.into(),
+        path: support::plugin(name),
+        ..testkit_spec("noop", Limits::default())
+    };
+    let runtime = Runtime::with_options(opts()).unwrap();
+    let testkit = runtime.load(spec("testkit"), memory_store()).unwrap();
+    let archive = runtime.load(spec("archive"), memory_store()).unwrap();
+    let (victim, donor) = (testkit.sha256().to_owned(), archive.sha256().to_owned());
+    runtime.shutdown();
+    // Every file of archive's entry, copied over testkit's namesake.
+    let mut swapped = 0;
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(&donor) {
+            std::fs::copy(cache.join(&name), cache.join(format!("{victim}{rest}"))).unwrap();
+            swapped += 1;
+        }
+    }
+    assert!(swapped >= 2, "entry and its check");
+    let runtime = Runtime::with_options(opts()).unwrap();
+    let again = runtime.load(spec("testkit"), memory_store()).unwrap();
+    assert_eq!(
+        again.source(),
+        Source::Compiled,
+        "the swapped entry is refused"
+    );
+    let third = runtime.load(spec("testkit"), memory_store()).unwrap();
+    assert_eq!(third.source(), Source::Cached, "and rebuilt");
+    runtime.shutdown();
+}
+
+/// Issue 14, item 8: a cache directory others may write to is refused, and
+/// a new one is made private, with its key outside it.
+#[test]
+fn cache_dir_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use taskhost::plugin::RuntimeOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let opts = || RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeOptions::default()
+    };
+    Runtime::with_options(opts()).unwrap().shutdown();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&dir.path().join("cache.key")), 0o600);
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = Runtime::with_options(opts()).unwrap_err().to_string();
+    assert!(
+        e.contains(&cache.display().to_string()) && e.contains("777"),
+        "{e}"
+    );
+}

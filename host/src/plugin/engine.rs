@@ -60,11 +60,15 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         // Before the epoch thread, which a failure here would leave running.
+        let cache = opts
+            .cache_dir
+            .map(|dir| CodeCache::new(dir, &engine))
+            .transpose()
+            .map_err(PluginError::Engine)?;
         let http = HttpClient::new(opts.http).map_err(PluginError::Http)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = start_ticker(engine.clone(), stop.clone())
             .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?;
-        let cache = opts.cache_dir.map(|dir| CodeCache::new(dir, &engine));
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
