@@ -306,6 +306,7 @@ async fn hostile_neighbours(a: &BenchArgs, runtime: &Runtime, clock: Arc<dyn Clo
                         ..Limits::default()
                     },
                     allowed_hosts: Vec::new(),
+                    enqueue_to: None,
                 };
                 let plugin = runtime.load(spec, store.clone())?;
                 // Default retry back-off and failure pause: what a host

@@ -63,6 +63,7 @@ fn spec(path: &Path, archive: &Path) -> PluginSpec {
         }),
         limits: Limits::default(),
         allowed_hosts: Vec::new(),
+        enqueue_to: None,
     }
 }
 

@@ -395,7 +395,8 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
                 &a.status_plugin,
                 store.clone(),
                 "status-refresh",
-                Default::default(),
+                // Names (and so grants) the queue its results go to.
+                [("output_queue".to_string(), "execution-status".to_string())].into(),
             )?,
         };
         let queue = store.queue("status-refresh")?;

@@ -41,6 +41,10 @@ pub struct PluginConfig {
     /// none means no outbound request at all.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Queues it may enqueue to besides its own; unset: the queues its
+    /// config names as outputs (`results`, `queue`, `*_queue` keys).
+    #[serde(default)]
+    pub enqueue_to: Option<Vec<String>>,
     /// Batching, workers, retries.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -70,6 +74,7 @@ impl PluginConfig {
             config: BTreeMap::new(),
             limits: Limits::default(),
             allowed_hosts: Vec::new(),
+            enqueue_to: None,
             pool: PoolConfig::default(),
         }
     }
@@ -88,6 +93,7 @@ impl PluginConfig {
             dir: self.dir.clone(),
             limits: self.limits,
             allowed_hosts: self.allowed_hosts.clone(),
+            enqueue_to: self.enqueue_to.clone(),
         }
     }
 }
@@ -113,6 +119,10 @@ pub struct SourcePluginConfig {
     /// Hosts it may reach over HTTP; none means no outbound request at all.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Queues it may enqueue to besides its own; unset: the queues its
+    /// config names as outputs (`results`, `queue`, `*_queue` keys).
+    #[serde(default)]
+    pub enqueue_to: Option<Vec<String>>,
     /// Poll schedule and capacity.
     #[serde(default)]
     pub poll: crate::source::SourceConfig,
@@ -133,6 +143,7 @@ impl SourcePluginConfig {
             dir: None,
             limits: self.limits,
             allowed_hosts: self.allowed_hosts.clone(),
+            enqueue_to: self.enqueue_to.clone(),
         }
     }
 }
@@ -304,6 +315,10 @@ impl HostConfig {
                     "plugin {name}: limits.memory_mib must be at least 1"
                 )));
             }
+            for q in p.enqueue_to.iter().flatten() {
+                crate::queue::validate_name(q)
+                    .map_err(|e| ConfigError::Invalid(format!("plugin {name}: enqueue_to: {e}")))?;
+            }
             if !queues.insert(p.queue.clone()) {
                 return Err(ConfigError::Invalid(format!(
                     "two plugins serve queue {:?}; give each its own queue",
@@ -311,6 +326,7 @@ impl HostConfig {
                 )));
             }
         }
+        self.check_grants_spare_host_state()?;
         match (self.backend, &self.queue_url) {
             (Backend::Redis, None) => {
                 return Err(ConfigError::Invalid(
@@ -338,6 +354,57 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+impl HostConfig {
+    /// Refuses a plugin `dir` grant that holds the data directory or the
+    /// compiled-code cache, or lies inside the cache: a plugin could then
+    /// rewrite the queue database or plant native code. A subdirectory of
+    /// the data directory (the archive's default) is fine.
+    fn check_grants_spare_host_state(&self) -> Result<(), ConfigError> {
+        let data = normalize(&self.data_dir);
+        let cache = self.runtime_options().cache_dir.map(|c| normalize(&c));
+        for p in &self.plugins {
+            let Some(grant) = &p.dir else { continue };
+            let g = normalize(&grant.host);
+            let clash = if data.starts_with(&g) {
+                Some(format!("holds data_dir {}", self.data_dir.display()))
+            } else {
+                cache
+                    .as_ref()
+                    .filter(|c| c.starts_with(&g) || g.starts_with(c))
+                    .map(|c| format!("overlaps the compiled-code cache {}", c.display()))
+            };
+            if let Some(clash) = clash {
+                return Err(ConfigError::Invalid(format!(
+                    "plugin {}: dir {} {clash}; grant a directory of its own",
+                    p.display_name(),
+                    grant.host.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An absolute path with `.` and `..` resolved, through symlinks where it
+/// exists, lexically where it does not yet.
+fn normalize(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -479,5 +546,29 @@ mod tests {
             PluginConfig::new("x.wasm").allowed_hosts.is_empty(),
             "fail closed"
         );
+    }
+
+    #[test]
+    fn dir_grants_cannot_reach_host_state() {
+        let grant = |dir: &str| {
+            HostConfig::parse(&format!(
+                "data_dir = \"/srv/th\"\n[[plugins]]\npath = \"a.wasm\"\ndir = {{ host = \"{dir}\", guest = \"/d\" }}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        for bad in [
+            "/srv/th",
+            "/srv",
+            "/",
+            "/srv/th/cache",
+            "/srv/th/cache/x",
+            "/srv/th/a/../cache",
+        ] {
+            let e = grant(bad).unwrap_err().to_string();
+            assert!(e.contains("plugin a: dir"), "{bad}: {e}");
+        }
+        grant("/srv/th/archive").unwrap();
+        grant("/srv/other").unwrap();
     }
 }

@@ -55,6 +55,7 @@ fn spec(path: PathBuf, mode: &str) -> PluginSpec {
         dir: None,
         limits: Limits::default(),
         allowed_hosts: Vec::new(),
+        enqueue_to: None,
     }
 }
 
@@ -354,6 +355,7 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
         dir: None,
         limits: Limits::default(),
         allowed_hosts: vec![server.addr().to_string()],
+        enqueue_to: None,
     };
     let runtime = Runtime::new().unwrap();
     let store: Arc<dyn QueueStore> =

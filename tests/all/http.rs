@@ -30,6 +30,7 @@ fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
         dir: None,
         limits: Limits::default(),
         allowed_hosts: allowed.to_vec(),
+        enqueue_to: None,
     }
 }
 

@@ -135,6 +135,7 @@ async fn archive_once(
         }),
         limits: Limits::default(),
         allowed_hosts: Vec::new(),
+        enqueue_to: None,
     };
     let loaded = runtime.load(spec, store).unwrap();
     let outcomes = loaded.call(batch).await.unwrap();

@@ -11,18 +11,27 @@ use taskhost::clock;
 use taskhost::plugin::{Limits, Plugin, PluginSpec, Runtime};
 use taskhost::pool::{PoolConfig, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
-use taskhost::queue::{BaseQueue, NewTask, QueueStats, QueueStore};
+use taskhost::queue::{
+    BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore, Settle,
+    Settled, Task,
+};
 
 fn testkit(runtime: &Runtime, store: Arc<dyn QueueStore>, mode: &str, limits: Limits) -> Plugin {
-    let spec = PluginSpec {
+    let spec = testkit_spec(mode, limits);
+    runtime.load(spec, store).expect("testkit loads")
+}
+
+/// The testkit component in `mode`, no grants beyond the defaults.
+fn testkit_spec(mode: &str, limits: Limits) -> PluginSpec {
+    PluginSpec {
         name: format!("testkit-{mode}"),
         path: support::plugin("testkit"),
         config: [("mode".to_string(), mode.to_string())].into(),
         dir: None,
         limits,
         allowed_hosts: Vec::new(),
-    };
-    runtime.load(spec, store).expect("testkit loads")
+        enqueue_to: None,
+    }
 }
 
 /// A pool serving `queue` with `plugin`, retrying fast.
@@ -247,7 +256,9 @@ async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
     )
     .await
     .unwrap();
-    let plugin = testkit(&runtime, store.clone(), "bulk", Limits::default());
+    let mut spec = testkit_spec("bulk", Limits::default());
+    spec.enqueue_to = Some(vec!["a".into(), "b".into(), "bad\u{1}name".into()]);
+    let plugin = runtime.load(spec, store.clone()).unwrap();
     let pool = serve(&q, plugin, 5);
     let s = settled(&q).await;
     let stats = pool.shutdown().await;
@@ -292,7 +303,9 @@ async fn script_outcomes_become_queue_actions() {
         ],
     )
     .await;
-    let plugin = testkit(&runtime, store.clone(), "script", Limits::default());
+    let mut spec = testkit_spec("script", Limits::default());
+    spec.enqueue_to = Some(vec!["follow".into()]);
+    let plugin = runtime.load(spec, store.clone()).unwrap();
     let pool = serve(&q, plugin, 5);
     let s = settled(&q).await;
     let stats = pool.shutdown().await;
@@ -314,4 +327,458 @@ async fn script_outcomes_become_queue_actions() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"hello");
     runtime.shutdown();
+}
+
+/// Issue 14, item 7: a plugin enqueues only to its own queue and the queues
+/// it is granted: by default those its config names as outputs, else its
+/// `enqueue_to` list. A refused enqueue names the grant and creates no queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_reaches_only_granted_queues() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    let q = store.queue("own").unwrap();
+    push(
+        &q,
+        &[
+            "enqueue:own:ok",
+            "enqueue:named:by-config",
+            "enqueue:victim:confused-deputy",
+        ],
+    )
+    .await;
+    let mut spec = testkit_spec("script", Limits::default());
+    spec.config.insert("output_queue".into(), "named".into());
+    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
+    let s = settled(&q).await;
+    let stats = pool.shutdown().await;
+    assert_eq!(
+        (stats.done, s.dead),
+        (3, 1),
+        "own (and the \"ok\" it enqueued there) and config-named queues granted"
+    );
+    let dead = q.dead_letters(1).await.unwrap();
+    let reason = &dead[0].reason;
+    assert!(
+        reason.contains("\"victim\"") && reason.contains("enqueue_to"),
+        "{reason}"
+    );
+    let known = store.known_queues().await.unwrap();
+    assert!(!known.iter().any(|n| n == "victim"), "{known:?}");
+    assert_eq!(store.queue("named").unwrap().len().await.unwrap(), 1);
+
+    // An explicit list replaces the config-named default.
+    let q = store.queue("listed").unwrap();
+    push(&q, &["enqueue:named:x", "enqueue:granted:y"]).await;
+    let mut spec = testkit_spec("script", Limits::default());
+    spec.config.insert("output_queue".into(), "named".into());
+    spec.enqueue_to = Some(vec!["granted".into()]);
+    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
+    let s = settled(&q).await;
+    assert_eq!((pool.shutdown().await.done, s.dead), (1, 1));
+    assert_eq!(store.queue("granted").unwrap().len().await.unwrap(), 1);
+    runtime.shutdown();
+}
+
+/// Issue 14, item 7: enqueues are capped per call and per batch, in tasks
+/// and in bytes; a refused call names the cap and enqueues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_caps_per_call_and_per_batch() {
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    // Each case: flood config, limits, the cap its refusal names.
+    let cases: [(&str, usize, usize, Limits, &str); 4] = [
+        (
+            "call-tasks",
+            1001,
+            1,
+            Limits::default(),
+            "enqueue_call_tasks",
+        ),
+        (
+            "call-bytes",
+            4,
+            1 << 20,
+            Limits {
+                enqueue_call_bytes: 3 << 20,
+                ..Limits::default()
+            },
+            "enqueue_call_bytes",
+        ),
+        (
+            "batch-tasks",
+            600,
+            1,
+            Limits {
+                enqueue_batch_tasks: 1000,
+                ..Limits::default()
+            },
+            "enqueue_batch_tasks",
+        ),
+        (
+            "batch-bytes",
+            2,
+            1 << 20,
+            Limits {
+                enqueue_batch_bytes: 3 << 20,
+                ..Limits::default()
+            },
+            "enqueue_batch_bytes",
+        ),
+    ];
+    for (name, tasks, bytes, limits, cap) in cases {
+        let q = store.queue(name).unwrap();
+        let out = format!("{name}-out");
+        // Two tasks in one batch: two enqueue-many calls in one batch.
+        push(&q, &["a", "b"]).await;
+        let mut spec = testkit_spec("flood", limits);
+        spec.config.extend([
+            ("flood_tasks".to_string(), tasks.to_string()),
+            ("flood_bytes".to_string(), bytes.to_string()),
+            ("results".to_string(), out.clone()),
+        ]);
+        let plugin = runtime.load(spec, store.clone()).unwrap();
+        let pool = WorkerPool::start(
+            q.clone(),
+            Arc::new(plugin),
+            PoolConfig {
+                batch_size: 2,
+                max_latency: Duration::from_millis(50),
+                ..fast_retries(1)
+            },
+            clock::system(),
+        )
+        .unwrap();
+        let s = settled(&q).await;
+        pool.shutdown().await;
+        let dead = q.dead_letters(2).await.unwrap();
+        let batch_cap = cap.starts_with("enqueue_batch");
+        assert_eq!(s.dead, if batch_cap { 1 } else { 2 }, "{name}: {dead:?}");
+        assert!(
+            dead.iter().all(|d| d.reason.contains(cap)),
+            "{name}: {dead:?}"
+        );
+        // Nothing of a refused call was enqueued; the first call of a
+        // batch under its batch cap went through whole.
+        let pushed = store.queue(&out).unwrap().len().await.unwrap();
+        let expect = if batch_cap { tasks as u64 } else { 0 };
+        assert_eq!(pushed, expect, "{name}");
+    }
+    runtime.shutdown();
+}
+
+/// A queue store that records the size of every push, to see chunking.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn QueueStore>,
+    pushes: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+#[derive(Debug)]
+struct RecordingQueue {
+    inner: Arc<dyn BaseQueue>,
+    pushes: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+#[async_trait::async_trait]
+impl QueueStore for Recording {
+    fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
+        Ok(Arc::new(RecordingQueue {
+            inner: self.inner.queue(name)?,
+            pushes: self.pushes.clone(),
+        }))
+    }
+    async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        self.inner.known_queues().await
+    }
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+#[async_trait::async_trait]
+impl BaseQueue for RecordingQueue {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn push_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Pushed>, QueueError> {
+        self.pushes.lock().unwrap().push(tasks.len());
+        self.inner.push_batch(tasks).await
+    }
+    async fn lease(&self, max: usize, ttl: Duration) -> Result<Vec<Task>, QueueError> {
+        self.inner.lease(max, ttl).await
+    }
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
+        self.inner.renew(leases, ttl).await
+    }
+    async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
+        self.inner.settle(settlements).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadTask>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+}
+
+/// Issue 14, item 7: one `enqueue-many` is pushed in chunks, so no single
+/// queue round trip (a Redis script) grows with the plugin's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_many_is_pushed_in_chunks() {
+    let runtime = Runtime::new().unwrap();
+    let pushes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store: Arc<dyn QueueStore> = Arc::new(Recording {
+        inner: memory_store(),
+        pushes: pushes.clone(),
+    });
+    let q = store.queue("flood").unwrap();
+    push(&q, &["go"]).await;
+    pushes.lock().unwrap().clear();
+    let mut spec = testkit_spec("flood", Limits::default());
+    spec.config.extend([
+        ("flood_tasks".to_string(), "1000".to_string()),
+        ("results".to_string(), "out".to_string()),
+    ]);
+    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
+    settled(&q).await;
+    assert_eq!(pool.shutdown().await.done, 1);
+    let sizes = pushes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 1000, "{sizes:?}");
+    assert!(sizes.len() >= 4, "one call, several pushes: {sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 256), "{sizes:?}");
+    assert_eq!(store.queue("out").unwrap().len().await.unwrap(), 1000);
+    runtime.shutdown();
+}
+
+/// Issue 14, item 13: a plugin's log text cannot forge a line of the host's
+/// log: line breaks and other control characters come out escaped.
+#[test]
+fn plugin_log_text_cannot_forge_host_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let forged = "2026-01-01T00:00:00.000000Z ERROR taskhost: FORGED shutting down";
+    support::ok(
+        support::host()
+            .args(["push", "logs", &format!("log:hello\n{forged}\r\x1b[2Kmore")])
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    let out = support::output(
+        support::host()
+            .env("TASKHOST_LOG", "info")
+            .args(["run", "--plugin"])
+            .arg(support::plugin("testkit"))
+            .args(["--queue", "logs", "--set", "mode=script"])
+            .args(["--exit-when-drained", "--no-watch", "--no-cache"])
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("FORGED"))
+        .unwrap_or_else(|| panic!("the plugin's line is logged: {stderr}"));
+    assert!(
+        line.contains("hello\\n2026") && line.contains("\\r\\u{1b}[2Kmore"),
+        "one escaped line: {line}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("\x1b[2K"),
+        "{stderr:?}"
+    );
+}
+
+/// A handler-world component of two core modules, each with its own linear
+/// memory: every batch grows both by `GROW` 64 KiB pages, then answers
+/// `done` for each task. A memory limit per linear memory lets it use twice
+/// `memory_mib`. (Hand-written: no toolchain here builds such a component.)
+const TWO_MEMORIES: &str = r#"
+(component
+  (core module $b
+    (memory 1)
+    (func (export "grow") (param i32) (result i32)
+      (memory.grow (local.get 0))))
+  (core module $a
+    (import "b" "grow" (func $b-grow (param i32) (result i32)))
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 32768))
+    ;; Bump allocator for the host's copy of the batch (never frees).
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))
+    (func (export "handle") (param $ptr i32) (param $len i32) (result i32)
+      (local $i i32)
+      (if (i32.lt_s (memory.grow (i32.const GROW)) (i32.const 0)) (then unreachable))
+      (if (i32.lt_s (call $b-grow (i32.const GROW)) (i32.const 0)) (then unreachable))
+      ;; One `done` (variant case 0, 24 bytes each) per task, at 64.
+      (block $end
+        (loop $next
+          (br_if $end (i32.ge_u (local.get $i) (local.get $len)))
+          (i32.store8
+            (i32.add (i32.const 64) (i32.mul (local.get $i) (i32.const 24)))
+            (i32.const 0))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $next)))
+      (i32.store (i32.const 16) (i32.const 64))
+      (i32.store (i32.const 20) (local.get $len))
+      (i32.const 16)))
+  (core instance $b-inst (instantiate $b))
+  (core instance $a-inst (instantiate $a (with "b" (instance $b-inst))))
+  (type $task (record
+    (field "id" u64)
+    (field "queue" string)
+    (field "unique-key" (option string))
+    (field "payload" (list u8))
+    (field "attempt" u32)
+    (field "enqueued-at-ms" u64)))
+  (type $outcome (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
+  (alias core export $a-inst "memory" (core memory $mem))
+  (alias core export $a-inst "realloc" (core func $realloc))
+  (alias core export $a-inst "handle" (core func $handle-core))
+  (func $handle (param "batch" (list $task)) (result (list $outcome))
+    (canon lift (core func $handle-core) (memory $mem) (realloc $realloc)))
+  ;; Exported functions may only use exported (named) types: export the
+  ;; interface through a component that names them.
+  (component $iface
+    (type $task-def (record
+      (field "id" u64)
+      (field "queue" string)
+      (field "unique-key" (option string))
+      (field "payload" (list u8))
+      (field "attempt" u32)
+      (field "enqueued-at-ms" u64)))
+    (import "import-type-task" (type $task (eq $task-def)))
+    (type $outcome-def (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
+    (import "import-type-outcome" (type $outcome (eq $outcome-def)))
+    (import "import-func-handle" (func $f (param "batch" (list $task)) (result (list $outcome))))
+    (export $task-out "task" (type $task))
+    (export $outcome-out "outcome" (type $outcome))
+    (export "handle" (func $f) (func (param "batch" (list $task-out)) (result (list $outcome-out)))))
+  (instance $handler (instantiate $iface
+    (with "import-func-handle" (func $handle))
+    (with "import-type-task" (type $task))
+    (with "import-type-outcome" (type $outcome))))
+  (export "taskhost:plugin/handler@0.1.0" (instance $handler)))
+"#;
+
+/// Issue 14, item 9: the memory limit holds for all linear memories of an
+/// instance together: a component whose two memories grow to 10 MiB each
+/// traps under `memory_mib = 16` and runs under 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_holds_for_all_memories_of_an_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-memories.wasm");
+    // 160 pages: 10 MiB per memory, 20 MiB together.
+    let wasm = wat::parse_str(TWO_MEMORIES.replace("GROW", "160")).unwrap();
+    std::fs::write(&path, wasm).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let store = memory_store();
+    for (mib, dead) in [(16, 1), (32, 0)] {
+        let q = store.queue(&format!("mib-{mib}")).unwrap();
+        push(&q, &["x"]).await;
+        let spec = PluginSpec {
+            name: format!("two-memories-{mib}"),
+            path: path.clone(),
+            config: Default::default(),
+            dir: None,
+            limits: Limits {
+                memory_mib: mib,
+                ..Limits::default()
+            },
+            allowed_hosts: Vec::new(),
+            enqueue_to: None,
+        };
+        let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
+        let s = settled(&q).await;
+        let stats = pool.shutdown().await;
+        let letters = q.dead_letters(1).await.unwrap();
+        assert_eq!(
+            (s.dead, stats.done),
+            (dead, 1 - dead),
+            "{mib} MiB: {letters:?}"
+        );
+        if let Some(d) = letters.first() {
+            assert!(
+                d.reason.contains("memory limit of 16 MiB exceeded"),
+                "{}",
+                d.reason
+            );
+        }
+    }
+    runtime.shutdown();
+}
+
+/// Issue 14, item 8: a compiled-code cache entry moved under another
+/// component's name is refused (and that component recompiled), so the host
+/// never reports one plugin while running another's native code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_cache_entries_are_not_loaded() {
+    use taskhost::plugin::RuntimeOptions;
+    use taskhost::plugin::cache::Source;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let opts = || RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeOptions::default()
+    };
+    let spec = |name: &str| PluginSpec {
+        name: name.into(),
+        path: support::plugin(name),
+        ..testkit_spec("noop", Limits::default())
+    };
+    let runtime = Runtime::with_options(opts()).unwrap();
+    let testkit = runtime.load(spec("testkit"), memory_store()).unwrap();
+    let archive = runtime.load(spec("archive"), memory_store()).unwrap();
+    let (victim, donor) = (testkit.sha256().to_owned(), archive.sha256().to_owned());
+    runtime.shutdown();
+    // Every file of archive's entry, copied over testkit's namesake.
+    let mut swapped = 0;
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(&donor) {
+            std::fs::copy(cache.join(&name), cache.join(format!("{victim}{rest}"))).unwrap();
+            swapped += 1;
+        }
+    }
+    assert!(swapped >= 2, "entry and its check");
+    let runtime = Runtime::with_options(opts()).unwrap();
+    let again = runtime.load(spec("testkit"), memory_store()).unwrap();
+    assert_eq!(
+        again.source(),
+        Source::Compiled,
+        "the swapped entry is refused"
+    );
+    let third = runtime.load(spec("testkit"), memory_store()).unwrap();
+    assert_eq!(third.source(), Source::Cached, "and rebuilt");
+    runtime.shutdown();
+}
+
+/// Issue 14, item 8: a cache directory others may write to is refused, and
+/// a new one is made private, with its key outside it.
+#[test]
+fn cache_dir_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use taskhost::plugin::RuntimeOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let opts = || RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        ..RuntimeOptions::default()
+    };
+    Runtime::with_options(opts()).unwrap().shutdown();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&dir.path().join("cache.key")), 0o600);
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = Runtime::with_options(opts()).unwrap_err().to_string();
+    assert!(
+        e.contains(&cache.display().to_string()) && e.contains("777"),
+        "{e}"
+    );
 }

@@ -121,6 +121,7 @@ pub fn load_built(
         dir: None,
         limits: Limits::default(),
         allowed_hosts: Vec::new(),
+        enqueue_to: None,
     };
     runtime.load(spec, store).with_context(|| {
         format!("loading {package} (build it: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p {package})")

@@ -12,6 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::bindings;
 use super::cache::CodeCache;
 use super::error::PluginError;
+use super::limiter;
 use super::spec::RuntimeOptions;
 use super::store::CallState;
 use crate::http::HttpClient;
@@ -59,11 +60,15 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         // Before the epoch thread, which a failure here would leave running.
+        let cache = opts
+            .cache_dir
+            .map(|dir| CodeCache::new(dir, &engine))
+            .transpose()
+            .map_err(PluginError::Engine)?;
         let http = HttpClient::new(opts.http).map_err(PluginError::Http)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = start_ticker(engine.clone(), stop.clone())
             .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?;
-        let cache = opts.cache_dir.map(|dir| CodeCache::new(dir, &engine));
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -117,6 +122,11 @@ fn engine_config(opts: &RuntimeOptions) -> Config {
         .total_memories(opts.instances.saturating_mul(2))
         .total_tables(opts.instances.saturating_mul(4))
         .total_stacks(opts.instances)
+        // One component may not take more pooled slots than a call's
+        // limiter lets it use (see `limiter`).
+        .max_memories_per_component(limiter::MAX_MEMORIES as u32)
+        .max_tables_per_component(limiter::MAX_TABLES as u32)
+        .max_core_instances_per_component(limiter::MAX_CORE_INSTANCES as u32)
         .max_memory_size(usize::try_from(opts.max_memory_mib << 20).unwrap_or(usize::MAX))
         .max_component_instance_size(4 << 20)
         .max_core_instance_size(4 << 20)

@@ -103,6 +103,7 @@ impl Runtime {
         );
         let ctx = Arc::new(PluginContext {
             config: config(&spec, &info),
+            enqueue_to: spec.enqueue_grants(),
             spec,
             queues,
             http,

@@ -13,6 +13,7 @@
 //! - `engine`: the engine, pooling allocator, linker and epoch ticker;
 //! - `load`: read, check, compile (or `cache`), link: a [`Plugin`] of any world;
 //! - `store`: what a plugin is granted and the per-call store with its limits;
+//! - `limiter`: the memory limit over all of an instance's memories, and counts;
 //! - `handler`, `source`: one file per world, the calls into the guest;
 //! - `imports`: the host side of the WIT interfaces guests import;
 //! - `guard`: the wall-clock time limit and panic fence around every call;
@@ -29,6 +30,7 @@ mod error;
 mod guard;
 mod handler;
 mod imports;
+mod limiter;
 mod load;
 mod source;
 mod spec;

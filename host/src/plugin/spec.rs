@@ -42,7 +42,8 @@ impl std::str::FromStr for DirGrant {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Most linear memory one instance may grow to, in MiB.
+    /// Most linear memory one instance may grow to, all its memories
+    /// together, in MiB.
     pub memory_mib: u64,
     /// Longest one `handle` call may run.
     #[serde(with = "humantime_serde")]
@@ -51,6 +52,15 @@ pub struct Limits {
     pub stderr_bytes: usize,
     /// Bytes a plugin may log per call; later lines are dropped.
     pub log_bytes: usize,
+    /// Tasks one `enqueue-many` may hand over; a longer list is refused whole.
+    pub enqueue_call_tasks: usize,
+    /// Bytes (payloads and unique keys) one `enqueue`/`enqueue-many` may
+    /// hand over; more is refused whole.
+    pub enqueue_call_bytes: usize,
+    /// Tasks a plugin may enqueue in one batch (or poll), all calls together.
+    pub enqueue_batch_tasks: usize,
+    /// Bytes a plugin may enqueue in one batch (or poll), all calls together.
+    pub enqueue_batch_bytes: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +70,10 @@ impl Default for Limits {
             time: Duration::from_secs(30),
             stderr_bytes: 16 * 1024,
             log_bytes: 256 * 1024,
+            enqueue_call_tasks: 1_000,
+            enqueue_call_bytes: 32 << 20,
+            enqueue_batch_tasks: 10_000,
+            enqueue_batch_bytes: 128 << 20,
         }
     }
 }
@@ -79,6 +93,31 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// Hosts the plugin may reach over `wasi:http`; none means none at all.
     pub allowed_hosts: Vec<String>,
+    /// Queues the plugin may enqueue to besides its own; `None` grants the
+    /// queues its config names as outputs (see [`PluginSpec::enqueue_grants`]).
+    pub enqueue_to: Option<Vec<String>>,
+}
+
+/// Config keys whose values name a plugin's output queues: `results`,
+/// `queue`, and any key ending in `_queue` (`output_queue`, ...).
+fn is_output_key(key: &str) -> bool {
+    key == "results" || key == "queue" || key.ends_with("_queue")
+}
+
+impl PluginSpec {
+    /// The queues this plugin may enqueue to besides the one it serves:
+    /// `enqueue_to` when given, else the values of its output config keys.
+    pub fn enqueue_grants(&self) -> std::collections::BTreeSet<String> {
+        match &self.enqueue_to {
+            Some(list) => list.iter().cloned().collect(),
+            None => self
+                .config
+                .iter()
+                .filter(|(k, v)| is_output_key(k) && !v.is_empty())
+                .map(|(_, v)| v.clone())
+                .collect(),
+        }
+    }
 }
 
 /// Engine-wide settings, fixed for the life of the process.

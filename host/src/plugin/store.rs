@@ -1,16 +1,17 @@
 //! One store per call (a batch or a poll): WASI without ambient authority,
 //! the plugin's memory and time limits, and its view of `wasi:http`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::limiter::CallLimiter;
 use super::spec::PluginSpec;
 use crate::http::PluginHttp;
 use crate::queue::QueueStore;
@@ -24,6 +25,8 @@ pub(crate) struct PluginContext {
     /// What `get-config` answers.
     pub config: BTreeMap<String, String>,
     pub queues: Arc<dyn QueueStore>,
+    /// Queues it may enqueue to besides the one of the running call.
+    pub enqueue_to: BTreeSet<String>,
     pub http: PluginHttp,
 }
 
@@ -31,13 +34,15 @@ pub(crate) struct PluginContext {
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CallLimiter,
     pub(super) ctx: Arc<PluginContext>,
     /// The queue of the running batch (or the source's queue): where an
     /// enqueue without a queue name goes, and the tag on log lines.
     pub(super) queue: Arc<str>,
     /// Bytes the plugin may still log in this call.
     pub(super) log_left: usize,
+    /// Tasks and bytes enqueued so far in this call, against the batch caps.
+    pub(super) enqueued: (usize, usize),
     http_ctx: WasiHttpCtx,
     http: PluginHttp,
 }
@@ -81,10 +86,7 @@ impl PluginContext {
                     format!("cannot open granted directory {}: {e:#}", g.host.display())
                 })?;
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(spec.limits.memory_mib << 20).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = CallLimiter::new(spec.limits.memory_mib);
         let mut store = Store::new(
             engine,
             CallState {
@@ -94,6 +96,7 @@ impl PluginContext {
                 ctx: self.clone(),
                 queue,
                 log_left: spec.limits.log_bytes,
+                enqueued: (0, 0),
                 http_ctx: WasiHttpCtx::new(),
                 http: self.http.clone(),
             },

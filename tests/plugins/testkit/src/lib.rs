@@ -17,6 +17,7 @@
 //! | `grow` | grows memory without end (a memory bomb) |
 //! | `journal` | every task `done` after `hold_ms` (config) milliseconds; appends one line per task to a new file in `journal_dir` (below) |
 //! | `bulk` | each payload is `QUEUE:KEY:PAYLOAD` (empty KEY: none); the whole batch is enqueued with one `enqueue-many` call; `done` per accepted task, `fail(err)` per refused one |
+//! | `flood` | per task, one `enqueue-many` of `flood_tasks` (config, default 1000) tasks of `flood_bytes` (default 1) bytes each to the queue named by config `results` (default: its own); `done`, or `fail` with the first refusal |
 //! | anything else | logs an error, every task `fail("unknown mode: ...")` |
 //!
 //! Journal lines (mode `journal`), one file per batch named
@@ -80,6 +81,7 @@ impl Handler for Testkit {
             }
             "journal" => journal(&batch),
             "bulk" => bulk(&batch),
+            "flood" => batch.iter().map(|_| flood()).collect(),
             other => {
                 let reason = format!("unknown mode: {other}");
                 taskhost_guest::error(&format!("testkit: {reason}"));
@@ -187,6 +189,35 @@ fn bulk(batch: &[Task]) -> Vec<Outcome> {
             },
         })
         .collect()
+}
+
+/// Reads a number from config, or `default`.
+fn config_num(key: &str, default: usize) -> usize {
+    taskhost_guest::config(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Enqueues many tasks in one `enqueue-many` call.
+fn flood() -> Outcome {
+    let n = config_num("flood_tasks", 1000);
+    let size = config_num("flood_bytes", 1);
+    let queue = taskhost_guest::config("results").unwrap_or_default();
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|_| NewTask {
+            queue: queue.clone(),
+            payload: vec![b'f'; size],
+            unique_key: None,
+            delay_ms: None,
+        })
+        .collect();
+    match taskhost_guest::enqueue_many(&tasks)
+        .into_iter()
+        .find_map(Result::err)
+    {
+        None => Outcome::Done,
+        Some(e) => Outcome::Fail(e),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
