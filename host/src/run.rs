@@ -219,6 +219,11 @@ async fn run_with(
     }
     background.spawn(reload_on_sighup(slots.clone(), stop.clone()));
     run_file.write(&slots);
+    background.spawn(refresh_run_file(
+        run_file.clone(),
+        slots.clone(),
+        stop.clone(),
+    ));
 
     let mut pollers = Vec::new();
     for (src, slot, queue) in sources {
@@ -287,6 +292,40 @@ async fn run_with(
     Ok(RunSummary { elapsed, plugins })
 }
 
+/// How often the run file's batch counts are brought up to date while
+/// batches run (`host status --json` shows them).
+const RUN_FILE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Rewrites the run file at most once per [`RUN_FILE_REFRESH`], and only
+/// when a batch started since the last write: counts stay current without a
+/// write per batch.
+async fn refresh_run_file(
+    run_file: Arc<RunFile>,
+    slots: Vec<Arc<dyn HotSwap>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let counts = |slots: &[Arc<dyn HotSwap>]| -> Vec<_> {
+        slots.iter().map(|s| s.batches_by_version()).collect()
+    };
+    let mut written = counts(&slots);
+    let mut tick = tokio::time::interval(RUN_FILE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = counts(&slots);
+        if now == written {
+            continue;
+        }
+        written = now;
+        let info = run_file.info(&slots);
+        let file = run_file.clone();
+        let _ = tokio::task::spawn_blocking(move || file.write_info(&info)).await;
+    }
+}
+
 /// Reloads every plugin on SIGHUP (what `host reload` sends).
 async fn reload_on_sighup(slots: Vec<Arc<dyn HotSwap>>, stop: tokio_util::sync::CancellationToken) {
     #[cfg(unix)]
@@ -347,10 +386,12 @@ pub struct RunPlugin {
 }
 
 /// This host's run file.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct RunFile {
     path: PathBuf,
     queues: Vec<String>,
+    /// One writer at a time: two would share the temporary file.
+    writing: std::sync::Mutex<()>,
 }
 
 impl RunFile {
@@ -361,11 +402,17 @@ impl RunFile {
         Ok(Arc::new(Self {
             path: dir.join(format!("{}.json", std::process::id())),
             queues,
+            writing: std::sync::Mutex::new(()),
         }))
     }
 
     fn write(&self, slots: &[Arc<dyn HotSwap>]) {
-        let info = RunInfo {
+        self.write_info(&self.info(slots));
+    }
+
+    /// What the run file says now.
+    fn info(&self, slots: &[Arc<dyn HotSwap>]) -> RunInfo {
+        RunInfo {
             pid: std::process::id(),
             plugins: slots
                 .iter()
@@ -378,9 +425,14 @@ impl RunFile {
                     batches_by_version: s.batches_by_version(),
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Replaces the run file atomically (a reader never sees half of it).
+    fn write_info(&self, info: &RunInfo) {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let tmp = self.path.with_extension("tmp");
-        let result = serde_json::to_vec_pretty(&info)
+        let result = serde_json::to_vec_pretty(info)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(&tmp, b))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
