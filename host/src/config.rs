@@ -305,14 +305,15 @@ impl HostConfig {
     /// Checks values the host cannot work with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut queues = std::collections::HashSet::new();
-        for p in &self.plugins {
+        for (i, p) in self.plugins.iter().enumerate() {
+            // Named as the field is written in the file: plugins[0].pool.batch_size.
             let name = p.display_name();
             p.pool
                 .validate()
-                .map_err(|e| ConfigError::Invalid(format!("plugin {name}: pool: {e}")))?;
+                .map_err(|e| ConfigError::Invalid(format!("plugins[{i}] ({name}): pool.{e}")))?;
             if p.limits.memory_mib == 0 {
                 return Err(ConfigError::Invalid(format!(
-                    "plugin {name}: limits.memory_mib must be at least 1"
+                    "plugins[{i}] ({name}): limits.memory_mib must be at least 1"
                 )));
             }
             for q in p.enqueue_to.iter().flatten() {

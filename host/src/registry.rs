@@ -55,6 +55,8 @@ pub struct RunFile {
     queues: Vec<String>,
     /// Held (flock, exclusive) until the process ends or `remove` runs.
     _lock: File,
+    /// One writer at a time: two would share the temporary file.
+    writing: std::sync::Mutex<()>,
 }
 
 impl RunFile {
@@ -78,12 +80,18 @@ impl RunFile {
             lock_path,
             queues,
             _lock: lock,
+            writing: std::sync::Mutex::new(()),
         }))
     }
 
     /// Rewrites the run file from the slots' current state.
     pub fn write(&self, slots: &[Arc<dyn HotSwap>]) {
-        let info = RunInfo {
+        self.write_info(&self.info(slots));
+    }
+
+    /// What the run file says now.
+    pub fn info(&self, slots: &[Arc<dyn HotSwap>]) -> RunInfo {
+        RunInfo {
             pid: std::process::id(),
             plugins: slots
                 .iter()
@@ -96,9 +104,14 @@ impl RunFile {
                     batches_by_version: s.batches_by_version(),
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Replaces the run file atomically (a reader never sees half of it).
+    pub fn write_info(&self, info: &RunInfo) {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let tmp = self.path.with_extension("tmp");
-        let result = serde_json::to_vec_pretty(&info)
+        let result = serde_json::to_vec_pretty(info)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(&tmp, b))
             .and_then(|()| std::fs::rename(&tmp, &self.path));

@@ -220,6 +220,11 @@ async fn run_with(
     }
     background.spawn(reload_on_sighup(slots.clone(), stop.clone()));
     run_file.write(&slots);
+    background.spawn(refresh_run_file(
+        run_file.clone(),
+        slots.clone(),
+        stop.clone(),
+    ));
 
     let mut pollers = Vec::new();
     for (src, slot, queue) in sources {
@@ -286,6 +291,40 @@ async fn run_with(
     run_file.remove();
     runtime.shutdown();
     Ok(RunSummary { elapsed, plugins })
+}
+
+/// How often the run file's batch counts are brought up to date while
+/// batches run (`host status --json` shows them).
+const RUN_FILE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Rewrites the run file at most once per [`RUN_FILE_REFRESH`], and only
+/// when a batch started since the last write: counts stay current without a
+/// write per batch.
+async fn refresh_run_file(
+    run_file: Arc<RunFile>,
+    slots: Vec<Arc<dyn HotSwap>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let counts = |slots: &[Arc<dyn HotSwap>]| -> Vec<_> {
+        slots.iter().map(|s| s.batches_by_version()).collect()
+    };
+    let mut written = counts(&slots);
+    let mut tick = tokio::time::interval(RUN_FILE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = counts(&slots);
+        if now == written {
+            continue;
+        }
+        written = now;
+        let info = run_file.info(&slots);
+        let file = run_file.clone();
+        let _ = tokio::task::spawn_blocking(move || file.write_info(&info)).await;
+    }
 }
 
 /// Reloads every plugin on SIGHUP (what `host reload` sends).

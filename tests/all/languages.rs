@@ -19,6 +19,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
     let payloads = payload_file(tmp.path(), 10_000);
     let pushed = ok(host()
         .args(["push", "default", "--data-dir"])

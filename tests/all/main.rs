@@ -2,6 +2,7 @@
 //! the real `host` binary and real components, with private Redis and HTTP
 //! servers from `taskhost-fixtures`. Shared helpers are in `support/`.
 
+mod cli;
 mod containment;
 mod docs;
 mod e2e;

@@ -6,9 +6,18 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use taskhost::config::HostConfig;
+use taskhost::config::{ConfigError, HostConfig};
 use taskhost::queue::Backend;
 
+/// `println!` that drops the text when stdout is closed (`host ... | head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::log::stdout(format_args!($($arg)*))
+    };
+}
+
+pub mod log;
 pub mod new_plugin;
 pub mod push;
 pub mod reload;
@@ -48,8 +57,14 @@ impl StoreArgs {
         if let Some(b) = self.backend {
             cfg.backend = b.into();
         }
-        cfg.validate()?;
-        Ok(cfg)
+        match (cfg.validate(), &self.config) {
+            (Ok(()), _) => Ok(cfg),
+            // Like a parse error, a bad value names the file it came from.
+            (Err(ConfigError::Invalid(m)), Some(p)) => {
+                bail!("config file {}: {m}", p.display())
+            }
+            (Err(e), _) => Err(e.into()),
+        }
     }
 }
 

@@ -127,7 +127,7 @@ pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
     for (rel, text) in files(a.lang) {
         write(&dir.join(rel), &text.replace("{{name}}", &a.name))?;
     }
-    println!(
+    outln!(
         "created {:?} plugin {} in {}\nnext, in that directory:\n{}",
         a.lang,
         a.name,

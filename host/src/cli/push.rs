@@ -96,7 +96,7 @@ pub async fn push(a: PushArgs) -> Result<()> {
     .await;
     queues.close().await;
     result.with_context(|| format!("pushing to queue {:?}", a.queue))?;
-    println!(
+    outln!(
         "pushed {created} tasks to {:?}; {dups} duplicates of pending tasks skipped",
         a.queue
     );

@@ -23,7 +23,7 @@ pub fn reload(a: ReloadArgs) -> Result<()> {
         taskhost::registry::signal_reload(h)
             .with_context(|| format!("signalling host {}", h.pid))?;
     }
-    println!(
+    outln!(
         "asked {} host(s) to reload; `host status` shows the live versions",
         hosts.len()
     );

@@ -29,16 +29,16 @@ pub struct RunArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Tasks per batch [default: 100].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_size: Option<usize>,
     /// Batches handled at once [default: 4].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_workers: Option<usize>,
     /// Deliveries before a failing task is dead-lettered [default: 10].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: Option<u32>,
     /// Memory limit per plugin instance, MiB [default: 128]; growing past it traps.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     memory_mib: Option<u64>,
     /// Time limit per plugin call, e.g. 30s [default: 30s]; a call over it traps.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -91,6 +91,7 @@ impl RunArgs {
                 p.queue = q.clone();
             }
             if let Some(d) = &self.dir {
+                check_dir(&d.host)?;
                 p.dir = Some(d.clone());
             }
             for kv in &self.set {
@@ -119,6 +120,21 @@ impl RunArgs {
     }
 }
 
+/// Refuses a `--dir` host directory that does not exist: creating it would
+/// let a typo go unnoticed while the plugin writes somewhere unexpected.
+fn check_dir(host: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(host) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("--dir: {} is not a directory", host.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "--dir: host directory {} does not exist (create it first, e.g. mkdir -p {})",
+            host.display(),
+            host.display()
+        ),
+        Err(e) => bail!("--dir: cannot use host directory {}: {e}", host.display()),
+    }
+}
+
 /// Runs the host until SIGINT/SIGTERM (or until drained) and prints the summary.
 pub async fn run(a: RunArgs) -> Result<()> {
     let cfg = a.config()?;
@@ -127,7 +143,7 @@ pub async fn run(a: RunArgs) -> Result<()> {
         exit_when_drained: a.exit_when_drained,
     };
     let summary = taskhost::run::run(cfg, opts, shutdown_signal()).await?;
-    println!("{summary}");
+    outln!("{summary}");
     Ok(())
 }
 

@@ -81,31 +81,40 @@ async fn status_of(
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:>10} {:>10} {:>10} {:>10}",
-        "queue", "pending", "delayed", "leased", "dead"
+        "queue",
+        "pending",
+        "delayed",
+        "leased",
+        "dead"
     );
     for (name, s, dead) in &rows {
-        println!(
+        outln!(
             "{name:<24} {:>10} {:>10} {:>10} {:>10}",
-            s.pending, s.delayed, s.leased, s.dead
+            s.pending,
+            s.delayed,
+            s.leased,
+            s.dead
         );
         for d in dead {
-            println!(
+            outln!(
                 "  dead #{} (attempt {}): {}",
-                d.task.id, d.task.attempt, d.reason
+                d.task.id,
+                d.task.attempt,
+                d.reason
             );
         }
     }
     if rows.is_empty() {
-        println!("(no queues)");
+        outln!("(no queues)");
     }
     for h in hosts {
         for p in &h.plugins {
-            println!(
+            outln!(
                 "host pid {}: plugin {} version {} on queue {:?} ({})",
                 h.pid,
                 p.name,

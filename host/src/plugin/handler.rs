@@ -76,7 +76,7 @@ impl Plugin<HandlerWorld> {
             .map_err(BatchError)?;
         pre.instantiate_async(&mut store)
             .await
-            .map_err(|e| BatchError(format!("failed to instantiate: {}", root_cause(&e))))?;
+            .map_err(|e| BatchError(format!("failed to instantiate: {}", root_cause(&e).0)))?;
         Ok(())
     }
 
@@ -105,19 +105,21 @@ impl Plugin<HandlerWorld> {
             let l = &spec.limits;
             // The limits in force go into the reason, so a dead letter says
             // whether a bigger limit would have helped.
+            let (cause, trace) = root_cause(&e);
             let mut msg = format!(
-                "plugin {} version {} {what} (limits: {} MiB memory, {:?} per call): {}",
-                spec.name,
-                self.info.version,
-                l.memory_mib,
-                l.time,
-                root_cause(&e)
+                "plugin {} version {} {what} (limits: {} MiB memory, {:?} per call): {cause}",
+                spec.name, self.info.version, l.memory_mib, l.time,
             );
             let err = stderr.contents();
             if !err.is_empty() {
                 let text = String::from_utf8_lossy(&err);
                 msg.push_str("; stderr: ");
                 msg.push_str(text.trim());
+            }
+            // The backtrace last: a reason is read from its start.
+            if let Some(trace) = trace {
+                msg.push_str("; ");
+                msg.push_str(&trace);
             }
             BatchError(msg)
         };
@@ -142,11 +144,20 @@ impl BatchHandler for Plugin<HandlerWorld> {
     }
 }
 
-/// The most telling part of a wasmtime error chain, on one line.
-fn root_cause(e: &wasmtime::Error) -> String {
-    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+/// A wasmtime error chain on one line, and apart from it its wasm backtrace
+/// (if any), so the reason leads with the cause rather than the frames.
+fn root_cause(e: &wasmtime::Error) -> (String, Option<String>) {
+    let trace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|b| b.to_string());
+    let mut parts: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|p| Some(p) != trace.as_ref())
+        .collect();
     parts.dedup();
-    parts.join(": ").replace('\n', " ")
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    (one_line(&parts.join(": ")), trace.map(|t| one_line(&t)))
 }
 
 fn to_wit(t: &Task) -> wit::Task<'_> {

@@ -19,6 +19,15 @@
 //! file and a task is reported `done` only once its record is on disk. On any
 //! I/O error the plugin logs the path and error through the host and answers
 //! `retry` for every task of the batch, removing its temporary file.
+//!
+//! A call that never finished (the host was killed, the call trapped or ran
+//! out of time) leaves its temporary file behind, and its tasks come back
+//! with a higher `attempt`. A batch holding such a redelivered task first
+//! removes the temporary files of that task's earlier attempts: the name
+//! carries the first task's id and attempt, and a task is leased to one call
+//! at a time, so no live call can still be writing them. (A plugin instance
+//! lives for one call only, so "at start" has no meaning inside it; a file
+//! of another live call is never touched, since its attempt is current.)
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
@@ -51,6 +60,9 @@ impl Handler for Archive {
             Some(dir) if !dir.is_empty() => dir,
             _ => DEFAULT_DIR.to_owned(),
         };
+        if batch.iter().any(|t| t.attempt > 1) {
+            remove_orphans(Path::new(&dir), &batch);
+        }
         let outcome = match write_batch(Path::new(&dir), &batch) {
             Ok(path) => {
                 // The file's data is synced before the rename; syncing the
@@ -134,6 +146,46 @@ fn write_batch(dir: &Path, batch: &[Task]) -> Result<PathBuf, ArchiveError> {
         return Err(err);
     }
     Ok(final_path)
+}
+
+/// Removes the temporary files that earlier, unfinished attempts of this
+/// batch's tasks left in `dir`. Best effort: a file that stays is only clutter.
+fn remove_orphans(dir: &Path, batch: &[Task]) {
+    let attempts: std::collections::HashMap<u64, u32> =
+        batch.iter().map(|t| (t.id, t.attempt)).collect();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((first, attempt)) = name.to_str().and_then(parse_temp_name) else {
+            continue;
+        };
+        if attempts.get(&first).is_some_and(|&now| attempt < now) {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => taskhost_guest::info(&format!(
+                    "archive: removed {} left by an unfinished attempt",
+                    path.display()
+                )),
+                Err(err) => {
+                    taskhost_guest::warn(&format!("archive: {}", failed("remove", &path)(err)))
+                }
+            }
+        }
+    }
+}
+
+/// The first task's id and attempt in a temporary file's name
+/// (`.<first>-<last>-<attempt>-<random>.jsonl.tmp`), or `None` for any other name.
+fn parse_temp_name(name: &str) -> Option<(u64, u32)> {
+    let stem = name.strip_prefix('.')?.strip_suffix(".jsonl.tmp")?;
+    let mut parts = stem.split('-');
+    let first = parts.next()?.parse().ok()?;
+    let _last: u64 = parts.next()?.parse().ok()?;
+    let attempt = parts.next()?.parse().ok()?;
+    let random = parts.next()?;
+    (random.len() == 16 && parts.next().is_none()).then_some((first, attempt))
 }
 
 /// Syncs directory `dir`, so that a rename done in it is durable.
@@ -254,6 +306,15 @@ mod tests {
             attempt: 3,
             enqueued_at_ms: 1_764_000_000_123,
         }
+    }
+
+    #[test]
+    fn temporary_names_give_the_first_task_and_its_attempt() {
+        let name = format!(".{}.tmp", file_name(7, 9, 2, 0xabc));
+        assert_eq!(parse_temp_name(&name), Some((7, 2)));
+        assert_eq!(parse_temp_name(&file_name(7, 9, 2, 0xabc)), None);
+        assert_eq!(parse_temp_name(".notes.jsonl.tmp"), None);
+        assert_eq!(parse_temp_name(".1-2-3.jsonl.tmp"), None);
     }
 
     fn record(task: &Task) -> String {

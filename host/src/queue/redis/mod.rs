@@ -175,6 +175,8 @@ struct Shared {
     wakes: Mutex<HashMap<String, Arc<Notify>>>,
     listener: Mutex<Option<Listener>>,
     listening: watch::Sender<bool>,
+    /// Since when Redis has been unreachable, if it is: its return is logged once.
+    outage: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -299,6 +301,7 @@ impl RedisStore {
                 wakes: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
                 listening: watch::channel(false).0,
+                outage: Mutex::new(None),
             }),
             queues: Handles::default(),
         })

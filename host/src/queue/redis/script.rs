@@ -62,12 +62,31 @@ impl Shared {
     /// (a restart).
     pub(super) async fn try_run(&self, call: &Call<'_>) -> redis::RedisResult<Value> {
         let mut conn = self.conn.clone();
-        match call.cmd.query_async(&mut conn).await {
+        let r = match call.cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 call.script.load_async(&mut conn).await?;
                 call.cmd.query_async(&mut conn).await
             }
             r => r,
+        };
+        self.note_reachability(&r);
+        r
+    }
+
+    /// Remembers when Redis became unreachable, and logs once, at the first
+    /// answer after, how long it was gone (the failures are logged as they come).
+    fn note_reachability(&self, r: &redis::RedisResult<Value>) {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Err(e) if is_connection(e) => {
+                outage.get_or_insert_with(std::time::Instant::now);
+            }
+            Err(_) | Ok(_) => {
+                if let Some(since) = outage.take() {
+                    let gone = since.elapsed().as_secs_f64();
+                    tracing::info!(url = %self.url, "Redis reachable again after {gone:.1} s");
+                }
+            }
         }
     }
 
