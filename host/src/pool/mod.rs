@@ -207,4 +207,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+mod containment_tests;
+#[cfg(test)]
 mod tests;
