@@ -497,7 +497,7 @@ mod tests {
         let c =
             HostConfig::parse("[[plugins]]\npath = \"a.wasm\"\npool = { batch_size = 0 }").unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("batch_size") && e.contains("plugin a"), "{e}");
+        assert!(e.contains("plugins[0] (a): pool.batch_size"), "{e}");
     }
 
     #[test]

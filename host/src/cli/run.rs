@@ -29,16 +29,16 @@ pub struct RunArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Tasks per batch [default: 100].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long)]
     batch_size: Option<usize>,
     /// Batches handled at once [default: 4].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long)]
     max_workers: Option<usize>,
     /// Deliveries before a failing task is dead-lettered [default: 10].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long)]
     max_attempts: Option<u32>,
     /// Memory limit per plugin instance, MiB [default: 128]; growing past it traps.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long)]
     memory_mib: Option<u64>,
     /// Time limit per plugin call, e.g. 30s [default: 30s]; a call over it traps.
     #[arg(long, value_parser = humantime::parse_duration)]
