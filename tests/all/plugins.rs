@@ -132,12 +132,19 @@ async fn hostile_plugins_fail_their_batches_only() {
             continue;
         }
         assert_eq!(s.dead, 3, "{}: every task dead-lettered", q.name());
-        // Every call fails, so each batch of 3 is bisected down to single
-        // tasks: per attempt 2 splits and 3 failed single-task calls.
+        // Every call fails, so every task fails alone in each attempt: 3
+        // failed single-task calls per attempt. How many splits that takes
+        // depends on how the retried tasks meet again (one batch of 3: 2
+        // splits; apart: fewer).
         assert_eq!(
-            (stats.split_batches, stats.failed_batches),
-            (4, 6),
+            stats.failed_batches,
+            6,
             "{}: bisected, one failed call per task per attempt",
+            q.name()
+        );
+        assert!(
+            (2..=4).contains(&stats.split_batches),
+            "{}: {stats:?}",
             q.name()
         );
         for d in &dead {

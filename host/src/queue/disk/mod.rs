@@ -107,6 +107,28 @@ pub struct DiskStore {
     queues: Handles<DiskQueue>,
 }
 
+/// Creates `dir` and any missing parents with mode 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl DiskStore {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(
@@ -119,13 +141,21 @@ impl DiskStore {
                 "disk dead_capacity must be at least 1".into(),
             ));
         }
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        // The queue and the code cache are this user's alone: directories
+        // made here are 0700 and the database 0600 (SQLite gives its WAL
+        // and shared-memory files the database's mode). Existing ones keep
+        // the mode their owner chose.
+        private_dir(data_dir).map_err(|e| {
             QueueError::Config(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
         let path = data_dir.join(DB_FILE);
+        private_file(&path).map_err(|e| QueueError::Disk {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let disk_err = |e: rusqlite::Error| QueueError::Disk {
             path: path.display().to_string(),
             message: e.to_string(),

@@ -64,3 +64,17 @@ async fn disk_two_openers_share_one_queue() {
     a.close().await;
     b.close().await;
 }
+
+/// The data directory it makes is the user's alone, and so is the database.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_data_dir_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir().unwrap();
+    let data = dir.path().join("new").join("data");
+    let store = DiskStore::open(&data, DiskOptions::default(), ManualClock::new(T0)).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join(DB_FILE)), 0o600);
+    store.close().await;
+}
