@@ -19,7 +19,7 @@ pub mod disk;
 pub mod memory;
 mod open;
 pub mod redis;
-mod util;
+pub(crate) mod util;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
