@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{new_plugin, push, reload, run, status};
+use cli::{check, init, new_plugin, push, reload, run, status};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -40,6 +40,10 @@ enum Cmd {
     Reload(reload::ReloadArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
+    /// Check that the queue store is sound (SQLite's integrity check on disk).
+    Check(check::CheckArgs),
+    /// Create the disk queue store; `--force` starts a new one in place of a lost one.
+    Init(init::InitArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,5 +75,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Status(a) => status::status(a).await,
         Cmd::Reload(a) => reload::reload(a),
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
+        Cmd::Check(a) => check::check(a).await,
+        Cmd::Init(a) => init::init(a).await,
     }
 }

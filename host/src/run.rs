@@ -262,9 +262,16 @@ async fn run_with(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
+    // A store that failed for good (damaged data) stops the host: serving
+    // on would only log the same error forever and report wrong counts.
+    let mut failed = None;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing running batches"),
         _ = drained => tracing::info!("queues drained"),
+        e = queues.failed() => {
+            tracing::error!(error = %e, "queue store failed: stopping");
+            failed = Some(e);
+        }
     }
     // Sources first, so nothing new arrives while the pools wind down.
     for poller in pollers {
@@ -290,6 +297,11 @@ async fn run_with(
     let elapsed = started.elapsed();
     run_file.remove();
     runtime.shutdown();
+    if let Some(e) = failed {
+        return Err(
+            anyhow::Error::new(e).context("the host stopped because its queue store failed")
+        );
+    }
     Ok(RunSummary { elapsed, plugins })
 }
 

@@ -11,4 +11,5 @@ mod http;
 mod languages;
 mod plugins;
 mod redis;
+mod store;
 mod support;

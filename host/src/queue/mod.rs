@@ -222,6 +222,15 @@ pub enum QueueError {
         /// What SQLite said.
         message: String,
     },
+    /// The store's data is damaged: nothing more is read or written, and
+    /// the host stops (retrying cannot heal it).
+    #[error("disk queue store {path}: {message}")]
+    Corrupt {
+        /// Database file.
+        path: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The Redis store failed or is unreachable.
     #[error("redis queue store {url}: {message}")]
     Redis {
@@ -336,6 +345,13 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes what was handed to the backend and stops its background work.
     async fn close(&self) {}
+
+    /// Resolves with the error once the store has failed for good (its data
+    /// is damaged); the host then stops. Never resolves for a store that
+    /// can recover by retrying.
+    async fn failed(&self) -> QueueError {
+        std::future::pending().await
+    }
 
     /// Where the queues are, for people: a file path, a URL without password.
     fn describe(&self) -> String;

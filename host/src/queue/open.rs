@@ -49,11 +49,13 @@ pub enum BackendConfig {
 
 impl BackendConfig {
     /// Whether the backend holds a store already: false only for a disk
-    /// backend whose database file was never created (a server is asked
-    /// when opened).
+    /// backend that never held one (a server is asked when opened; a disk
+    /// store whose file vanished is refused when opened).
     pub fn exists(&self) -> bool {
         match self {
-            BackendConfig::Disk { data_dir, .. } => data_dir.join(disk::DB_FILE).exists(),
+            BackendConfig::Disk { data_dir, .. } => {
+                data_dir.join(disk::DB_FILE).exists() || data_dir.join(disk::MARKER_FILE).exists()
+            }
             BackendConfig::Memory(_) | BackendConfig::Redis { .. } => true,
         }
     }
