@@ -38,6 +38,26 @@ fn run_drained(data: &Path) -> Output {
     )
 }
 
+/// `host run`, `host push` and `host <third>` all fail naming the database
+/// and saying each of `says`; none reports counts as if the store were fine.
+fn assert_all_refused(data: &Path, third: &str, says: &[&str]) {
+    let db = data.join("queue.sqlite3").display().to_string();
+    let push = output(
+        host()
+            .args(["push", "default", "x", "--data-dir"])
+            .arg(data),
+    );
+    let other = output(host().args([third, "--data-dir"]).arg(data));
+    for out in [run_drained(data), push, other] {
+        let e = fails(&out);
+        assert!(e.contains(&db), "{e}");
+        for s in says {
+            assert!(e.contains(s), "{s:?} not in: {e}");
+        }
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("0 pending"));
+    }
+}
+
 #[test]
 fn a_truncated_store_is_refused_and_init_force_starts_over() {
     let tmp = tempfile::tempdir().unwrap();
@@ -45,22 +65,7 @@ fn a_truncated_store_is_refused_and_init_force_starts_over() {
     push_file(&data, &payload_file(tmp.path(), 200));
     let db = data.join("queue.sqlite3");
     std::fs::File::create(&db).unwrap(); // 0 bytes: SQLite would take it for a new, empty queue
-    for out in [
-        run_drained(&data),
-        output(
-            host()
-                .args(["push", "default", "x", "--data-dir"])
-                .arg(&data),
-        ),
-        output(host().args(["status", "--data-dir"]).arg(&data)),
-    ] {
-        let e = fails(&out);
-        assert!(e.contains(&db.display().to_string()), "{e}");
-        assert!(
-            e.contains("empty (0 bytes)") && e.contains("host init --force"),
-            "{e}"
-        );
-    }
+    assert_all_refused(&data, "status", &["empty (0 bytes)", "host init --force"]);
     let moved = ok(host().args(["init", "--force", "--data-dir"]).arg(&data));
     assert!(moved.contains("moved aside"), "{moved}");
     let summary = String::from_utf8_lossy(&run_drained(&data).stdout).into_owned();
@@ -80,20 +85,7 @@ fn a_damaged_store_stops_run_push_and_fails_check() {
     f.seek(SeekFrom::Start(len / 2 / 4096 * 4096)).unwrap();
     f.write_all(&[0xA5; 3 * 4096]).unwrap();
     drop(f);
-    for out in [
-        run_drained(&data),
-        output(
-            host()
-                .args(["push", "default", "x", "--data-dir"])
-                .arg(&data),
-        ),
-        output(host().args(["check", "--data-dir"]).arg(&data)),
-    ] {
-        let e = fails(&out);
-        assert!(e.contains(&db.display().to_string()), "{e}");
-        assert!(e.contains("damaged"), "{e}");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("0 pending"));
-    }
+    assert_all_refused(&data, "check", &["damaged"]);
 }
 
 #[test]
