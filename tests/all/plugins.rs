@@ -76,6 +76,14 @@ async fn settled(queue: &Arc<dyn BaseQueue>) -> QueueStats {
     }
 }
 
+/// A runtime, a memory store and its queue `name`.
+fn setup(name: &str) -> (Runtime, Arc<dyn QueueStore>, Arc<dyn BaseQueue>) {
+    let runtime = Runtime::new().expect("runtime");
+    let store = memory_store();
+    let q = store.queue(name).expect("queue");
+    (runtime, store, q)
+}
+
 /// Loads `spec`, serves `q` with it until every task is settled, stops the
 /// pool: the queue's counts and the pool's.
 async fn drain(
@@ -192,9 +200,7 @@ async fn hostile_plugins_fail_their_batches_only() {
 /// Runs one task through testkit in script mode with `limits` and one
 /// attempt; returns the reason it was dead-lettered with.
 async fn dead_reason(command: &str, limits: Limits) -> String {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("limited").unwrap();
+    let (runtime, store, q) = setup("limited");
     push(&q, &[command]).await;
     let plugin = testkit(&runtime, store.clone(), "script", limits);
     let pool = serve(&q, plugin, 1);
@@ -233,9 +239,7 @@ async fn time_limit_holds_while_the_guest_waits_in_a_host_call() {
 /// poison task spends its attempts and is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_task_is_isolated_by_bisection() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("poison").unwrap();
+    let (runtime, store, q) = setup("poison");
     let mut payloads = vec!["ok"; 100];
     payloads[37] = "trap";
     push(&q, &payloads).await;
@@ -267,9 +271,7 @@ async fn a_poison_task_is_isolated_by_bisection() {
 /// unique keys across the batch, and refuses only the task it cannot take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("fan").unwrap();
+    let (runtime, store, q) = setup("fan");
     q.push_batch(
         ["a:k1:x", "b::y", "a:k1:z", "bad\u{1}name::w", "b::v"]
             .iter()
@@ -306,9 +308,7 @@ async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_outcomes_become_queue_actions() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("script").unwrap();
+    let (runtime, store, q) = setup("script");
     push(
         &q,
         &[
@@ -350,9 +350,7 @@ async fn script_outcomes_become_queue_actions() {
 /// `enqueue_to` list. A refused enqueue names the grant and creates no queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_reaches_only_granted_queues() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("own").unwrap();
+    let (runtime, store, q) = setup("own");
     push(
         &q,
         &[
