@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{check, init, new_plugin, push, reload, run, status};
+use cli::{check, init, new_plugin, push, reload, run, status, wit};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -44,6 +44,8 @@ enum Cmd {
     Check(check::CheckArgs),
     /// Create the disk queue store; `--force` starts a new one in place of a lost one.
     Init(init::InitArgs),
+    /// Print (or write with --out) the plugin interface, for bindings generators.
+    Wit(wit::WitArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,5 +79,6 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
         Cmd::Check(a) => check::check(a).await,
         Cmd::Init(a) => init::init(a).await,
+        Cmd::Wit(a) => wit::wit(a),
     }
 }

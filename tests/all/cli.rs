@@ -367,3 +367,17 @@ fn redis_coming_back_is_logged_once_with_the_outage_length() {
         .unwrap();
     assert!(line.contains(" s") && line.contains(&url), "{line}");
 }
+
+#[test]
+fn host_wit_prints_and_writes_the_plugin_interface() {
+    let wit = std::fs::read_to_string(root().join("wit/plugin.wit")).unwrap();
+    let printed = ok(host().arg("wit"));
+    assert_eq!(printed.trim_end(), wit.trim_end());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("wit");
+    ok(host().args(["wit", "--out"]).arg(&out));
+    assert_eq!(
+        std::fs::read_to_string(out.join("plugin.wit")).unwrap(),
+        wit
+    );
+}

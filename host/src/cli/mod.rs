@@ -25,6 +25,7 @@ pub mod push;
 pub mod reload;
 pub mod run;
 pub mod status;
+pub mod wit;
 
 /// Where the queues are.
 #[derive(Debug, Args)]
