@@ -19,6 +19,7 @@ macro_rules! outln {
 
 pub mod check;
 pub mod init;
+pub mod hosts;
 pub mod log;
 pub mod new_plugin;
 pub mod push;

@@ -16,6 +16,7 @@
 //! pop-based queues).
 
 pub mod disk;
+pub mod hosts;
 pub mod memory;
 mod open;
 pub mod redis;
@@ -24,6 +25,7 @@ pub(crate) mod util;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use self::hosts::{HostInfo, HostPlugin, HostRegistry};
 pub use self::open::{Backend, BackendConfig, open};
 
 use std::sync::Arc;
@@ -355,6 +357,12 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Where the queues are, for people: a file path, a URL without password.
     fn describe(&self) -> String;
+
+    /// The hosts serving this store's queues (see [`hosts`]). Persistent
+    /// backends override it; the default knows nothing beyond this process.
+    fn registry(&self) -> Arc<dyn HostRegistry> {
+        Arc::new(hosts::LocalRegistry::default())
+    }
 }
 
 /// Checks a queue name: non-empty, printable, at most 200 bytes.

@@ -25,6 +25,7 @@
 //! queue (trimmed whenever a settlement adds one); `queues` names every queue ever
 //! pushed to, for `host status`. All statements run on the writer thread.
 
+mod hosts;
 mod identity;
 mod sql;
 mod writer;
@@ -112,6 +113,8 @@ pub struct DiskStore {
     /// Set once SQLite reports the file damaged; from then on every call
     /// fails at once and [`QueueStore::failed`] resolves.
     broken: tokio::sync::watch::Sender<Option<String>>,
+    /// The registered host this process is: its leases name it.
+    holder: Mutex<Option<Arc<str>>>,
 }
 
 /// Creates `dir` and any missing parents with mode 0700.
@@ -174,6 +177,7 @@ impl DiskStore {
             thread: Mutex::new(Some(thread)),
             queues: Handles::default(),
             broken: tokio::sync::watch::channel(None).0,
+            holder: Mutex::new(None),
         }))
     }
 
@@ -203,6 +207,7 @@ impl DiskStore {
         identity::quick_check(&conn, path)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| disk_err(e.to_string()))?;
+        sql::migrate(&conn).map_err(|e| disk_err(e.to_string()))?;
         Ok(conn)
     }
 
@@ -312,6 +317,10 @@ impl QueueStore for Arc<DiskStore> {
     fn describe(&self) -> String {
         format!("disk queue {}", self.path.display())
     }
+
+    fn registry(&self) -> Arc<dyn super::HostRegistry> {
+        Arc::new(hosts::DiskRegistry::new(self.clone()))
+    }
 }
 
 /// One named queue in a [`DiskStore`].
@@ -361,11 +370,13 @@ impl BaseQueue for DiskQueue {
 
     async fn lease(&self, max: usize, ttl: Duration) -> Result<Vec<Task>, QueueError> {
         let queue = self.name.clone();
+        let holder = lock(&self.store.holder).clone();
         self.store
             .call(|reply| Request::Lease {
                 queue,
                 max,
                 ttl,
+                holder,
                 reply,
             })
             .await
