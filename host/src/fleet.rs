@@ -39,6 +39,21 @@ pub async fn join(registry: &dyn HostRegistry, run_file: &RunFile, slots: &[Arc<
     }
 }
 
+/// Rewrites the run file and renews the registration now (after the
+/// pools started, so both show their workers at once).
+pub async fn beat(
+    registry: &dyn HostRegistry,
+    run_file: &Arc<RunFile>,
+    slots: &[Arc<dyn HotSwap>],
+) {
+    let me = run_file.info(slots);
+    let (file, info) = (run_file.clone(), me.clone());
+    let _ = tokio::task::spawn_blocking(move || file.write_info(&info)).await;
+    if let Err(e) = registry.heartbeat(&me).await {
+        tracing::warn!(error = %e, "cannot renew this host's registration");
+    }
+}
+
 /// Renews the registration (and the run file) and reclaims gone hosts'
 /// leases every [`HEARTBEAT_EVERY`] until `stop`.
 pub async fn keep_alive(
@@ -55,12 +70,7 @@ pub async fn keep_alive(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let me = run_file.info(&slots);
-        let (file, info) = (run_file.clone(), me.clone());
-        let _ = tokio::task::spawn_blocking(move || file.write_info(&info)).await;
-        if let Err(e) = registry.heartbeat(&me).await {
-            tracing::warn!(error = %e, "cannot renew this host's registration");
-        }
+        beat(&*registry, &run_file, &slots).await;
         if let Err(e) = registry.reclaim_gone().await {
             tracing::warn!(error = %e, "cannot reclaim the leases of gone hosts");
         }

@@ -259,6 +259,7 @@ async fn run_with(
         run_file.set_gauge(pools.len(), Arc::new(pool.load_gauge()));
         pools.push((p, slot, pool));
     }
+    crate::fleet::beat(&*registry, &run_file, &slots).await;
     let drained = async {
         if !opts.exit_when_drained {
             return std::future::pending().await;

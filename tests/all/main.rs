@@ -6,6 +6,7 @@ mod cli;
 mod containment;
 mod docs;
 mod e2e;
+mod fleet;
 mod hotswap;
 mod http;
 mod languages;

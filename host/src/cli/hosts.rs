@@ -61,7 +61,11 @@ fn print_host(h: &HostInfo, now: u64) {
     outln!(
         "host {} on {} pid {}: started {}, last heartbeat {}",
         if h.id.is_empty() { "?" } else { &h.id },
-        if h.machine.is_empty() { "?" } else { &h.machine },
+        if h.machine.is_empty() {
+            "?"
+        } else {
+            &h.machine
+        },
         h.pid,
         ago(h.started_at_ms),
         ago(h.last_heartbeat_ms)

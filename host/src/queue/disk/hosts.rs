@@ -112,3 +112,93 @@ impl HostRegistry for DiskRegistry {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::queue::conformance::{T0, TTL, push_n};
+    use crate::queue::{BaseQueue, QueueStore};
+    use crate::registry::RunFile;
+    use rusqlite::Connection;
+
+    fn me(id: &str) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            pid: std::process::id(),
+            ..HostInfo::default()
+        }
+    }
+
+    /// A holder without a run file in the data directory is gone: its
+    /// leases come back at once, long before their TTL, and it can neither
+    /// renew nor settle them any more. A live holder's leases stay.
+    #[tokio::test]
+    async fn leases_of_a_gone_holder_come_back_at_once_and_it_cannot_settle_them() {
+        let clock = ManualClock::new(T0);
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), Default::default(), clock.clone()).unwrap();
+        let q = store.queue("q").unwrap();
+        push_n(&*q, 10).await;
+        let reg = store.registry();
+
+        // A dead host's leases (no run file names it).
+        reg.heartbeat(&me("dead-host")).await.unwrap();
+        let dead = q.lease(4, TTL).await.unwrap();
+        // This process, registered with its run file and lock.
+        let run_file = RunFile::create(dir.path(), vec!["q".into()]).unwrap();
+        run_file.write(&[]);
+        let alive = run_file.info(&[]);
+        reg.heartbeat(&alive).await.unwrap();
+        let mine = q.lease(3, TTL).await.unwrap();
+
+        assert_eq!(reg.reclaim_gone().await.unwrap(), 4);
+        let s = q.stats().await.unwrap();
+        assert_eq!((s.pending, s.leased), (7, 3), "{s:?}");
+        let old: Vec<_> = dead.iter().map(|t| t.lease()).collect();
+        assert_eq!(q.renew(&old, TTL).await.unwrap(), 0);
+        assert_eq!(q.ack(&old).await.unwrap().lost, 4);
+        // The delivery counts, as an expiry's would.
+        let again = q.lease(10, TTL).await.unwrap();
+        let back: Vec<_> = again.iter().filter(|t| t.attempt == 2).collect();
+        assert_eq!(back.len(), 4);
+        assert_eq!(reg.reclaim_gone().await.unwrap(), 0, "nothing else is gone");
+        let held: Vec<_> = mine.iter().map(|t| t.lease()).collect();
+        assert_eq!(q.ack(&held).await.unwrap().applied, 3);
+        assert_eq!(reg.hosts().await.unwrap().len(), 1);
+        run_file.remove();
+        store.close().await;
+    }
+
+    /// A database made before leases recorded a holder is migrated in
+    /// place: its tasks and leases are kept, and new leases record one.
+    #[tokio::test]
+    async fn a_database_without_the_holder_column_is_migrated_in_place() {
+        let clock = ManualClock::new(T0);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+            let old = super::super::SCHEMA.replace(
+                "leased INTEGER NOT NULL DEFAULT 0,\n    -- The host holding the lease (its registry id), if it registered.\n    holder TEXT\n",
+                "leased INTEGER NOT NULL DEFAULT 0\n",
+            );
+            assert!(!old.contains("holder"), "the old schema has no holder");
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO tasks (queue, payload, enqueued_at, visible_at) VALUES ('q', x'01', 1, 1)",
+                [],
+            )
+            .unwrap();
+            c.execute("INSERT INTO queues (name) VALUES ('q')", [])
+                .unwrap();
+        }
+        let store = DiskStore::open(dir.path(), Default::default(), clock.clone()).unwrap();
+        let q = store.queue("q").unwrap();
+        assert_eq!(q.stats().await.unwrap().pending, 1);
+        store.registry().heartbeat(&me("gone")).await.unwrap();
+        let t = q.lease(1, TTL).await.unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(store.registry().reclaim_gone().await.unwrap(), 1);
+        store.close().await;
+    }
+}

@@ -221,7 +221,14 @@ fn apply(c: &Connection, r: Request, now: u64) -> (Finish, bool) {
             reply,
         } => done(
             reply,
-            lease(c, &queue, max, clock::after(now, ttl), now, holder.as_deref()),
+            lease(
+                c,
+                &queue,
+                max,
+                clock::after(now, ttl),
+                now,
+                holder.as_deref(),
+            ),
         ),
         Request::Holders { reply } => done(reply, holders(c)),
         Request::Reclaim { holders, reply } => done(reply, reclaim(c, &holders, now)),

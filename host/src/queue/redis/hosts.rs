@@ -266,3 +266,7 @@ impl HostRegistry for RedisRegistry {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "hosts_tests.rs"]
+mod tests;
