@@ -198,6 +198,8 @@ mod tests {
         store.registry().heartbeat(&me("gone")).await.unwrap();
         let t = q.lease(1, TTL).await.unwrap();
         assert_eq!(t.len(), 1);
+        // Its holder leaves without a run file: gone, so the lease comes back.
+        store.registry().deregister("gone").await.unwrap();
         assert_eq!(store.registry().reclaim_gone().await.unwrap(), 1);
         store.close().await;
     }
