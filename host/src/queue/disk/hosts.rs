@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::queue::conformance::{T0, TTL, push_n};
-    use crate::queue::{BaseQueue, QueueStore};
+    use crate::queue::QueueStore;
     use crate::registry::RunFile;
     use rusqlite::Connection;
 

@@ -3,7 +3,7 @@
 use super::*;
 use crate::clock;
 use crate::queue::redis::{RedisOptions, RedisStore};
-use crate::queue::{BaseQueue, NewTask, QueueStore};
+use crate::queue::{NewTask, QueueStore};
 use taskhost_fixtures::redis::RedisServer;
 
 fn me(id: &str) -> HostInfo {
