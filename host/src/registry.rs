@@ -1,7 +1,10 @@
 //! The hosts running on one data directory: each writes a run file saying
 //! what it serves, and holds an exclusive lock on a lock file beside it for
 //! as long as it lives. `host status` lists the run files whose lock is
-//! held; `host reload` signals only those.
+//! held; `host reload` signals only those. The run file names the host's
+//! registry id ([`host_id`]): it is the disk backend's registration, and
+//! a lease whose holder no live run file names is reclaimed at once
+//! (`queue/disk/hosts.rs`).
 //!
 //! The lock, not the process id, says whether a host is alive: a stale run
 //! file whose pid was reused by an unrelated process is never signalled

@@ -18,8 +18,8 @@ macro_rules! outln {
 }
 
 pub mod check;
-pub mod init;
 pub mod hosts;
+pub mod init;
 pub mod log;
 pub mod new_plugin;
 pub mod push;

@@ -6,6 +6,7 @@
 //! | `open.rs` | [`open`]: the one place a backend is chosen, from a [`BackendConfig`] |
 //! | `memory.rs`, `disk/`, `redis/` | the backends |
 //! | `util.rs` | what the backends share: locking, handle table, waiting for room |
+//! | `hosts.rs` | [`HostRegistry`]: the hosts serving a store, and reclaiming a gone holder's leases |
 //! | `conformance.rs` | the checks every backend passes (tests and the `conformance` feature) |
 //!
 //! Every backend passes the same conformance suite: push with optional

@@ -117,8 +117,8 @@ impl HostRegistry for DiskRegistry {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::queue::conformance::{T0, TTL, push_n};
     use crate::queue::QueueStore;
+    use crate::queue::conformance::{T0, TTL, push_n};
     use crate::registry::RunFile;
     use rusqlite::Connection;
 
