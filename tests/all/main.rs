@@ -4,6 +4,7 @@
 
 mod cli;
 mod containment;
+mod dashboard;
 mod docs;
 mod e2e;
 mod fleet;
