@@ -10,5 +10,6 @@ mod hotswap;
 mod http;
 mod languages;
 mod plugins;
+mod postgres;
 mod redis;
 mod support;

@@ -36,7 +36,8 @@ pub struct StoreArgs {
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
-    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    /// Server holding the queues: redis://host:port/db (implies --backend redis) or
+    /// postgres://user:pass@host:port/db (implies --backend postgres).
     #[arg(long, env = "TASKHOST_QUEUE_URL")]
     queue_url: Option<String>,
 }
@@ -52,7 +53,7 @@ impl StoreArgs {
         }
         if let Some(u) = &self.queue_url {
             cfg.queue_url = Some(u.clone());
-            cfg.backend = Backend::Redis;
+            cfg.backend = Backend::for_url(u);
         }
         if let Some(b) = self.backend {
             cfg.backend = b.into();
@@ -87,6 +88,8 @@ pub enum BackendArg {
     Memory,
     /// Redis at `queue_url`: many hosts share the queues.
     Redis,
+    /// PostgreSQL at `queue_url`: many hosts share the queues.
+    Postgres,
 }
 
 impl From<BackendArg> for Backend {
@@ -95,6 +98,7 @@ impl From<BackendArg> for Backend {
             BackendArg::Disk => Backend::Disk,
             BackendArg::Memory => Backend::Memory,
             BackendArg::Redis => Backend::Redis,
+            BackendArg::Postgres => Backend::Postgres,
         }
     }
 }
