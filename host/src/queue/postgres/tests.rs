@@ -155,12 +155,9 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
         .expect("the push woke the waiting host")
         .unwrap();
 
-    server = tokio::task::spawn_blocking(move || {
-        server.restart_immediate().map(|()| server)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let restarted =
+        tokio::task::spawn_blocking(move || server.restart_immediate().map(|()| server));
+    let server = restarted.await.unwrap().unwrap();
     listening.wait_for(|&on| !on).await.unwrap();
     listening.wait_for(|&on| on).await.unwrap();
     waiting.wait_for_work(Duration::from_millis(1)).await;
@@ -177,4 +174,5 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     assert_eq!(waiting.len().await.unwrap(), 3, "nothing committed was lost");
     idle.close().await;
     busy.close().await;
+    drop(server);
 }
