@@ -38,7 +38,11 @@ impl Host {
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let status = self.child.wait().unwrap();
         let out = std::fs::read_to_string(&self.out).unwrap_or_default();
-        assert!(status.success(), "host failed: {status}\n{out}\n{}", self.log());
+        assert!(
+            status.success(),
+            "host failed: {status}\n{out}\n{}",
+            self.log()
+        );
         out
     }
 }

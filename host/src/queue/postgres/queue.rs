@@ -126,10 +126,7 @@ impl PostgresQueue {
             .await
             .map_err(|e| sh.pg_error(e))?;
         let rows = tx
-            .query(
-                &stmt,
-                &[&&*self.name, &payloads, &keys, &visible, &now],
-            )
+            .query(&stmt, &[&&*self.name, &payloads, &keys, &visible, &now])
             .await
             .map_err(|e| sh.pg_error(e))?;
         let mut out = Vec::with_capacity(rows.len());

@@ -42,7 +42,9 @@ async fn transactional_push_exists_only_if_the_transaction_commits() {
         .unwrap();
 
     let tx = producer.transaction().await.unwrap();
-    tx.execute("INSERT INTO orders VALUES (1)", &[]).await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (1)", &[])
+        .await
+        .unwrap();
     tx.query_one(
         "SELECT taskhost.push('orders', $1::bytea)",
         &[&b"order 1".as_slice()],
@@ -50,10 +52,16 @@ async fn transactional_push_exists_only_if_the_transaction_commits() {
     .await
     .unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(q.len().await.unwrap(), 0, "a rolled-back push leaves no task");
+    assert_eq!(
+        q.len().await.unwrap(),
+        0,
+        "a rolled-back push leaves no task"
+    );
 
     let tx = producer.transaction().await.unwrap();
-    tx.execute("INSERT INTO orders VALUES (2)", &[]).await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (2)", &[])
+        .await
+        .unwrap();
     let id: i64 = tx
         .query_one(
             "SELECT taskhost.push('orders', $1::bytea, unique_key => 'order-2')",
@@ -64,10 +72,7 @@ async fn transactional_push_exists_only_if_the_transaction_commits() {
         .get(0);
     // The same key again in the same transaction names the same task.
     let again: i64 = tx
-        .query_one(
-            "SELECT taskhost.push('orders', 'x'::bytea, 'order-2')",
-            &[],
-        )
+        .query_one("SELECT taskhost.push('orders', 'x'::bytea, 'order-2')", &[])
         .await
         .unwrap()
         .get(0);
@@ -127,7 +132,12 @@ async fn a_newer_schema_is_refused() {
         clock::system(),
     )
     .unwrap();
-    other.queue("q").unwrap().push(NewTask::new("x")).await.unwrap();
+    other
+        .queue("q")
+        .unwrap()
+        .push(NewTask::new("x"))
+        .await
+        .unwrap();
 }
 
 /// An idle host waiting for work is woken by another host's push through
@@ -171,7 +181,11 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
         .await
         .expect("a push after the restart woke the waiting host")
         .unwrap();
-    assert_eq!(waiting.len().await.unwrap(), 3, "nothing committed was lost");
+    assert_eq!(
+        waiting.len().await.unwrap(),
+        3,
+        "nothing committed was lost"
+    );
     idle.close().await;
     busy.close().await;
     drop(server);
