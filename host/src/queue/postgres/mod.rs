@@ -235,6 +235,16 @@ impl Shared {
     /// A driver error, saying so when the server is unreachable.
     fn pg_error(&self, e: tokio_postgres::Error) -> QueueError {
         match e.as_db_error() {
+            // Class 08 (connection exception) and 57 (operator
+            // intervention: shutdown, crash, still starting) mean the
+            // server went away or is not back yet: retry like a lost socket.
+            Some(db) if matches!(db.code().code().get(..2), Some("08" | "57")) => {
+                self.error(format!(
+                    "PostgreSQL is unreachable: {}: {}",
+                    db.code().code(),
+                    db.message()
+                ))
+            }
             Some(db) => self.error(format!("{}: {}", db.code().code(), db.message())),
             None => self.error(format!("PostgreSQL is unreachable: {e}")),
         }
