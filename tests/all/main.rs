@@ -12,6 +12,7 @@ mod hotswap;
 mod http;
 mod languages;
 mod plugins;
+mod postgres;
 mod redis;
 mod store;
 mod support;

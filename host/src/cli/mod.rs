@@ -40,7 +40,8 @@ pub struct StoreArgs {
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
-    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    /// Server holding the queues: redis://host:port/db (implies --backend redis) or
+    /// postgres://user:pass@host:port/db (implies --backend postgres).
     #[arg(long, env = "TASKHOST_QUEUE_URL")]
     queue_url: Option<String>,
 }
@@ -56,7 +57,7 @@ impl StoreArgs {
         }
         if let Some(u) = &self.queue_url {
             cfg.queue_url = Some(u.clone());
-            cfg.backend = Backend::Redis;
+            cfg.backend = Backend::for_url(u);
         }
         if let Some(b) = self.backend {
             cfg.backend = b.into();
@@ -91,6 +92,8 @@ pub enum BackendArg {
     Memory,
     /// Redis at `queue_url`: many hosts share the queues.
     Redis,
+    /// PostgreSQL at `queue_url`: many hosts share the queues.
+    Postgres,
 }
 
 impl From<BackendArg> for Backend {
@@ -99,6 +102,7 @@ impl From<BackendArg> for Backend {
             BackendArg::Disk => Backend::Disk,
             BackendArg::Memory => Backend::Memory,
             BackendArg::Redis => Backend::Redis,
+            BackendArg::Postgres => Backend::Postgres,
         }
     }
 }

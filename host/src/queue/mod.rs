@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `mod.rs` | [`BaseQueue`] (one queue), [`QueueStore`] (a backend's named queues) and their types |
 //! | `open.rs` | [`open`]: the one place a backend is chosen, from a [`BackendConfig`] |
-//! | `memory.rs`, `disk/`, `redis/` | the backends |
+//! | `memory.rs`, `disk/`, `redis/`, `postgres/` | the backends |
 //! | `util.rs` | what the backends share: locking, handle table, waiting for room |
 //! | `hosts.rs` | [`HostRegistry`]: the hosts serving a store, and reclaiming a gone holder's leases |
 //! | `conformance.rs` | the checks every backend passes (tests and the `conformance` feature) |
@@ -20,6 +20,7 @@ pub mod disk;
 pub mod hosts;
 pub mod memory;
 mod open;
+pub mod postgres;
 pub mod redis;
 pub(crate) mod util;
 
@@ -237,6 +238,14 @@ pub enum QueueError {
     /// The Redis store failed or is unreachable.
     #[error("redis queue store {url}: {message}")]
     Redis {
+        /// Server URL, without password.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The PostgreSQL store failed or is unreachable.
+    #[error("postgres queue store {url}: {message}")]
+    Postgres {
         /// Server URL, without password.
         url: String,
         /// What went wrong.
