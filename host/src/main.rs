@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{new_plugin, push, reload, run, status};
+use cli::{new_plugin, push, reload, run, serve, status};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -38,6 +38,8 @@ enum Cmd {
     Status(status::StatusArgs),
     /// Ask every host running on the data directory to reload its plugins (SIGHUP).
     Reload(reload::ReloadArgs),
+    /// Serve the HTTP API and /metrics over the queues, without plugins.
+    Serve(serve::ServeArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
 }
@@ -70,6 +72,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Push(a) => push::push(a).await,
         Cmd::Status(a) => status::status(a).await,
         Cmd::Reload(a) => reload::reload(a),
+        Cmd::Serve(a) => serve::serve(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
     }
 }

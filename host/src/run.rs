@@ -226,6 +226,16 @@ async fn run_with(
         stop.clone(),
     ));
 
+    // The HTTP listener (API and /metrics), once every plugin is loaded.
+    let api = match crate::api::start_for_run(&cfg.api, queues).await {
+        Ok(api) => api,
+        Err(e) => {
+            stop.cancel();
+            while background.join_next().await.is_some() {}
+            run_file.remove();
+            return Err(e);
+        }
+    };
     let mut pollers = Vec::new();
     for (src, slot, queue) in sources {
         tracing::info!(source = %src.display_name(), version = %slot.version(), queue = %src.queue, "polling");
@@ -239,6 +249,17 @@ async fn run_with(
         let pool = WorkerPool::start(queue, slot.clone(), p.pool.clone(), clock.clone())
             .map_err(|e| anyhow::anyhow!("plugin {}: {e}", p.display_name()))?;
         pools.push((p, slot, pool));
+    }
+    if let Some((api, metrics)) = &api {
+        for (p, slot, pool) in &pools {
+            metrics.add_pool(crate::metrics::PoolSource::of(
+                &p.queue,
+                slot.clone(),
+                pool,
+                p.pool.max_workers,
+            ));
+        }
+        api.set_ready();
     }
     let drained = async {
         if !opts.exit_when_drained {
@@ -288,6 +309,9 @@ async fn run_with(
         });
     }
     let elapsed = started.elapsed();
+    if let Some((api, _)) = api {
+        api.shutdown().await;
+    }
     run_file.remove();
     runtime.shutdown();
     Ok(RunSummary { elapsed, plugins })

@@ -2,6 +2,7 @@
 //! the real `host` binary and real components, with private Redis and HTTP
 //! servers from `taskhost-fixtures`. Shared helpers are in `support/`.
 
+mod api;
 mod cli;
 mod containment;
 mod docs;
@@ -10,5 +11,6 @@ mod hotswap;
 mod http;
 mod languages;
 mod plugins;
+mod push;
 mod redis;
 mod support;

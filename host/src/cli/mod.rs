@@ -22,6 +22,7 @@ pub mod new_plugin;
 pub mod push;
 pub mod reload;
 pub mod run;
+pub mod serve;
 pub mod status;
 
 /// Where the queues are.
