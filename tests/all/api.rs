@@ -1,7 +1,6 @@
 //! The HTTP listener of real `host run --listen` / `host serve` processes,
 //! over real HTTP on 127.0.0.1: producer API, metrics, tokens and errors.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -142,6 +141,9 @@ fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
         })
 }
 
+/// A metric's labels as name/value pairs.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -254,64 +256,48 @@ fn push_drain_and_count(data: &Path, store: &[String]) {
         drained
     });
     let m = last.unwrap();
-    let expect: HashMap<(&str, Vec<(&str, &str)>), f64> = [
+    let expect: [(&str, Labels, f64); 10] = [
         (
-            (
-                "taskhost_tasks_pushed",
-                vec![("queue", "default"), ("result", "created")],
-            ),
+            "taskhost_tasks_pushed",
+            &[("queue", "default"), ("result", "created")],
             10_000.0,
         ),
         (
-            (
-                "taskhost_tasks_pushed",
-                vec![("queue", "keys"), ("result", "created")],
-            ),
+            "taskhost_tasks_pushed",
+            &[("queue", "keys"), ("result", "created")],
             10.0,
         ),
         (
-            (
-                "taskhost_tasks_pushed",
-                vec![("queue", "keys"), ("result", "duplicate")],
-            ),
+            "taskhost_tasks_pushed",
+            &[("queue", "keys"), ("result", "duplicate")],
             10.0,
         ),
         (
-            (
-                "taskhost_tasks_settled",
-                vec![("queue", "default"), ("outcome", "dead")],
-            ),
+            "taskhost_tasks_settled",
+            &[("queue", "default"), ("outcome", "dead")],
             0.0,
         ),
         (
-            (
-                "taskhost_tasks_settled",
-                vec![("queue", "default"), ("outcome", "retry")],
-            ),
+            "taskhost_tasks_settled",
+            &[("queue", "default"), ("outcome", "retry")],
             0.0,
         ),
         (
-            (
-                "taskhost_queue_tasks",
-                vec![("queue", "keys"), ("state", "pending")],
-            ),
+            "taskhost_queue_tasks",
+            &[("queue", "keys"), ("state", "pending")],
             10.0,
         ),
         (
-            (
-                "taskhost_queue_tasks",
-                vec![("queue", "default"), ("state", "dead")],
-            ),
+            "taskhost_queue_tasks",
+            &[("queue", "default"), ("state", "dead")],
             0.0,
         ),
-        (("taskhost_backend_up", vec![]), 1.0),
-        (("taskhost_workers_max", vec![("queue", "default")]), 4.0),
-        (("taskhost_plugin_info", vec![("plugin", "testkit")]), 1.0),
-    ]
-    .into_iter()
-    .collect();
-    for ((name, labels), want) in &expect {
-        assert_eq!(metric(&m, name, labels), Some(*want), "{name} {labels:?}");
+        ("taskhost_backend_up", &[], 1.0),
+        ("taskhost_workers_max", &[("queue", "default")], 4.0),
+        ("taskhost_plugin_info", &[("plugin", "testkit")], 1.0),
+    ];
+    for (name, labels, want) in expect {
+        assert_eq!(metric(&m, name, labels), Some(want), "{name} {labels:?}");
     }
     let (status, body) = http(a, "GET", "/v1/queues", &[], b"");
     assert_eq!(status, 200, "{body}");
