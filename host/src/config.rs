@@ -210,6 +210,8 @@ pub struct HostConfig {
     pub http: crate::http::HttpOptions,
     /// Source plugins the host polls for tasks, one poller each.
     pub sources: Vec<SourcePluginConfig>,
+    /// The HTTP listener (producer API, operator API, `/metrics`).
+    pub api: crate::api::ApiConfig,
 }
 
 impl Default for HostConfig {
@@ -226,6 +228,7 @@ impl Default for HostConfig {
             plugins: Vec::new(),
             http: crate::http::HttpOptions::default(),
             sources: Vec::new(),
+            api: crate::api::ApiConfig::default(),
         }
     }
 }
@@ -341,6 +344,7 @@ impl HostConfig {
                 )));
             }
         }
+        self.api.validate().map_err(ConfigError::Invalid)?;
         self.check_grants_spare_host_state()?;
         match (self.backend, &self.queue_url) {
             (Backend::Redis, None) => {

@@ -4,11 +4,13 @@
 //! ([`backoff`]) and the plugin runtime ([`plugin`]); handlers are components
 //! built against the WIT package in `wit/`.
 
+pub mod api;
 pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod queue;

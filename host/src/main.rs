@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{check, hosts, init, new_plugin, push, reload, run, status, wit};
+use cli::{check, hosts, init, new_plugin, push, reload, run, serve, status, wit};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -40,6 +40,8 @@ enum Cmd {
     Reload(reload::ReloadArgs),
     /// List the hosts serving the backend's queues (every machine's, over Redis).
     Hosts(hosts::HostsArgs),
+    /// Serve the HTTP API and /metrics over the queues, without plugins.
+    Serve(serve::ServeArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
     /// Check that the queue store is sound (SQLite's integrity check on disk).
@@ -79,6 +81,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Status(a) => status::status(a).await,
         Cmd::Reload(a) => reload::reload(a).await,
         Cmd::Hosts(a) => hosts::hosts(a).await,
+        Cmd::Serve(a) => serve::serve(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
         Cmd::Check(a) => check::check(a).await,
         Cmd::Init(a) => init::init(a).await,

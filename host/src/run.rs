@@ -244,6 +244,16 @@ async fn run_with(
         stop.clone(),
     ));
 
+    // The HTTP listener (API and /metrics), once every plugin is loaded.
+    let api = match crate::api::start_for_run(&cfg.api, queues).await {
+        Ok(api) => api,
+        Err(e) => {
+            stop.cancel();
+            while background.join_next().await.is_some() {}
+            run_file.remove();
+            return Err(e);
+        }
+    };
     let mut pollers = Vec::new();
     for (src, slot, queue) in sources {
         tracing::info!(source = %src.display_name(), version = %slot.version(), queue = %src.queue, "polling");
@@ -260,6 +270,17 @@ async fn run_with(
         pools.push((p, slot, pool));
     }
     crate::fleet::beat(&*registry, &run_file, &slots).await;
+    if let Some((api, metrics)) = &api {
+        for (p, slot, pool) in &pools {
+            metrics.add_pool(crate::metrics::PoolSource::of(
+                &p.queue,
+                slot.clone(),
+                pool,
+                p.pool.max_workers,
+            ));
+        }
+        api.set_ready();
+    }
     let drained = async {
         if !opts.exit_when_drained {
             return std::future::pending().await;
@@ -319,6 +340,9 @@ async fn run_with(
     while fleet.join_next().await.is_some() {}
     if let Err(e) = registry.deregister(run_file.id()).await {
         tracing::warn!(error = %e, "cannot deregister this host (its registration expires by itself)");
+    }
+    if let Some((api, _)) = api {
+        api.shutdown().await;
     }
     run_file.remove();
     runtime.shutdown();

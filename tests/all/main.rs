@@ -2,6 +2,7 @@
 //! the real `host` binary and real components, with private Redis and HTTP
 //! servers from `taskhost-fixtures`. Shared helpers are in `support/`.
 
+mod api;
 mod cli;
 mod containment;
 mod dashboard;
@@ -13,6 +14,7 @@ mod http;
 mod languages;
 mod plugins;
 mod postgres;
+mod push;
 mod redis;
 mod store;
 mod support;

@@ -25,6 +25,7 @@ pub mod new_plugin;
 pub mod push;
 pub mod reload;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod wit;
 

@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Do not keep compiled plugins on disk (DATA_DIR/cache by default).
     #[arg(long)]
     no_cache: bool,
+    /// Serve the HTTP API and /metrics on this address, e.g. 127.0.0.1:7878.
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 impl RunArgs {
@@ -65,6 +68,10 @@ impl RunArgs {
         }
         if self.no_cache {
             cfg.runtime.cache = false;
+        }
+        if let Some(l) = &self.listen {
+            cfg.api.listen = Some(l.clone());
+            cfg.api.validate().map_err(anyhow::Error::msg)?;
         }
         if let Some(p) = &self.plugin {
             match cfg.plugins.len() {
@@ -147,7 +154,7 @@ pub async fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,151 @@
+//! Queue gauges: counts by state for every known queue, plus backend
+//! health, read from the backend at scrape time and cached for
+//! [`CACHE_FOR`] so many scrapers cost the backend one read a second.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::Labels;
+use crate::queue::{QueueStats, QueueStore};
+
+/// How long a backend read serves scrapes.
+pub const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// The last backend read.
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    up: bool,
+    queues: Vec<(String, QueueStats)>,
+}
+
+/// Collector of the queue gauges.
+#[derive(Debug)]
+pub struct QueueGauges {
+    store: Arc<dyn QueueStore>,
+    ops: Family<Labels, Histogram, fn() -> Histogram>,
+    cache: Mutex<Option<(Instant, Snapshot)>>,
+    /// One refresh at a time; a scrape arriving meanwhile waits and reuses it.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl QueueGauges {
+    /// Gauges over `store`, timing reads into `ops`.
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        ops: Family<Labels, Histogram, fn() -> Histogram>,
+    ) -> Self {
+        Self {
+            store,
+            ops,
+            cache: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&*cache, Some((at, _)) if at.elapsed() < CACHE_FOR)
+    }
+
+    fn time(&self, op: &str, started: Instant) {
+        self.ops
+            .get_or_create(&vec![("op", op.to_owned())])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Pings the backend (timed as op `ping`).
+    pub async fn ping(&self) -> bool {
+        let t = Instant::now();
+        let up = self.store.ping().await.is_ok();
+        self.time("ping", t);
+        up
+    }
+
+    /// Reads the backend unless the cached read is under [`CACHE_FOR`] old.
+    pub async fn refresh(&self) {
+        if self.fresh() {
+            return;
+        }
+        let _one = self.refreshing.lock().await;
+        if self.fresh() {
+            return;
+        }
+        let mut snap = Snapshot {
+            up: self.ping().await,
+            queues: Vec::new(),
+        };
+        if snap.up {
+            let t = Instant::now();
+            let names = self.store.known_queues().await;
+            self.time("known_queues", t);
+            match names {
+                Ok(names) => {
+                    for name in names {
+                        let Ok(q) = self.store.queue(&name) else {
+                            continue;
+                        };
+                        let t = Instant::now();
+                        let stats = q.stats().await;
+                        self.time("stats", t);
+                        match stats {
+                            Ok(s) => snap.queues.push((name, s)),
+                            Err(e) => {
+                                tracing::warn!(queue = %name, error = %e, "metrics: reading queue counts");
+                                snap.up = false;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: listing queues");
+                    snap.up = false;
+                }
+            }
+        }
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), snap));
+    }
+}
+
+impl Collector for QueueGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        let mut m = encoder.encode_descriptor(
+            "taskhost_queue_tasks",
+            "Tasks in each queue by state (pending, delayed, leased, dead), read from the backend",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (queue, s) in &snap.queues {
+            for (state, n) in [
+                ("pending", s.pending),
+                ("delayed", s.delayed),
+                ("leased", s.leased),
+                ("dead", s.dead),
+            ] {
+                let labels = [("queue", queue.as_str()), ("state", state)];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let m = encoder.encode_descriptor(
+            "taskhost_backend_up",
+            "1 when the queue backend answered at the last scrape",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snap.up)).encode(m)?;
+        Ok(())
+    }
+}
