@@ -1,22 +1,189 @@
-//! The web dashboard in a real headless Chromium (issue 17).
+//! The web dashboard of a real `host run --listen`, in a real headless
+//! Chromium driven over WebDriver (issue 17). Every check of the backend
+//! goes through the API, as an operator's script would.
 
+use std::path::Path;
+use std::time::Duration;
+
+use crate::api::{Listening, http};
+use crate::support::host_toml::HostToml;
+use crate::support::*;
 use taskhost_fixtures::browser::{Browser, fantoccini};
 
-#[tokio::test]
-async fn the_browser_fixture_renders_a_page() {
-    let b = Browser::start(1024, 768).await.unwrap();
+use fantoccini::Locator;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The counts `GET /v1/queues` gives for queue `default`.
+fn queue(addr: &str) -> serde_json::Value {
+    let (status, body) = http(addr, "GET", "/v1/queues", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["queue"] == "default").cloned())
+        .unwrap_or_default()
+}
+
+fn push(addr: &str, lines: &[String]) {
+    let body: String = lines
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({ "payload": p })))
+        .collect();
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/v1/queues/default/tasks",
+        &[("Content-Type", "application/x-ndjson")],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Waits (polling the page, not sleeping blindly) until `css` finds an
+/// element whose text satisfies `ok`.
+async fn wait_text(b: &Browser, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let end = std::time::Instant::now() + LIMIT;
+    loop {
+        if let Ok(el) = b.client.find(Locator::Css(css)).await
+            && let Ok(t) = el.text().await
+            && ok(&t)
+        {
+            return t;
+        }
+        assert!(std::time::Instant::now() < end, "{css} never matched");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(b: &Browser, css: &str) {
     b.client
-        .goto("data:text/html,<p id=x>hello</p><script>document.getElementById('x').textContent+=' world'</script>")
+        .wait()
+        .at_most(LIMIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
         .await
         .unwrap();
-    let text = b
+}
+
+async fn screenshot(b: &Browser, path: &Path) {
+    let png = b.client.screenshot().await.unwrap();
+    std::fs::write(path, png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = HostToml::new(&data)
+        .plugin(&plugin("testkit"))
+        .raw("config", r#"{ mode = "script" }"#)
+        .raw("pool", r#"{ max_attempts = 1, batch_size = 10 }"#)
+        .write(tmp.path().join("host.toml"));
+    let host = Listening::start(
+        host()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let addr = host.addr.clone();
+    push(&addr, &vec!["fail:boom".to_string(); 5]);
+    wait_until("5 dead letters", LIMIT, || queue(&addr)["dead"] == 5);
+
+    let b = Browser::start(1280, 900).await.unwrap();
+    b.client.goto(&format!("http://{addr}/")).await.unwrap();
+    // The overview shows the queue and its counts, from the API.
+    wait_text(&b, r#"tr[data-queue="default"] td[data-col="dead"]"#, |t| {
+        t == "5"
+    })
+    .await;
+
+    // Pause from the page: the backend says paused, and the host leases nothing.
+    click(&b, r#"tr[data-queue="default"] button[data-action="pause"]"#).await;
+    wait_until("paused", LIMIT, || queue(&addr)["paused"] == true);
+    wait_text(&b, r#"tr[data-queue="default"] .badge"#, |t| t == "paused").await;
+
+    // Retry one dead letter from the dead-letter page: it is pending again
+    // (and stays so: the queue is paused).
+    b.client
+        .goto(&format!("http://{addr}/#/dead"))
+        .await
+        .unwrap();
+    wait_text(&b, "section.group strong", |t| t.contains("5 dead")).await;
+    screenshot(&b, &tmp.path().join("dead-letters.png")).await;
+    // Open the group, then retry its first task.
+    click(&b, "details.dead-group summary").await;
+    click(&b, r#"details.dead-group tr button[data-action="retry"]"#).await;
+    wait_until("one dead letter back to pending", LIMIT, || {
+        let q = queue(&addr);
+        q["dead"] == 4 && q["pending"] == 1
+    });
+
+    // Work arrives while paused: nothing is leased.
+    push(
+        &addr,
+        &(0..300).map(|_| "sleep:5".to_string()).collect::<Vec<_>>(),
+    );
+    b.client.goto(&format!("http://{addr}/")).await.unwrap();
+    wait_text(&b, r#"tr[data-queue="default"] td[data-col="pending"]"#, |t| {
+        t == "301"
+    })
+    .await;
+    assert_eq!(queue(&addr)["leased"], 0, "a paused queue is not leased");
+
+    // Resume from the page: the queue drains and the live chart moves.
+    click(&b, r#"tr[data-queue="default"] button[data-action="resume"]"#).await;
+    let mut fastest = 0.0f64;
+    let end = std::time::Instant::now() + LIMIT;
+    loop {
+        if let Ok(el) = b
+            .client
+            .find(Locator::Css(
+                r#"tr[data-queue="default"] td[data-col="done-rate"]"#,
+            ))
+            .await
+            && let Ok(t) = el.text().await
+        {
+            fastest = fastest.max(t.parse().unwrap_or(0.0));
+        }
+        let q = queue(&addr);
+        if q["pending"] == 0 && q["leased"] == 0 && fastest > 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never drained: {q}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let points = b
         .client
-        .find(fantoccini::Locator::Id("x"))
+        .find(Locator::Css(r#"tr[data-queue="default"] svg.spark"#))
         .await
         .unwrap()
-        .text()
+        .attr("data-points")
         .await
-        .unwrap();
-    assert_eq!(text, "hello world");
+        .unwrap()
+        .unwrap_or_default();
+    assert!(points.parse::<usize>().unwrap_or(0) >= 2, "{points}");
+    screenshot(&b, &tmp.path().join("overview.png")).await;
+    if let Ok(dir) = std::env::var("TASKHOST_SCREENSHOTS") {
+        for f in ["overview.png", "dead-letters.png"] {
+            std::fs::copy(tmp.path().join(f), Path::new(&dir).join(f)).unwrap();
+        }
+    }
+
+    // No console errors: the page's own error line stays empty.
+    let status = b
+        .client
+        .find(Locator::Id("status"))
+        .await
+        .unwrap()
+        .attr("class")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_ne!(status, "error");
     b.close().await.unwrap();
+    host.stop();
 }

@@ -1,15 +1,48 @@
 //! Operator route group: `DELETE /v1/queues/{q}/tasks/{id}` (cancel a
-//! pending or delayed task), `POST /v1/queues/{q}/pause` and `/resume`.
-//!
-//! Not wired yet: it goes on the backends' cancel and durable pause (being
-//! built beside this listener).
+//! pending or delayed task), `POST /v1/queues/{q}/tasks/{id}/run` (run a
+//! delayed task now), `POST /v1/queues/{q}/pause` and `/resume` (durable,
+//! obeyed by every host on the backend).
 
-use http::Method;
+use http::{Method, StatusCode};
+use serde_json::json;
 
 use super::ApiState;
-use super::router::{Req, Routed};
+use super::admin::with_admin;
+use super::error::{ApiError, json_response};
+use super::router::{Answer, Req, Routed};
 
-/// Routes the queue-control endpoints (none yet: every request passes on, so 404).
-pub async fn route(_st: &ApiState, _method: &Method, _segs: &[&str], req: Req) -> Routed {
-    Routed::Pass(req)
+/// Routes the control endpoints.
+pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> Routed {
+    let answer = match (method, segs) {
+        (&Method::DELETE, ["v1", "queues", q, "tasks", id]) => cancel(st, q, id, false).await,
+        (&Method::POST, ["v1", "queues", q, "tasks", id, "run"]) => cancel(st, q, id, true).await,
+        (&Method::POST, ["v1", "queues", q, "pause"]) => pause(st, q, true).await,
+        (&Method::POST, ["v1", "queues", q, "resume"]) => pause(st, q, false).await,
+        _ => return Routed::Pass(req),
+    };
+    Routed::Answer(answer)
+}
+
+async fn cancel(st: &ApiState, queue: &str, id: &str, run_now: bool) -> Answer {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("task id {id:?} is not a number")))?;
+    with_admin(st, queue, async |a| {
+        if run_now {
+            a.run_now(id).await
+        } else {
+            a.cancel(id).await
+        }
+    })
+    .await?;
+    let key = if run_now { "run_now" } else { "cancelled" };
+    Ok(json_response(StatusCode::OK, &json!({ key: id })))
+}
+
+async fn pause(st: &ApiState, queue: &str, paused: bool) -> Answer {
+    with_admin(st, queue, async |a| a.set_paused(paused).await).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "queue": queue, "paused": paused }),
+    ))
 }

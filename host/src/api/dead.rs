@@ -1,15 +1,57 @@
-//! Operator route group: `POST /v1/queues/{q}/dead/retry` (all, or
-//! `{"ids": [...]}`) and `DELETE /v1/queues/{q}/dead` (purge).
-//!
-//! Not wired yet: it goes on the backends' dead-letter retry and purge
-//! (being built beside this listener).
+//! Operator route group: `POST /v1/queues/{q}/dead/retry` and
+//! `DELETE /v1/queues/{q}/dead`, for all dead letters of a queue or, with a
+//! body `{"ids": [...]}`, only those.
 
-use http::Method;
+use http::{Method, StatusCode};
+use serde_json::json;
 
 use super::ApiState;
-use super::router::{Req, Routed};
+use super::admin::with_admin;
+use super::error::{ApiError, json_response};
+use super::router::{Answer, Req, Routed, read_body};
+use crate::queue::admin::Which;
 
-/// Routes the dead-letter endpoints (none yet: every request passes on, so 404).
-pub async fn route(_st: &ApiState, _method: &Method, _segs: &[&str], req: Req) -> Routed {
-    Routed::Pass(req)
+/// Routes the dead-letter endpoints.
+pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> Routed {
+    match (method, segs) {
+        (&Method::POST, ["v1", "queues", q, "dead", "retry"]) => {
+            let q = (*q).to_owned();
+            Routed::Answer(act(st, &q, req, true).await)
+        }
+        (&Method::DELETE, ["v1", "queues", q, "dead"]) => {
+            let q = (*q).to_owned();
+            Routed::Answer(act(st, &q, req, false).await)
+        }
+        _ => Routed::Pass(req),
+    }
+}
+
+/// Which dead letters a body names: no body, `{}` or no `ids` mean all.
+fn which(body: &[u8]) -> Result<Which, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Which::All);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        ids: Option<Vec<u64>>,
+    }
+    let b: Body = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body: {e} (expected {{\"ids\": [1, 2]}})")))?;
+    Ok(b.ids.map_or(Which::All, Which::Ids))
+}
+
+async fn act(st: &ApiState, queue: &str, req: Req, retry: bool) -> Answer {
+    let body = read_body(req, st.max_body_bytes).await?;
+    let which = which(&body)?;
+    let n = with_admin(st, queue, async |a| {
+        if retry {
+            a.retry_dead(which).await
+        } else {
+            a.purge_dead(which).await
+        }
+    })
+    .await?;
+    let key = if retry { "retried" } else { "deleted" };
+    Ok(json_response(StatusCode::OK, &json!({ key: n })))
 }

@@ -11,17 +11,22 @@
 //! | `queues.rs` | `GET /v1/queues` |
 //! | `health.rs` | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/openapi.json` |
 //! | `peek.rs`, `dead.rs`, `control.rs`, `hosts.rs` | operator route groups (peek; dead retry/purge; cancel, pause, resume; hosts, reload) |
+//! | `plugins.rs` | `GET /v1/plugins` (this host's plugins, versions, totals) |
+//! | `dashboard.rs` | the web page at `/` and its embedded assets (`dashboard/`) |
 //!
 //! Loopback listeners need no token; any other address needs
 //! `[api] token_file`, and every request but the health checks then carries
 //! `Authorization: Bearer TOKEN`.
 
+mod admin;
 mod control;
+mod dashboard;
 mod dead;
 mod error;
 mod health;
 mod hosts;
 mod peek;
+mod plugins;
 mod queues;
 pub mod record;
 mod router;

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::ApiState;
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed};
+use crate::queue::admin::TaskState;
 
 /// Routes `GET /v1/queues`.
 pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> Routed {
@@ -15,6 +16,10 @@ pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> R
         (&Method::GET, ["v1", "queues"]) => Routed::Answer(list(st).await),
         _ => Routed::Pass(req),
     }
+}
+
+fn admin_unavailable(e: crate::queue::admin::AdminError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 async fn list(st: &ApiState) -> Answer {
@@ -29,12 +34,31 @@ async fn list(st: &ApiState) -> Answer {
         let started = Instant::now();
         let s = q.stats().await.map_err(unavailable)?;
         st.metrics.backend_op("stats", started.elapsed());
+        // Paused, and how long the oldest pending task has waited (what
+        // Sidekiq calls a queue's latency).
+        let (paused, oldest) = match q.admin() {
+            Some(a) => {
+                let paused = a.is_paused().await.map_err(admin_unavailable)?;
+                let first = a
+                    .peek(TaskState::Pending, None, 1)
+                    .await
+                    .map_err(admin_unavailable)?;
+                let now = crate::clock::system().now_ms();
+                let age = first
+                    .first()
+                    .map(|t| now.saturating_sub(t.enqueued_at_ms) as f64 / 1000.0);
+                (paused, age)
+            }
+            None => (false, None),
+        };
         queues.push(json!({
             "queue": name,
             "pending": s.pending,
             "delayed": s.delayed,
             "leased": s.leased,
             "dead": s.dead,
+            "paused": paused,
+            "oldest_pending_age_seconds": oldest,
         }));
     }
     Ok(json_response(StatusCode::OK, &json!({ "queues": queues })))

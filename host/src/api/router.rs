@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::error::ApiError;
-use super::{ApiState, control, dead, health, hosts, peek, queues, tasks};
+use super::{ApiState, control, dashboard, dead, health, hosts, peek, plugins, queues, tasks};
 
 /// A request as hyper hands it over.
 pub type Req = http::Request<hyper::body::Incoming>;
@@ -40,7 +40,7 @@ async fn route_inner(st: &ApiState, req: Req) -> Answer {
     let method = req.method().clone();
     // Probes stay open so an orchestrator needs no token.
     let probe = method == Method::GET && matches!(segs.as_slice(), ["healthz"] | ["readyz"]);
-    if !probe {
+    if !probe && !dashboard::is_asset(&method, &segs) {
         authorize(st, &req)?;
     }
     let mut req = req;
@@ -52,6 +52,8 @@ async fn route_inner(st: &ApiState, req: Req) -> Answer {
         Group::Dead,
         Group::Control,
         Group::Hosts,
+        Group::Plugins,
+        Group::Dashboard,
     ] {
         let routed = match group {
             Group::Health => health::route(st, &method, &segs, req).await,
@@ -61,6 +63,8 @@ async fn route_inner(st: &ApiState, req: Req) -> Answer {
             Group::Dead => dead::route(st, &method, &segs, req).await,
             Group::Control => control::route(st, &method, &segs, req).await,
             Group::Hosts => hosts::route(st, &method, &segs, req).await,
+            Group::Plugins => plugins::route(st, &method, &segs, req).await,
+            Group::Dashboard => dashboard::route(st, &method, &segs, req).await,
         };
         match routed {
             Routed::Answer(a) => return a,
@@ -78,6 +82,8 @@ enum Group {
     Queues,
     Peek,
     Dead,
+    Dashboard,
+    Plugins,
     Control,
     Hosts,
 }

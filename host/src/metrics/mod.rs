@@ -103,6 +103,11 @@ impl Metrics {
         self.pools.add(pool);
     }
 
+    /// Each running pool's plugin: versions, batches per version, totals.
+    pub fn plugins(&self) -> Vec<serde_json::Value> {
+        self.pools.plugins()
+    }
+
     /// Whether the backend answered at the last scrape or readiness check.
     pub async fn backend_up(&self) -> bool {
         self.queues.ping().await

@@ -70,6 +70,37 @@ impl PoolMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .push(pool);
     }
+
+    /// What each pool's plugin is and did, for `GET /v1/plugins`.
+    pub fn plugins(&self) -> Vec<serde_json::Value> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .iter()
+            .map(|p| {
+                let s = p.stats.snapshot();
+                let versions: Vec<_> = p
+                    .slot
+                    .batches_by_version()
+                    .into_iter()
+                    .map(|(version, batches)| serde_json::json!({ "version": version, "batches": batches }))
+                    .collect();
+                serde_json::json!({
+                    "name": p.slot.spec().name,
+                    "queue": p.queue,
+                    "version": p.slot.version(),
+                    "last_refused": p.slot.last_error(),
+                    "versions": versions,
+                    "done": s.done,
+                    "retried": s.retried,
+                    "dead": s.dead,
+                    "batches": s.batches,
+                    "failed_batches": s.failed_batches,
+                    "busy_workers": *p.workers.borrow(),
+                    "max_workers": p.max_workers,
+                })
+            })
+            .collect()
+    }
 }
 
 impl Collector for PoolMetrics {

@@ -131,6 +131,9 @@ async function act(what, fn) {
 
 const q = (name) => encodeURIComponent(name);
 const listOf = (json, key) => (Array.isArray(json) ? json : (json && json[key]) || []);
+// `GET /v1/queues` names each queue `queue`.
+const queuesOf = (json) => listOf(json, "queues").map((x) => ({ ...x, name: x.name ?? x.queue }));
+const sum = (xs, key) => xs.reduce((n, x) => n + (Number(x[key]) || 0), 0);
 
 // ---- views ---------------------------------------------------------------
 
@@ -250,7 +253,7 @@ function overview(main) {
     ),
   );
   const p = polling(async () => {
-    const all = listOf(await api("GET", "/v1/queues"), "queues");
+    const all = queuesOf(await api("GET", "/v1/queues"));
     const now = Date.now();
     const points = new Map(all.map((x) => [x.name, rates(x, now)]));
     const shown = all.filter((x) => x.name.includes(filter));
@@ -458,7 +461,7 @@ function deadLetters(main) {
   );
   let groups = new Map();
   const p = polling(async () => {
-    const queues = listOf(await api("GET", "/v1/queues"), "queues").filter((x) => x.dead > 0);
+    const queues = queuesOf(await api("GET", "/v1/queues")).filter((x) => x.dead > 0);
     groups = new Map();
     for (const x of queues) {
       const params = new URLSearchParams({ state: "dead", limit: String(PAGE * 4) });
@@ -624,14 +627,14 @@ function hosts(main) {
           h("td", {}, x.id),
           h("td", { class: "wide" }, x.machine ?? ""),
           h("td", { class: "num" }, x.pid ?? ""),
-          h("td", { class: "wide" }, when(x.started_at_ms ?? x.started_ms)),
+          h("td", { class: "wide" }, when(x.started_at_ms)),
           h(
             "td",
             {},
             (x.plugins || []).map((pl) => h("div", {}, `${pl.name} ${pl.version} on ${pl.queue}`)),
           ),
-          h("td", { class: "num" }, `${x.busy_workers ?? "–"} / ${x.max_workers ?? "–"}`),
-          h("td", { class: "num" }, age((now - Number(x.heartbeat_at_ms ?? x.last_heartbeat_ms ?? now)) / 1000)),
+          h("td", { class: "num" }, `${sum(x.plugins || [], "busy_workers")} / ${sum(x.plugins || [], "max_workers")}`),
+          h("td", { class: "num" }, age((now - Number(x.last_heartbeat_ms ?? now)) / 1000)),
         ),
       ),
     );
@@ -640,7 +643,7 @@ function hosts(main) {
 
 function plugins(main) {
   const list = h("div", { id: "plugins" });
-  main.append(h("h1", {}, "Plugins"), list);
+  main.append(h("h1", {}, "Plugins on this host"), list);
   return polling(async () => {
     const all = listOf(await api("GET", "/v1/plugins"), "plugins");
     list.replaceChildren(
@@ -650,42 +653,24 @@ function plugins(main) {
           { class: "group", "data-plugin": pl.name },
           h("h2", {}, `${pl.name} on ${pl.queue}: version ${pl.version}`),
           h(
+            "p",
+            {},
+            `${pl.done} done, ${pl.retried} retried, ${pl.dead} dead-lettered; ${pl.batches} batches, ` +
+              `${pl.failed_batches} failed; workers ${pl.busy_workers} / ${pl.max_workers}`,
+          ),
+          pl.last_refused
+            ? h("p", {}, "Last refused version: ", h("span", { class: "reason" }, pl.last_refused))
+            : null,
+          h(
             "table",
             {},
-            h(
-              "thead",
-              {},
-              h(
-                "tr",
-                {},
-                h("th", {}, "Version"),
-                h("th", { class: "num" }, "Batches ok"),
-                h("th", { class: "num" }, "Failed"),
-                h("th", { class: "num" }, "p50"),
-                h("th", { class: "num" }, "p99"),
-              ),
-            ),
+            h("thead", {}, h("tr", {}, h("th", {}, "Version"), h("th", { class: "num" }, "Batches started"))),
             h(
               "tbody",
               {},
               (pl.versions || []).map((v) =>
-                h(
-                  "tr",
-                  {},
-                  h("td", {}, v.version),
-                  h("td", { class: "num" }, v.batches_ok ?? 0),
-                  h("td", { class: "num" }, v.batches_failed ?? 0),
-                  h("td", { class: "num" }, v.p50_ms === undefined || v.p50_ms === null ? "–" : `${v.p50_ms} ms`),
-                  h("td", { class: "num" }, v.p99_ms === undefined || v.p99_ms === null ? "–" : `${v.p99_ms} ms`),
-                ),
+                h("tr", {}, h("td", {}, v.version, v.version === pl.version ? " (live)" : ""), h("td", { class: "num" }, v.batches)),
               ),
-            ),
-          ),
-          h(
-            "ul",
-            { class: "history" },
-            (pl.history || []).map((e) =>
-              h("li", {}, `${when(e.at_ms)} ${e.event} ${e.version ?? ""}`, e.reason ? h("div", { class: "reason" }, e.reason) : null),
             ),
           ),
         ),
