@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{new_plugin, push, reload, run, status};
+use cli::{new_plugin, ops, peek, push, reload, run, status};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -40,6 +40,16 @@ enum Cmd {
     Reload(reload::ReloadArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
+    /// List a queue's tasks in one state without taking them.
+    Peek(peek::PeekArgs),
+    /// Retry or purge dead letters.
+    Dead(ops::DeadArgs),
+    /// Stop every host on the backend leasing from a queue (durable).
+    Pause(ops::QueueArgs),
+    /// Let hosts lease from a paused queue again.
+    Resume(ops::QueueArgs),
+    /// Delete a pending or delayed task (or `--run-now` a delayed one).
+    Cancel(ops::CancelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,5 +81,10 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Status(a) => status::status(a).await,
         Cmd::Reload(a) => reload::reload(a),
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
+        Cmd::Peek(a) => peek::peek(a).await,
+        Cmd::Dead(a) => ops::dead(a).await,
+        Cmd::Pause(a) => ops::pause(a, true).await,
+        Cmd::Resume(a) => ops::pause(a, false).await,
+        Cmd::Cancel(a) => ops::cancel(a).await,
     }
 }

@@ -9,6 +9,7 @@ mod e2e;
 mod hotswap;
 mod http;
 mod languages;
+mod ops;
 mod plugins;
 mod redis;
 mod support;

@@ -19,6 +19,8 @@ macro_rules! outln {
 
 pub mod log;
 pub mod new_plugin;
+pub mod ops;
+pub mod peek;
 pub mod push;
 pub mod reload;
 pub mod run;
