@@ -166,11 +166,12 @@ pub struct CancelArgs {
 pub async fn cancel(a: CancelArgs) -> Result<()> {
     let run_now = a.run_now;
     with_admin(&a.store, "cancel", &a.queue, async |q| {
-        Ok(if run_now {
-            q.run_now(a.id).await?
+        if run_now {
+            q.run_now(a.id).await?;
         } else {
-            q.cancel(a.id).await?
-        })
+            q.cancel(a.id).await?;
+        }
+        Ok(())
     })
     .await?;
     if run_now {
