@@ -13,6 +13,7 @@ use crate::plugin::{DirGrant, Limits, PluginSpec};
 use crate::pool::PoolConfig;
 use crate::queue::disk::DiskOptions;
 use crate::queue::memory::MemoryOptions;
+use crate::queue::postgres::PostgresOptions;
 use crate::queue::redis::RedisOptions;
 use crate::queue::{Backend, BackendConfig};
 
@@ -196,10 +197,13 @@ pub struct HostConfig {
     pub memory: MemoryOptions,
     /// Plugin runtime settings.
     pub runtime: RuntimeConfig,
-    /// Redis server of the redis backend, `redis://[:password@]host:port/db`.
+    /// Server of the redis or postgres backend,
+    /// `redis://[:password@]host:port/db` or `postgres://user:pass@host:port/db`.
     pub queue_url: Option<String>,
     /// Redis backend settings.
     pub redis: RedisOptions,
+    /// PostgreSQL backend settings.
+    pub postgres: PostgresOptions,
     /// Plugins to run, each on its own queue.
     pub plugins: Vec<PluginConfig>,
     /// The pooled client serving plugins' outbound HTTP.
@@ -218,6 +222,7 @@ impl Default for HostConfig {
             runtime: RuntimeConfig::default(),
             queue_url: None,
             redis: RedisOptions::default(),
+            postgres: PostgresOptions::default(),
             plugins: Vec::new(),
             http: crate::http::HttpOptions::default(),
             sources: Vec::new(),
@@ -282,6 +287,15 @@ impl HostConfig {
                 })?,
                 options: self.redis.clone(),
             },
+            Backend::Postgres => BackendConfig::Postgres {
+                url: self.queue_url.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "backend postgres needs a queue URL (--queue-url postgres://user@host:port/db)"
+                            .into(),
+                    )
+                })?,
+                options: self.postgres.clone(),
+            },
         })
     }
 
@@ -335,6 +349,12 @@ impl HostConfig {
                         .into(),
                 ));
             }
+            (Backend::Postgres, None) => {
+                return Err(ConfigError::Invalid(
+                    "backend postgres needs queue_url = \"postgres://user@host:port/db\" (or --queue-url)"
+                        .into(),
+                ));
+            }
             (Backend::Disk | Backend::Memory, Some(_)) => {
                 return Err(ConfigError::Invalid(format!(
                     "queue_url is set but backend is {:?}; set backend = \"redis\" or remove queue_url",
@@ -348,6 +368,9 @@ impl HostConfig {
                 "redis.capacity and redis.dead_capacity must be at least 1".into(),
             ));
         }
+        self.postgres
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.memory.capacity == 0 {
             return Err(ConfigError::Invalid(
                 "memory.capacity must be at least 1".into(),

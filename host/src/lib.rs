@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod plugin;
 pub mod pool;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{new_plugin, ops, peek, push, reload, run, status};
+use cli::{check, hosts, init, new_plugin, ops, peek, push, reload, run, status, wit};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -36,10 +36,18 @@ enum Cmd {
     Push(push::PushArgs),
     /// Show pending, delayed, leased and dead-lettered counts, and running hosts.
     Status(status::StatusArgs),
-    /// Ask every host running on the data directory to reload its plugins (SIGHUP).
+    /// Ask every running host to reload its plugins (SIGHUP on disk, a message over Redis).
     Reload(reload::ReloadArgs),
+    /// List the hosts serving the backend's queues (every machine's, over Redis).
+    Hosts(hosts::HostsArgs),
     /// Write a ready-to-build plugin skeleton (rust, python or js).
     NewPlugin(new_plugin::NewPluginArgs),
+    /// Check that the queue store is sound (SQLite's integrity check on disk).
+    Check(check::CheckArgs),
+    /// Create the disk queue store; `--force` starts a new one in place of a lost one.
+    Init(init::InitArgs),
+    /// Print (or write with --out) the plugin interface, for bindings generators.
+    Wit(wit::WitArgs),
     /// List a queue's tasks in one state without taking them.
     Peek(peek::PeekArgs),
     /// Retry or purge dead letters.
@@ -79,8 +87,12 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run(a) => run::run(a).await,
         Cmd::Push(a) => push::push(a).await,
         Cmd::Status(a) => status::status(a).await,
-        Cmd::Reload(a) => reload::reload(a),
+        Cmd::Reload(a) => reload::reload(a).await,
+        Cmd::Hosts(a) => hosts::hosts(a).await,
         Cmd::NewPlugin(a) => new_plugin::new_plugin(a),
+        Cmd::Check(a) => check::check(a).await,
+        Cmd::Init(a) => init::init(a).await,
+        Cmd::Wit(a) => wit::wit(a),
         Cmd::Peek(a) => peek::peek(a).await,
         Cmd::Dead(a) => ops::dead(a).await,
         Cmd::Pause(a) => ops::pause(a, true).await,

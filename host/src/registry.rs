@@ -1,7 +1,10 @@
 //! The hosts running on one data directory: each writes a run file saying
 //! what it serves, and holds an exclusive lock on a lock file beside it for
 //! as long as it lives. `host status` lists the run files whose lock is
-//! held; `host reload` signals only those.
+//! held; `host reload` signals only those. The run file names the host's
+//! registry id ([`host_id`]): it is the disk backend's registration, and
+//! a lease whose holder no live run file names is reclaimed at once
+//! (`queue/disk/hosts.rs`).
 //!
 //! The lock, not the process id, says whether a host is alive: a stale run
 //! file whose pid was reused by an unrelated process is never signalled
@@ -13,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::plugin::swap::HotSwap;
 
@@ -22,41 +24,36 @@ pub fn run_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("run")
 }
 
-/// What a running host says about itself in its run file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// Process id.
-    pub pid: u32,
-    /// Plugins with their live versions.
-    pub plugins: Vec<RunPlugin>,
-}
+/// What a running host says about itself in its run file: the registry's
+/// [`HostInfo`](crate::queue::HostInfo).
+pub use crate::queue::hosts::{HostInfo as RunInfo, HostPlugin as RunPlugin};
 
-/// One plugin of a running host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunPlugin {
-    /// Plugin name.
-    pub name: String,
-    /// Queue served.
-    pub queue: String,
-    /// Component file.
-    pub path: PathBuf,
-    /// Live version tag.
-    pub version: String,
-    /// Batches started per version.
-    pub batches_by_version: std::collections::BTreeMap<String, u64>,
-}
+/// Reads how many workers of a pool are busy and its most, for the run file.
+pub type WorkerGauge = Arc<dyn Fn() -> (usize, usize) + Send + Sync>;
 
 /// This host's entry in the registry: its run file and the lock that says
 /// it is alive.
-#[derive(Debug)]
 pub struct RunFile {
     path: PathBuf,
     lock_path: PathBuf,
     queues: Vec<String>,
+    /// Who this host is: id, machine, start time, data directory.
+    me: RunInfo,
+    /// Busy and most workers per slot, once its pool runs.
+    gauges: std::sync::Mutex<Vec<Option<WorkerGauge>>>,
     /// Held (flock, exclusive) until the process ends or `remove` runs.
     _lock: File,
     /// One writer at a time: two would share the temporary file.
     writing: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RunFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunFile")
+            .field("path", &self.path)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunFile {
@@ -75,10 +72,21 @@ impl RunFile {
                 lock_path.display()
             );
         }
+        let machine = machine_name();
+        let me = RunInfo {
+            id: host_id(&machine, pid),
+            machine,
+            pid,
+            started_at_ms: crate::clock::system().now_ms(),
+            data_dir: Some(std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned())),
+            ..RunInfo::default()
+        };
         Ok(Arc::new(Self {
             path: dir.join(format!("{pid}.json")),
             lock_path,
+            gauges: std::sync::Mutex::new(vec![None; queues.len()]),
             queues,
+            me,
             _lock: lock,
             writing: std::sync::Mutex::new(()),
         }))
@@ -89,21 +97,44 @@ impl RunFile {
         self.write_info(&self.info(slots));
     }
 
-    /// What the run file says now.
+    /// This host's id: leases it takes name it as their holder.
+    pub fn id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// Lets the run file show slot `i`'s busy and most workers.
+    pub fn set_gauge(&self, i: usize, gauge: WorkerGauge) {
+        if let Some(g) = crate::queue::util::lock(&self.gauges).get_mut(i) {
+            *g = Some(gauge);
+        }
+    }
+
+    /// What the run file says now (with a fresh heartbeat time).
     pub fn info(&self, slots: &[Arc<dyn HotSwap>]) -> RunInfo {
+        let gauges = crate::queue::util::lock(&self.gauges).clone();
         RunInfo {
-            pid: std::process::id(),
+            last_heartbeat_ms: crate::clock::system().now_ms(),
             plugins: slots
                 .iter()
                 .zip(&self.queues)
-                .map(|(s, q)| RunPlugin {
-                    name: s.spec().name.clone(),
-                    queue: q.clone(),
-                    path: s.spec().path.clone(),
-                    version: s.version(),
-                    batches_by_version: s.batches_by_version(),
+                .enumerate()
+                .map(|(i, (s, q))| {
+                    let (busy_workers, max_workers) = gauges
+                        .get(i)
+                        .and_then(|g| g.as_ref().map(|g| g()))
+                        .unwrap_or_default();
+                    RunPlugin {
+                        name: s.spec().name.clone(),
+                        queue: q.clone(),
+                        path: s.spec().path.clone(),
+                        version: s.version(),
+                        batches_by_version: s.batches_by_version(),
+                        busy_workers,
+                        max_workers,
+                    }
                 })
                 .collect(),
+            ..self.me.clone()
         }
     }
 
@@ -165,6 +196,92 @@ pub fn live_hosts(data_dir: &Path) -> Vec<RunInfo> {
     }
     out.sort_by_key(|i| i.pid);
     out
+}
+
+/// Whether the host with this id, registered on `data_dir`, is provably
+/// gone: no run file of a live host there names it. A host writes its run
+/// file (holding its lock) before it takes any lease and removes it only
+/// after its pools stopped, so a holder without one is gone. A run file
+/// whose lock cannot be checked (another user's host) counts as alive.
+pub fn holder_gone(data_dir: &Path, id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
+        return true;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(info) = serde_json::from_str::<RunInfo>(&text) else {
+            continue;
+        };
+        if info.id != id {
+            continue;
+        }
+        return matches!(liveness(&path.with_extension("lock")), Liveness::Gone);
+    }
+    true
+}
+
+/// Whether a run file in `data_dir` names host `id` and its lock is free:
+/// positive proof that the host, which registered elsewhere too (Redis),
+/// is gone. A missing run file proves nothing here.
+pub fn run_file_released(data_dir: &Path, id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
+        return false;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let named = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok())
+            .is_some_and(|i| i.id == id);
+        if named {
+            return matches!(liveness(&path.with_extension("lock")), Liveness::Gone);
+        }
+    }
+    false
+}
+
+/// The machine's host name, or `unknown` when it cannot be read.
+pub fn machine_name() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    "unknown".into()
+}
+
+/// A host id unique across machines and restarts: `<machine>-<pid>-<random>`,
+/// limited to characters every backend's key names take (no `@`, braces or
+/// spaces).
+pub fn host_id(machine: &str, pid: u32) -> String {
+    let clean: String = machine
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("{clean}-{pid}-{:08x}", fastrand::u32(..))
 }
 
 enum Liveness {
@@ -242,7 +359,7 @@ mod tests {
     fn write_info(dir: &Path, name: &str, pid: u32) {
         let info = RunInfo {
             pid,
-            plugins: Vec::new(),
+            ..RunInfo::default()
         };
         std::fs::create_dir_all(run_dir(dir)).unwrap();
         std::fs::write(run_dir(dir).join(name), serde_json::to_vec(&info).unwrap()).unwrap();
@@ -277,14 +394,14 @@ mod tests {
         assert!(
             signal_reload(&RunInfo {
                 pid: 0,
-                plugins: Vec::new()
+                ..RunInfo::default()
             })
             .is_err()
         );
         assert!(
             signal_reload(&RunInfo {
                 pid: 1,
-                plugins: Vec::new()
+                ..RunInfo::default()
             })
             .is_err()
         );

@@ -220,6 +220,24 @@ async fn run_with(
     }
     background.spawn(reload_on_sighup(slots.clone(), stop.clone()));
     run_file.write(&slots);
+    // Registered (and the gone hosts' leases reclaimed) before any pool
+    // leases; the heartbeat outlives the pools, so no lease of this host
+    // looks abandoned while its batches finish.
+    let registry = queues.registry();
+    crate::fleet::join(&*registry, &run_file, &slots).await;
+    let fleet_stop = tokio_util::sync::CancellationToken::new();
+    let mut fleet = tokio::task::JoinSet::new();
+    fleet.spawn(crate::fleet::keep_alive(
+        registry.clone(),
+        run_file.clone(),
+        slots.clone(),
+        fleet_stop.clone(),
+    ));
+    fleet.spawn(crate::fleet::reload_on_request(
+        registry.clone(),
+        slots.clone(),
+        fleet_stop.clone(),
+    ));
     background.spawn(refresh_run_file(
         run_file.clone(),
         slots.clone(),
@@ -238,8 +256,10 @@ async fn run_with(
         tracing::info!(plugin = %p.display_name(), version = %slot.version(), queue = %p.queue, path = %p.path.display(), "serving");
         let pool = WorkerPool::start(queue, slot.clone(), p.pool.clone(), clock.clone())
             .map_err(|e| anyhow::anyhow!("plugin {}: {e}", p.display_name()))?;
+        run_file.set_gauge(pools.len(), Arc::new(pool.load_gauge()));
         pools.push((p, slot, pool));
     }
+    crate::fleet::beat(&*registry, &run_file, &slots).await;
     let drained = async {
         if !opts.exit_when_drained {
             return std::future::pending().await;
@@ -262,9 +282,16 @@ async fn run_with(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
+    // A store that failed for good (damaged data) stops the host: serving
+    // on would only log the same error forever and report wrong counts.
+    let mut failed = None;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing running batches"),
         _ = drained => tracing::info!("queues drained"),
+        e = queues.failed() => {
+            tracing::error!(error = %e, "queue store failed: stopping");
+            failed = Some(e);
+        }
     }
     // Sources first, so nothing new arrives while the pools wind down.
     for poller in pollers {
@@ -288,8 +315,18 @@ async fn run_with(
         });
     }
     let elapsed = started.elapsed();
+    fleet_stop.cancel();
+    while fleet.join_next().await.is_some() {}
+    if let Err(e) = registry.deregister(run_file.id()).await {
+        tracing::warn!(error = %e, "cannot deregister this host (its registration expires by itself)");
+    }
     run_file.remove();
     runtime.shutdown();
+    if let Some(e) = failed {
+        return Err(
+            anyhow::Error::new(e).context("the host stopped because its queue store failed")
+        );
+    }
     Ok(RunSummary { elapsed, plugins })
 }
 

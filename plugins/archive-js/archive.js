@@ -174,6 +174,45 @@ function exists(d, name) {
   }
 }
 
+// The first task's id and attempt in a temporary file's name
+// (`.<first>-<last>-<attempt>-<random>.jsonl.tmp`), or null.
+function parseTempName(name) {
+  const m = /^\.(\d+)-(\d+)-(\d+)-([0-9a-f]{16})\.jsonl\.tmp$/.exec(name);
+  return m === null ? null : { first: Number(m[1]), attempt: Number(m[3]) };
+}
+
+// Removes the temporary files that earlier, unfinished attempts of this
+// batch's tasks left (a kill or a time limit mid-write). Best effort.
+function removeOrphans(dir, d, batch) {
+  const attempts = new Map(batch.map((t) => [t.id, t.attempt]));
+  let entries;
+  try {
+    entries = d.readDirectory();
+  } catch (_) {
+    return;
+  }
+  for (;;) {
+    let entry;
+    try {
+      entry = entries.readDirectoryEntry();
+    } catch (_) {
+      return;
+    }
+    if (entry === undefined || entry === null) return;
+    const parsed = parseTempName(entry.name);
+    if (parsed === null) continue;
+    const now = attempts.get(parsed.first);
+    if (now !== undefined && parsed.attempt < now) {
+      try {
+        d.unlinkFileAt(entry.name);
+        host.log("info", `archive: removed ${dir}/${entry.name} left by an unfinished attempt`);
+      } catch (e) {
+        host.log("warn", `archive: cannot remove ${dir}/${entry.name}: ${errorText(e)}`);
+      }
+    }
+  }
+}
+
 // Writes the batch to one new file in `dir`; answers its name.
 function writeBatch(dir, d, batch) {
   const body = utf8Encode(batch.map(record).join(""));
@@ -217,6 +256,7 @@ export const handler = {
     let outcome;
     try {
       const d = openDir(dir);
+      if (batch.some((t) => t.attempt > 1)) removeOrphans(dir, d, batch);
       const path = writeBatch(dir, d, batch);
       // The rename is durable once the directory is synced; if that is not
       // allowed, retrying would only archive the batch twice.

@@ -16,7 +16,7 @@ import base64
 import json
 import os
 import secrets
-from typing import List
+from typing import List, Optional, Tuple
 
 from wit_world import exports
 from wit_world.imports import host
@@ -87,6 +87,44 @@ def write_batch(directory: str, batch: List[Task]) -> str:
     raise OSError(f"cannot find a free file name in {directory}")
 
 
+def parse_temp_name(name: str) -> Optional[Tuple[int, int]]:
+    """The first task's id and attempt in a temporary file's name
+    (`.<first>-<last>-<attempt>-<random>.jsonl.tmp`), or None."""
+    if not (name.startswith(".") and name.endswith(".jsonl.tmp")):
+        return None
+    parts = name[1 : -len(".jsonl.tmp")].split("-")
+    if len(parts) != 4 or len(parts[3]) != 16:
+        return None
+    try:
+        first, _last, attempt = int(parts[0]), int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    return first, attempt
+
+
+def remove_orphans(directory: str, batch: List[Task]) -> None:
+    """Removes the temporary files that earlier, unfinished attempts of this
+    batch's tasks left (a kill or a time limit mid-write). Best effort."""
+    attempts = {t.id: t.attempt for t in batch}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parsed = parse_temp_name(name)
+        if parsed is None:
+            continue
+        first, attempt = parsed
+        now = attempts.get(first)
+        if now is not None and attempt < now:
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+                host.log(Level.INFO, f"archive: removed {path} left by an unfinished attempt")
+            except OSError as e:
+                host.log(Level.WARN, f"archive: cannot remove {path}: {e.strerror or e}")
+
+
 def sync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -100,6 +138,8 @@ class Handler(exports.Handler):
         if not batch:
             return []
         directory = host.get_config("dir") or DEFAULT_DIR
+        if any(t.attempt > 1 for t in batch):
+            remove_orphans(directory, batch)
         outcome: Outcome
         try:
             path = write_batch(directory, batch)

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::langs::{self, Lang};
 use crate::support::*;
 use taskhost_fixtures::redis::RedisServer;
 
@@ -260,7 +261,21 @@ fn a_dead_letter_reason_leads_with_the_cause_then_the_backtrace() {
 }
 
 #[test]
-fn the_archive_plugin_removes_what_an_unfinished_attempt_left() {
+fn the_rust_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::Rust);
+}
+
+#[test]
+fn the_python_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::Python);
+}
+
+#[test]
+fn the_js_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::Js);
+}
+
+fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
@@ -300,7 +315,7 @@ fn the_archive_plugin_removes_what_an_unfinished_attempt_left() {
     let summary = ok(host()
         .arg("run")
         .arg("--plugin")
-        .arg(plugin("archive"))
+        .arg(langs::archive(lang))
         .arg("--data-dir")
         .arg(&data)
         .arg("--dir")
@@ -366,4 +381,18 @@ fn redis_coming_back_is_logged_once_with_the_outage_length() {
         .find(|l| l.contains("reachable again"))
         .unwrap();
     assert!(line.contains(" s") && line.contains(&url), "{line}");
+}
+
+#[test]
+fn host_wit_prints_and_writes_the_plugin_interface() {
+    let wit = std::fs::read_to_string(root().join("wit/plugin.wit")).unwrap();
+    let printed = ok(host().arg("wit"));
+    assert_eq!(printed.trim_end(), wit.trim_end());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("wit");
+    ok(host().args(["wit", "--out"]).arg(&out));
+    assert_eq!(
+        std::fs::read_to_string(out.join("plugin.wit")).unwrap(),
+        wit
+    );
 }

@@ -63,6 +63,10 @@ fn run_page(name: &str, prepare: impl FnOnce(&Path)) {
         .current_dir(tmp.path())
         .env("PATH", path_var)
         .env_remove("TASKHOST_LOG")
+        // A newcomer's shell: the test's own cargo settings (a shared
+        // target folder, say) must not decide whether the page works.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
         .output()
         .unwrap();
     assert!(

@@ -59,7 +59,7 @@ fn spec(path: PathBuf, mode: &str) -> PluginSpec {
     }
 }
 
-fn version_of(bytes: &[u8]) -> String {
+pub(crate) fn version_of(bytes: &[u8]) -> String {
     taskhost::plugin::cache::sha256_hex(bytes)[..12].to_owned()
 }
 
@@ -309,7 +309,7 @@ fn host_reload_command_swaps_a_running_host() {
 
 /// The same component with a custom section appended: another version
 /// (another hash) that behaves the same.
-fn with_custom_section(bytes: &[u8], note: &str) -> Vec<u8> {
+pub(crate) fn with_custom_section(bytes: &[u8], note: &str) -> Vec<u8> {
     let name = b"taskhost-test";
     let mut section = vec![name.len() as u8];
     section.extend_from_slice(name);

@@ -4,12 +4,16 @@
 
 mod cli;
 mod containment;
+mod dashboard;
 mod docs;
 mod e2e;
+mod fleet;
 mod hotswap;
 mod http;
 mod languages;
 mod ops;
 mod plugins;
+mod postgres;
 mod redis;
+mod store;
 mod support;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use taskhost::backoff::Backoff;
 use taskhost::clock;
 use taskhost::plugin::{Limits, Plugin, PluginSpec, Runtime};
-use taskhost::pool::{PoolConfig, WorkerPool};
+use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{
     BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore, Settle,
@@ -74,6 +74,29 @@ async fn settled(queue: &Arc<dyn BaseQueue>) -> QueueStats {
         }
         queue.wait_for_work(Duration::from_millis(5)).await;
     }
+}
+
+/// A runtime, a memory store and its queue `name`.
+fn setup(name: &str) -> (Runtime, Arc<dyn QueueStore>, Arc<dyn BaseQueue>) {
+    let runtime = Runtime::new().expect("runtime");
+    let store = memory_store();
+    let q = store.queue(name).expect("queue");
+    (runtime, store, q)
+}
+
+/// Loads `spec`, serves `q` with it until every task is settled, stops the
+/// pool: the queue's counts and the pool's.
+async fn drain(
+    runtime: &Runtime,
+    store: &Arc<dyn QueueStore>,
+    q: &Arc<dyn BaseQueue>,
+    spec: PluginSpec,
+    max_attempts: u32,
+) -> (QueueStats, PoolSnapshot) {
+    let plugin = runtime.load(spec, store.clone()).expect("plugin loads");
+    let pool = serve(q, plugin, max_attempts);
+    let s = settled(q).await;
+    (s, pool.shutdown().await)
 }
 
 async fn push(queue: &Arc<dyn BaseQueue>, payloads: &[&str]) {
@@ -177,9 +200,7 @@ async fn hostile_plugins_fail_their_batches_only() {
 /// Runs one task through testkit in script mode with `limits` and one
 /// attempt; returns the reason it was dead-lettered with.
 async fn dead_reason(command: &str, limits: Limits) -> String {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("limited").unwrap();
+    let (runtime, store, q) = setup("limited");
     push(&q, &[command]).await;
     let plugin = testkit(&runtime, store.clone(), "script", limits);
     let pool = serve(&q, plugin, 1);
@@ -218,9 +239,7 @@ async fn time_limit_holds_while_the_guest_waits_in_a_host_call() {
 /// poison task spends its attempts and is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_task_is_isolated_by_bisection() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("poison").unwrap();
+    let (runtime, store, q) = setup("poison");
     let mut payloads = vec!["ok"; 100];
     payloads[37] = "trap";
     push(&q, &payloads).await;
@@ -252,9 +271,7 @@ async fn a_poison_task_is_isolated_by_bisection() {
 /// unique keys across the batch, and refuses only the task it cannot take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("fan").unwrap();
+    let (runtime, store, q) = setup("fan");
     q.push_batch(
         ["a:k1:x", "b::y", "a:k1:z", "bad\u{1}name::w", "b::v"]
             .iter()
@@ -265,10 +282,7 @@ async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
     .unwrap();
     let mut spec = testkit_spec("bulk", Limits::default());
     spec.enqueue_to = Some(vec!["a".into(), "b".into(), "bad\u{1}name".into()]);
-    let plugin = runtime.load(spec, store.clone()).unwrap();
-    let pool = serve(&q, plugin, 5);
-    let s = settled(&q).await;
-    let stats = pool.shutdown().await;
+    let (s, stats) = drain(&runtime, &store, &q, spec, 5).await;
     assert_eq!(
         (stats.done, s.dead),
         (4, 1),
@@ -294,9 +308,7 @@ async fn enqueue_many_answers_each_task_and_refuses_only_bad_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_outcomes_become_queue_actions() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("script").unwrap();
+    let (runtime, store, q) = setup("script");
     push(
         &q,
         &[
@@ -312,10 +324,7 @@ async fn script_outcomes_become_queue_actions() {
     .await;
     let mut spec = testkit_spec("script", Limits::default());
     spec.enqueue_to = Some(vec!["follow".into()]);
-    let plugin = runtime.load(spec, store.clone()).unwrap();
-    let pool = serve(&q, plugin, 5);
-    let s = settled(&q).await;
-    let stats = pool.shutdown().await;
+    let (s, stats) = drain(&runtime, &store, &q, spec, 5).await;
     assert_eq!(s.dead, 2, "fail and the unknown command");
     assert_eq!(stats.done, 5);
     assert_eq!(stats.retried, 3, "retry-until:3 twice, retry-after once");
@@ -341,9 +350,7 @@ async fn script_outcomes_become_queue_actions() {
 /// `enqueue_to` list. A refused enqueue names the grant and creates no queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_reaches_only_granted_queues() {
-    let runtime = Runtime::new().unwrap();
-    let store = memory_store();
-    let q = store.queue("own").unwrap();
+    let (runtime, store, q) = setup("own");
     push(
         &q,
         &[
@@ -355,9 +362,7 @@ async fn enqueue_reaches_only_granted_queues() {
     .await;
     let mut spec = testkit_spec("script", Limits::default());
     spec.config.insert("output_queue".into(), "named".into());
-    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
-    let s = settled(&q).await;
-    let stats = pool.shutdown().await;
+    let (s, stats) = drain(&runtime, &store, &q, spec, 1).await;
     assert_eq!(
         (stats.done, s.dead),
         (3, 1),
@@ -379,9 +384,8 @@ async fn enqueue_reaches_only_granted_queues() {
     let mut spec = testkit_spec("script", Limits::default());
     spec.config.insert("output_queue".into(), "named".into());
     spec.enqueue_to = Some(vec!["granted".into()]);
-    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
-    let s = settled(&q).await;
-    assert_eq!((pool.shutdown().await.done, s.dead), (1, 1));
+    let (s, stats) = drain(&runtime, &store, &q, spec, 1).await;
+    assert_eq!((stats.done, s.dead), (1, 1));
     assert_eq!(store.queue("granted").unwrap().len().await.unwrap(), 1);
     runtime.shutdown();
 }
@@ -546,9 +550,8 @@ async fn enqueue_many_is_pushed_in_chunks() {
         ("flood_tasks".to_string(), "1000".to_string()),
         ("results".to_string(), "out".to_string()),
     ]);
-    let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
-    settled(&q).await;
-    assert_eq!(pool.shutdown().await.done, 1);
+    let (_, stats) = drain(&runtime, &store, &q, spec, 1).await;
+    assert_eq!(stats.done, 1);
     let sizes = pushes.lock().unwrap().clone();
     assert_eq!(sizes.iter().sum::<usize>(), 1000, "{sizes:?}");
     assert!(sizes.len() >= 4, "one call, several pushes: {sizes:?}");
@@ -701,9 +704,7 @@ async fn memory_limit_holds_for_all_memories_of_an_instance() {
             allowed_hosts: Vec::new(),
             enqueue_to: None,
         };
-        let pool = serve(&q, runtime.load(spec, store.clone()).unwrap(), 1);
-        let s = settled(&q).await;
-        let stats = pool.shutdown().await;
+        let (s, stats) = drain(&runtime, &store, &q, spec, 1).await;
         let letters = q.dead_letters(1).await.unwrap();
         assert_eq!(
             (s.dead, stats.done),

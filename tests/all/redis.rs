@@ -19,7 +19,7 @@ const LONG: Duration = Duration::from_secs(600);
 /// keeps each one's timing (and the machine) sane.
 static HEAVY: Mutex<()> = Mutex::new(());
 
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 

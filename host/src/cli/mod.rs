@@ -17,6 +17,9 @@ macro_rules! outln {
     };
 }
 
+pub mod check;
+pub mod hosts;
+pub mod init;
 pub mod log;
 pub mod new_plugin;
 pub mod ops;
@@ -25,6 +28,7 @@ pub mod push;
 pub mod reload;
 pub mod run;
 pub mod status;
+pub mod wit;
 
 /// Where the queues are.
 #[derive(Debug, Args)]
@@ -38,7 +42,8 @@ pub struct StoreArgs {
     /// Queue backend [default: disk].
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
-    /// Redis server holding the queues, redis://host:port/db (implies --backend redis).
+    /// Server holding the queues: redis://host:port/db (implies --backend redis) or
+    /// postgres://user:pass@host:port/db (implies --backend postgres).
     #[arg(long, env = "TASKHOST_QUEUE_URL")]
     queue_url: Option<String>,
 }
@@ -54,7 +59,7 @@ impl StoreArgs {
         }
         if let Some(u) = &self.queue_url {
             cfg.queue_url = Some(u.clone());
-            cfg.backend = Backend::Redis;
+            cfg.backend = Backend::for_url(u);
         }
         if let Some(b) = self.backend {
             cfg.backend = b.into();
@@ -89,6 +94,8 @@ pub enum BackendArg {
     Memory,
     /// Redis at `queue_url`: many hosts share the queues.
     Redis,
+    /// PostgreSQL at `queue_url`: many hosts share the queues.
+    Postgres,
 }
 
 impl From<BackendArg> for Backend {
@@ -97,6 +104,7 @@ impl From<BackendArg> for Backend {
             BackendArg::Disk => Backend::Disk,
             BackendArg::Memory => Backend::Memory,
             BackendArg::Redis => Backend::Redis,
+            BackendArg::Postgres => Backend::Postgres,
         }
     }
 }

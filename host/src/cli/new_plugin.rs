@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
-/// The WIT package every skeleton builds against.
-const WIT: &str = include_str!("../../../wit/plugin.wit");
+use super::wit::WIT;
 
 /// A language a skeleton can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,7 +1,12 @@
-//! `host reload`: ask every host on the data directory to reload its plugins.
+//! `host reload`: ask every running host to reload its plugins: SIGHUP to
+//! the hosts on the data directory, or a message over Redis to every host
+//! on it, whatever machine it runs on.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use taskhost::clock;
+use taskhost::queue::Backend;
+use taskhost::run::open_queues;
 
 use super::StoreArgs;
 
@@ -12,9 +17,21 @@ pub struct ReloadArgs {
     store: StoreArgs,
 }
 
-/// Sends SIGHUP to every live host on the data directory.
-pub fn reload(a: ReloadArgs) -> Result<()> {
+/// Asks every live host to reload (SIGHUP on disk, pub/sub over Redis).
+pub async fn reload(a: ReloadArgs) -> Result<()> {
     let cfg = a.store.load()?;
+    if cfg.backend == Backend::Redis {
+        let queues = open_queues(&cfg, clock::system())?;
+        let asked = queues.registry().request_reload().await;
+        let place = queues.describe();
+        queues.close().await;
+        let asked = asked.context("asking the hosts to reload")?;
+        if asked == 0 {
+            bail!("no host is listening on {place}");
+        }
+        outln!("asked {asked} host(s) to reload; `host hosts` shows the live versions");
+        return Ok(());
+    }
     let hosts = taskhost::registry::live_hosts(&cfg.data_dir);
     if hosts.is_empty() {
         bail!("no host is running on {}", cfg.data_dir.display());

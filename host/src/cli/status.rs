@@ -39,17 +39,15 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         queues.close().await;
         return Err(anyhow::Error::new(e).context("cannot read queue status"));
     }
-    let result = status_of(&a, &*queues, &cfg.data_dir).await;
+    let result = status_of(&a, &*queues).await;
     queues.close().await;
     result
 }
 
-async fn status_of(
-    a: &StatusArgs,
-    queues: &dyn QueueStore,
-    data_dir: &std::path::Path,
-) -> Result<()> {
-    let hosts = taskhost::registry::live_hosts(data_dir);
+async fn status_of(a: &StatusArgs, queues: &dyn QueueStore) -> Result<()> {
+    // Every backend's registry: the run files on disk, every machine's
+    // heartbeat over Redis.
+    let hosts = taskhost::fleet::hosts(&*queues.registry()).await?;
     let names = match &a.queue {
         Some(q) => vec![q.clone()],
         None => queues.known_queues().await?,
@@ -74,7 +72,7 @@ async fn status_of(
                     "leased": s.leased, "dead": s.dead, "paused": paused,
                     "hosts": hosts.iter().filter_map(|h| {
                         h.plugins.iter().find(|p| &p.queue == name).map(|p| serde_json::json!({
-                            "pid": h.pid, "plugin": p.name, "version": p.version,
+                            "pid": h.pid, "id": h.id, "machine": h.machine, "plugin": p.name, "version": p.version,
                             "batches_by_version": p.batches_by_version,
                         }))
                     }).collect::<Vec<_>>(),
@@ -120,8 +118,9 @@ async fn status_of(
     for h in hosts {
         for p in &h.plugins {
             outln!(
-                "host pid {}: plugin {} version {} on queue {:?} ({})",
+                "host pid {} on {}: plugin {} version {} on queue {:?} ({})",
                 h.pid,
+                h.machine,
                 p.name,
                 p.version,
                 p.queue,

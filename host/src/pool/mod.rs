@@ -161,6 +161,16 @@ impl WorkerPool {
         self.shared.flush_now.notify_one();
     }
 
+    /// Reads the workers running a batch now and the most the pool runs
+    /// (for the host registry).
+    pub fn load_gauge(&self) -> impl Fn() -> (usize, usize) + Send + Sync + 'static {
+        let s = self.shared.clone();
+        move || {
+            let c = lock(&s.counts);
+            (c.workers.saturating_sub(c.idle), s.cfg.max_workers)
+        }
+    }
+
     /// The queue this pool drains.
     pub fn queue(&self) -> &Arc<dyn BaseQueue> {
         &self.shared.queue

@@ -507,8 +507,10 @@ mod backends {
     use crate::queue::QueueStore;
     use crate::queue::disk::{DiskOptions, DiskStore};
     use crate::queue::memory::{MemoryOptions, MemoryQueue};
+    use crate::queue::postgres::{PostgresOptions, PostgresStore};
     use crate::queue::redis::{RedisOptions, RedisStore};
     // Test-only fixtures; their paths change when they move to a dev crate.
+    use taskhost_fixtures::postgres::PostgresServer;
     use taskhost_fixtures::redis::RedisServer;
     use tempfile::tempdir;
 
@@ -554,7 +556,26 @@ mod backends {
         Fixture::new(queue, clock).keeping(server)
     }
 
+    /// A queue on a private PostgreSQL server started for this test.
+    async fn postgres(capacity: Option<usize>) -> Fixture {
+        let server = tokio::task::spawn_blocking(PostgresServer::start)
+            .await
+            .expect("join")
+            .expect("start postgres");
+        let clock = ManualClock::new(T0);
+        let opts = PostgresOptions {
+            capacity,
+            push_timeout: PUSH_TIMEOUT,
+            dead_capacity: DEAD_CAPACITY,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::open(&server.url(), opts, clock.clone()).expect("open store");
+        let queue = store.queue("conformance").expect("queue");
+        Fixture::new(queue, clock).keeping((store, server))
+    }
+
     crate::backend_suite!(memory, memory);
     crate::backend_suite!(disk, disk);
     crate::backend_suite!(redis, redis);
+    crate::backend_suite!(postgres, postgres);
 }

@@ -361,6 +361,7 @@ pub struct MemoryStore {
     opts: MemoryOptions,
     clock: Arc<dyn Clock>,
     queues: Handles<MemoryQueue>,
+    hosts: Arc<super::hosts::LocalRegistry>,
 }
 
 impl MemoryStore {
@@ -370,6 +371,7 @@ impl MemoryStore {
             opts,
             clock,
             queues: Handles::default(),
+            hosts: Arc::default(),
         }
     }
 }
@@ -389,5 +391,9 @@ impl QueueStore for MemoryStore {
 
     fn describe(&self) -> String {
         "memory (in this process)".into()
+    }
+
+    fn registry(&self) -> Arc<dyn super::HostRegistry> {
+        self.hosts.clone()
     }
 }

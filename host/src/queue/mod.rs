@@ -4,9 +4,10 @@
 //! |---|---|
 //! | `mod.rs` | [`BaseQueue`] (one queue), [`QueueStore`] (a backend's named queues) and their types |
 //! | `open.rs` | [`open`]: the one place a backend is chosen, from a [`BackendConfig`] |
-//! | `memory.rs`, `disk/`, `redis/` | the backends |
+//! | `memory.rs`, `disk/`, `redis/`, `postgres/` | the backends |
 //! | `admin.rs` | [`QueueAdmin`]: operator actions (peek, dead letters, cancel, pause); each backend implements it in its own `admin` file |
 //! | `util.rs` | what the backends share: locking, handle table, waiting for room |
+//! | `hosts.rs` | [`HostRegistry`]: the hosts serving a store, and reclaiming a gone holder's leases |
 //! | `conformance.rs` | the checks every backend passes (tests and the `conformance` feature) |
 //!
 //! Every backend passes the same conformance suite: push with optional
@@ -18,8 +19,10 @@
 
 pub mod admin;
 pub mod disk;
+pub mod hosts;
 pub mod memory;
 mod open;
+pub mod postgres;
 pub mod redis;
 pub(crate) mod util;
 
@@ -27,6 +30,7 @@ pub(crate) mod util;
 pub mod conformance;
 
 pub use self::admin::{AdminError, PeekedTask, QueueAdmin, TaskState, Which};
+pub use self::hosts::{HostInfo, HostPlugin, HostRegistry};
 pub use self::open::{Backend, BackendConfig, open};
 
 use std::sync::Arc;
@@ -225,9 +229,26 @@ pub enum QueueError {
         /// What SQLite said.
         message: String,
     },
+    /// The store's data is damaged: nothing more is read or written, and
+    /// the host stops (retrying cannot heal it).
+    #[error("disk queue store {path}: {message}")]
+    Corrupt {
+        /// Database file.
+        path: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The Redis store failed or is unreachable.
     #[error("redis queue store {url}: {message}")]
     Redis {
+        /// Server URL, without password.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The PostgreSQL store failed or is unreachable.
+    #[error("postgres queue store {url}: {message}")]
+    Postgres {
         /// Server URL, without password.
         url: String,
         /// What went wrong.
@@ -346,8 +367,21 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug + 'static {
     /// Finishes what was handed to the backend and stops its background work.
     async fn close(&self) {}
 
+    /// Resolves with the error once the store has failed for good (its data
+    /// is damaged); the host then stops. Never resolves for a store that
+    /// can recover by retrying.
+    async fn failed(&self) -> QueueError {
+        std::future::pending().await
+    }
+
     /// Where the queues are, for people: a file path, a URL without password.
     fn describe(&self) -> String;
+
+    /// The hosts serving this store's queues (see [`hosts`]). Persistent
+    /// backends override it; the default knows nothing beyond this process.
+    fn registry(&self) -> Arc<dyn HostRegistry> {
+        Arc::new(hosts::LocalRegistry::default())
+    }
 }
 
 /// Checks a queue name: non-empty, printable, at most 200 bytes.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::disk::{self, DiskOptions, DiskStore};
 use super::memory::{MemoryOptions, MemoryStore};
+use super::postgres::{PostgresOptions, PostgresStore};
 use super::redis::{self, RedisOptions, RedisStore};
 use super::{QueueError, QueueStore};
 use crate::clock::Clock;
@@ -24,6 +25,20 @@ pub enum Backend {
     Memory,
     /// Redis at `queue_url`: many hosts share the queues.
     Redis,
+    /// PostgreSQL at `queue_url`: many hosts share the queues.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a queue URL names: `postgres://` and `postgresql://`
+    /// are PostgreSQL, anything else Redis (whose client names a bad scheme).
+    pub fn for_url(url: &str) -> Self {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("postgres" | "postgresql") => Backend::Postgres,
+            _ => Backend::Redis,
+        }
+    }
 }
 
 /// One backend and its settings: what [`open`] needs.
@@ -45,16 +60,27 @@ pub enum BackendConfig {
         /// Redis settings.
         options: RedisOptions,
     },
+    /// Queues in the PostgreSQL database at `url`.
+    Postgres {
+        /// `postgres://user:pass@host:port/db`.
+        url: String,
+        /// PostgreSQL settings.
+        options: PostgresOptions,
+    },
 }
 
 impl BackendConfig {
     /// Whether the backend holds a store already: false only for a disk
-    /// backend whose database file was never created (a server is asked
-    /// when opened).
+    /// backend that never held one (a server is asked when opened; a disk
+    /// store whose file vanished is refused when opened).
     pub fn exists(&self) -> bool {
         match self {
-            BackendConfig::Disk { data_dir, .. } => data_dir.join(disk::DB_FILE).exists(),
-            BackendConfig::Memory(_) | BackendConfig::Redis { .. } => true,
+            BackendConfig::Disk { data_dir, .. } => {
+                data_dir.join(disk::DB_FILE).exists() || data_dir.join(disk::MARKER_FILE).exists()
+            }
+            BackendConfig::Memory(_)
+            | BackendConfig::Redis { .. }
+            | BackendConfig::Postgres { .. } => true,
         }
     }
 }
@@ -68,6 +94,9 @@ impl std::fmt::Display for BackendConfig {
             BackendConfig::Memory(_) => f.write_str("the memory queues"),
             BackendConfig::Redis { url, .. } => {
                 write!(f, "the redis queues at {}", redis::redact(url))
+            }
+            BackendConfig::Postgres { url, .. } => {
+                write!(f, "the postgres queues at {}", redis::redact(url))
             }
         }
     }
@@ -85,6 +114,9 @@ pub fn open(cfg: &BackendConfig, clock: Arc<dyn Clock>) -> Result<Arc<dyn QueueS
         BackendConfig::Memory(options) => Arc::new(MemoryStore::new(options.clone(), clock)),
         BackendConfig::Redis { url, options } => {
             Arc::new(RedisStore::open(url, options.clone(), clock)?)
+        }
+        BackendConfig::Postgres { url, options } => {
+            Arc::new(PostgresStore::open(url, options.clone(), clock)?)
         }
     })
 }

@@ -6,7 +6,14 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.host import Level
-from wit_world.imports.types import NewTask, Outcome, Outcome_Done, Outcome_Retry, Task
+from wit_world.imports.types import (
+    NewTask,
+    Outcome,
+    Outcome_Done,
+    Outcome_Fail,
+    Outcome_Retry,
+    Task,
+)
 
 
 class Handler(exports.Handler):
@@ -19,6 +26,10 @@ class Handler(exports.Handler):
             host.log(Level.INFO, f"{greeting}: task {task.id}, {len(task.payload)} bytes")
             if task.queue == "followups":
                 outcomes.append(Outcome_Done())
+                continue
+            if not task.payload:
+                # Dead-letters this task only, with the reason.
+                outcomes.append(Outcome_Fail("empty payload"))
                 continue
             # A follow-up task, for whatever serves the `followups` queue.
             follow_up = NewTask(

@@ -13,6 +13,7 @@
 //! | `writer.rs` | the one writer thread per store and its group commit |
 //! | `sql.rs` | the statements each request runs |
 //! | `schema.sql` | the tables, created on open |
+//! | `identity.rs` | the store marker, damage checks, the read-only message |
 //!
 //! # Invariants
 //!
@@ -26,6 +27,8 @@
 //! All statements run on the writer thread (`admin.rs`: the operator actions).
 
 mod admin;
+mod hosts;
+mod identity;
 mod sql;
 mod writer;
 
@@ -41,6 +44,8 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub(crate) use self::identity::MARKER_FILE;
+pub use self::identity::move_aside;
 use self::writer::{Reply, Request};
 use super::util::{Handles, PushRoom, lock};
 use super::{
@@ -94,7 +99,7 @@ impl Default for DiskOptions {
 }
 
 /// The database file inside a data directory.
-pub(crate) const DB_FILE: &str = "queue.sqlite3";
+pub const DB_FILE: &str = "queue.sqlite3";
 
 /// The tables, created on open.
 const SCHEMA: &str = include_str!("schema.sql");
@@ -107,6 +112,11 @@ pub struct DiskStore {
     tx: mpsc::UnboundedSender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
     queues: Handles<DiskQueue>,
+    /// Set once SQLite reports the file damaged; from then on every call
+    /// fails at once and [`QueueStore::failed`] resolves.
+    broken: tokio::sync::watch::Sender<Option<String>>,
+    /// The registered host this process is: its leases name it.
+    holder: Mutex<Option<Arc<str>>>,
 }
 
 /// Creates `dir` and any missing parents with mode 0700.
@@ -154,25 +164,12 @@ impl DiskStore {
             ))
         })?;
         let path = data_dir.join(DB_FILE);
-        private_file(&path).map_err(|e| QueueError::Disk {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let disk_err = |e: rusqlite::Error| QueueError::Disk {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let conn = Connection::open(&path).map_err(disk_err)?;
-        let sync = match opts.sync {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
-        };
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(disk_err)?;
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; {SCHEMA}"
-        ))
-        .map_err(disk_err)?;
+        let marker = identity::read_marker(data_dir)?;
+        if let Some(m) = &marker {
+            identity::refuse_vanished(data_dir, &path, m)?;
+        }
+        let mut conn = Self::connect(data_dir, &path, opts.sync)?;
+        identity::settle(&mut conn, data_dir, &path, marker, clock.now_ms())?;
         let (tx, thread) = writer::start(conn, clock, opts.max_group)
             .map_err(|e| QueueError::Config(format!("cannot start disk writer thread: {e}")))?;
         Ok(Arc::new(Self {
@@ -181,7 +178,58 @@ impl DiskStore {
             tx,
             thread: Mutex::new(Some(thread)),
             queues: Handles::default(),
+            broken: tokio::sync::watch::channel(None).0,
+            holder: Mutex::new(None),
         }))
+    }
+
+    /// Opens the database, checks it is sound and creates the tables.
+    fn connect(data_dir: &Path, path: &Path, sync: Sync) -> Result<Connection, QueueError> {
+        let disk_err = |message: String| {
+            if identity::is_damage(&message) {
+                return identity::corrupt(path, &message);
+            }
+            QueueError::Disk {
+                path: path.display().to_string(),
+                message: identity::read_only(data_dir).unwrap_or(message),
+            }
+        };
+        private_file(path).map_err(|e| disk_err(e.to_string()))?;
+        let conn = Connection::open(path).map_err(|e| disk_err(e.to_string()))?;
+        let sync = match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| disk_err(e.to_string()))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
+        ))
+        .map_err(|e| disk_err(e.to_string()))?;
+        identity::quick_check(&conn, path)?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| disk_err(e.to_string()))?;
+        sql::migrate(&conn).map_err(|e| disk_err(e.to_string()))?;
+        Ok(conn)
+    }
+
+    /// Runs SQLite's full `integrity_check` on the database in `data_dir`,
+    /// read-only (it works on a store too damaged to open): the problems
+    /// found, none when it is sound.
+    pub async fn integrity_check(data_dir: &Path) -> Result<Vec<String>, QueueError> {
+        let path = data_dir.join(DB_FILE);
+        let err = |m: String| QueueError::Disk {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            identity::pragma_check(&conn, "integrity_check")
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(e.to_string()))
     }
 
     /// Where the database file is.
@@ -190,15 +238,36 @@ impl DiskStore {
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, QueueError> {
+        if let Some(m) = self.broken.borrow().as_deref() {
+            return Err(identity::corrupt(&self.path, m));
+        }
         let (reply, rx) = oneshot::channel();
         let closed = || QueueError::Closed(self.path.display().to_string());
         self.tx.send(make(reply)).map_err(|_| closed())?;
-        rx.await
-            .map_err(|_| closed())?
-            .map_err(|message| QueueError::Disk {
+        rx.await.map_err(|_| closed())?.map_err(|message| {
+            if identity::is_damage(&message) {
+                self.mark_broken(&message);
+                return identity::corrupt(&self.path, &message);
+            }
+            QueueError::Disk {
                 path: self.path.display().to_string(),
                 message,
-            })
+            }
+        })
+    }
+
+    /// Remembers that the file is damaged; logs it once.
+    fn mark_broken(&self, message: &str) {
+        let first = self.broken.send_if_modified(|b| {
+            if b.is_some() {
+                return false;
+            }
+            *b = Some(message.to_owned());
+            true
+        });
+        if first {
+            tracing::error!(path = %self.path.display(), error = message, "disk queue damaged: stopping");
+        }
     }
 
     /// Finishes the requests already sent, stops the writer thread and waits for it.
@@ -236,8 +305,23 @@ impl QueueStore for Arc<DiskStore> {
         DiskStore::close(self).await
     }
 
+    async fn failed(&self) -> QueueError {
+        let mut rx = self.broken.subscribe();
+        let seen = rx.wait_for(Option::is_some).await.map(|m| m.clone());
+        let message = match seen {
+            Ok(m) => m.unwrap_or_default(),
+            // The sender lives in the store: it cannot close before us.
+            Err(_) => return std::future::pending().await,
+        };
+        identity::corrupt(&self.path, &message)
+    }
+
     fn describe(&self) -> String {
         format!("disk queue {}", self.path.display())
+    }
+
+    fn registry(&self) -> Arc<dyn super::HostRegistry> {
+        Arc::new(hosts::DiskRegistry::new(self.clone()))
     }
 }
 
@@ -288,11 +372,13 @@ impl BaseQueue for DiskQueue {
 
     async fn lease(&self, max: usize, ttl: Duration) -> Result<Vec<Task>, QueueError> {
         let queue = self.name.clone();
+        let holder = lock(&self.store.holder).clone();
         self.store
             .call(|reply| Request::Lease {
                 queue,
                 max,
                 ttl,
+                holder,
                 reply,
             })
             .await

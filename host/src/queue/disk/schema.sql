@@ -6,7 +6,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempt INTEGER NOT NULL DEFAULT 0,
     enqueued_at INTEGER NOT NULL,
     visible_at INTEGER NOT NULL,
-    leased INTEGER NOT NULL DEFAULT 0
+    leased INTEGER NOT NULL DEFAULT 0,
+    -- The host holding the lease (its registry id), if it registered.
+    holder TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_visible ON tasks(queue, visible_at, id);
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(queue, unique_key) WHERE unique_key IS NOT NULL;

@@ -68,23 +68,40 @@ pub(super) fn push(
     Ok(Some(out))
 }
 
-/// Leases up to `max` visible tasks until `until`, oldest first.
+/// Brings a database made before leases recorded their holder up to date
+/// (in place: the column is added, no row is rewritten).
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has_holder: bool = c
+        .prepare("SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'holder'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_holder {
+        c.execute_batch("ALTER TABLE tasks ADD COLUMN holder TEXT")?;
+    }
+    // Only held leases carry a holder, so the index stays small.
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS tasks_holder ON tasks(holder) WHERE holder IS NOT NULL",
+    )
+}
+
+/// Leases up to `max` visible tasks until `until`, oldest first, for `holder`.
 pub(super) fn lease(
     c: &Connection,
     queue: &Arc<str>,
     max: usize,
     until: u64,
     now: u64,
+    holder: Option<&str>,
 ) -> rusqlite::Result<Vec<Task>> {
     let mut st = c.prepare_cached(
-        "UPDATE tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3 \
+        "UPDATE tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3, holder = ?5 \
          WHERE id IN (SELECT id FROM tasks WHERE queue = ?1 AND visible_at <= ?2 \
                       ORDER BY visible_at, id LIMIT ?4) \
          RETURNING id, unique_key, payload, attempt, enqueued_at",
     )?;
     let mut out = st
         .query_map(
-            params![&**queue, to_i64(now), to_i64(until), max as i64],
+            params![&**queue, to_i64(now), to_i64(until), max as i64, holder],
             |r| task(r, queue),
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -122,14 +139,14 @@ pub(super) fn settle(
                 .execute(params![id, attempt])?,
             Action::RetryAt(at) => c
                 .prepare_cached(
-                    "UPDATE tasks SET leased = 0, visible_at = ?3 \
+                    "UPDATE tasks SET leased = 0, holder = NULL, visible_at = ?3 \
                      WHERE id = ?1 AND attempt = ?2 AND leased = 1",
                 )?
                 .execute(params![id, attempt, to_i64(at)])?,
             // Back at its original place in line, this delivery not counted.
             Action::Release => c
                 .prepare_cached(
-                    "UPDATE tasks SET leased = 0, attempt = attempt - 1, \
+                    "UPDATE tasks SET leased = 0, holder = NULL, attempt = attempt - 1, \
                      visible_at = min(enqueued_at, ?3) \
                      WHERE id = ?1 AND attempt = ?2 AND leased = 1",
                 )?
@@ -225,4 +242,28 @@ pub(super) fn queues(c: &Connection) -> rusqlite::Result<Vec<String>> {
         "SELECT name FROM queues UNION SELECT DISTINCT queue FROM dead ORDER BY 1",
     )?;
     st.query_map([], |r| r.get(0))?.collect()
+}
+
+/// The hosts holding leases now (expired ones included).
+pub(super) fn holders(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL AND leased = 1",
+    )?;
+    st.query_map([], |r| r.get(0))?.collect()
+}
+
+/// Makes the leases of gone `holders` visible now, as an expiry would
+/// (the delivery stays counted), and takes them from their holder: with
+/// `leased = 0` its renewals and settlements match no row. Returns how many
+/// tasks came back.
+pub(super) fn reclaim(c: &Connection, holders: &[String], now: u64) -> rusqlite::Result<u64> {
+    let mut st = c.prepare_cached(
+        "UPDATE tasks SET leased = 0, holder = NULL, visible_at = min(visible_at, ?2) \
+         WHERE holder = ?1 AND leased = 1",
+    )?;
+    let mut n = 0;
+    for h in holders {
+        n += st.execute(params![h, to_i64(now)])? as u64;
+    }
+    Ok(n)
 }

@@ -78,3 +78,97 @@ async fn a_new_data_dir_and_database_are_private() {
     assert_eq!(mode(&data.join(DB_FILE)), 0o600);
     store.close().await;
 }
+
+/// A database truncated to nothing or deleted is refused, naming the file,
+/// instead of being served as a new empty queue; moving it aside starts over.
+#[tokio::test]
+async fn a_vanished_database_is_refused_until_moved_aside() {
+    let clock = ManualClock::new(T0);
+    let dir = tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    push_n(&*store.queue("q").unwrap(), 5).await;
+    store.close().await;
+    drop(store);
+    let db = dir.path().join(DB_FILE);
+    std::fs::File::create(&db).unwrap(); // truncates to 0 bytes
+    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&db.display().to_string()) && e.contains("empty (0 bytes)"),
+        "{e}"
+    );
+    assert!(e.contains("host init --force"), "{e}");
+    std::fs::remove_file(&db).unwrap();
+    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is missing"), "{e}");
+    // Another store's database in its place is refused too.
+    let other = tempdir().unwrap();
+    let s = DiskStore::open(other.path(), DiskOptions::default(), clock.clone()).unwrap();
+    s.close().await;
+    std::fs::copy(other.path().join(DB_FILE), &db).unwrap();
+    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("replaced by another file"), "{e}");
+    let moved = move_aside(dir.path(), 7).unwrap();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    assert!(store.queue("q").unwrap().is_empty().await.unwrap());
+    store.close().await;
+}
+
+/// A store from before markers existed is adopted: its marker is written
+/// from the id it is given, and its tasks stay.
+#[tokio::test]
+async fn a_store_without_a_marker_is_adopted() {
+    let clock = ManualClock::new(T0);
+    let dir = tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    push_n(&*store.queue("q").unwrap(), 3).await;
+    store.close().await;
+    drop(store);
+    std::fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    assert_eq!(store.queue("q").unwrap().len().await.unwrap(), 3);
+    store.close().await;
+    assert!(dir.path().join(MARKER_FILE).exists());
+}
+
+/// Damage SQLite finds while the store runs fails every later call at once
+/// with the cause, and `failed` resolves so the host stops.
+#[tokio::test]
+async fn damage_found_while_running_fails_the_store_for_good() {
+    let clock = ManualClock::new(T0);
+    let dir = tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let q = store.queue("q").unwrap();
+    push_n(&*q, 3).await;
+    // Damage the schema from another connection: the store's connection
+    // rereads it at its next statement and SQLite reports it malformed.
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = other
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .unwrap();
+    other
+        .execute_batch(&format!(
+            "PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_visible';
+             PRAGMA schema_version = {};",
+            version + 1
+        ))
+        .unwrap();
+    drop(other);
+    let e = q.lease(10, TTL).await.unwrap_err();
+    assert!(matches!(e, QueueError::Corrupt { .. }), "{e}");
+    let failed = tokio::time::timeout(Duration::from_secs(30), store.failed())
+        .await
+        .expect("failed() resolves");
+    assert!(failed.to_string().contains("malformed"), "{failed}");
+    // Nothing more is written: a push fails with the same cause.
+    let e = q.push(NewTask::new("x")).await.unwrap_err().to_string();
+    assert!(e.contains("damaged") && e.contains(DB_FILE), "{e}");
+    store.close().await;
+}

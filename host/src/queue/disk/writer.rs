@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{dead, lease, push, queues, renew, settle, stats};
+use super::sql::{dead, holders, lease, push, queues, reclaim, renew, settle, stats};
 use crate::clock::{self, Clock};
 use crate::queue::{DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
 
@@ -32,7 +32,16 @@ pub(super) enum Request {
         queue: Arc<str>,
         max: usize,
         ttl: Duration,
+        /// The registered host taking the lease, if any.
+        holder: Option<Arc<str>>,
         reply: Reply<Vec<Task>>,
+    },
+    Holders {
+        reply: Reply<Vec<String>>,
+    },
+    Reclaim {
+        holders: Vec<String>,
+        reply: Reply<u64>,
     },
     Renew {
         leases: Vec<Lease>,
@@ -194,6 +203,8 @@ fn fail(r: Request, msg: &str) {
         Request::Stats { reply, .. } => drop(reply.send(Err(m))),
         Request::Dead { reply, .. } => drop(reply.send(Err(m))),
         Request::Queues { reply } => drop(reply.send(Err(m))),
+        Request::Holders { reply } => drop(reply.send(Err(m))),
+        Request::Reclaim { reply, .. } => drop(reply.send(Err(m))),
         Request::Job { run } => (run(Err(msg), 0).0)(None),
         Request::Close { reply } => drop(reply.send(())),
     }
@@ -216,8 +227,21 @@ fn apply(c: &Connection, r: Request, now: u64) -> (Finish, bool) {
             queue,
             max,
             ttl,
+            holder,
             reply,
-        } => done(reply, lease(c, &queue, max, clock::after(now, ttl), now)),
+        } => done(
+            reply,
+            lease(
+                c,
+                &queue,
+                max,
+                clock::after(now, ttl),
+                now,
+                holder.as_deref(),
+            ),
+        ),
+        Request::Holders { reply } => done(reply, holders(c)),
+        Request::Reclaim { holders, reply } => done(reply, reclaim(c, &holders, now)),
         Request::Renew { leases, ttl, reply } => {
             done(reply, renew(c, &leases, clock::after(now, ttl)))
         }

@@ -12,6 +12,18 @@ pub(super) const QUEUES: &str = "taskhost:queues";
 /// tasks become ready.
 pub(super) const WAKE_PATTERN: &str = "taskhost:{*}:wake";
 
+/// The set of registered host ids (see `hosts.rs`).
+pub(super) const HOSTS: &str = "taskhost:hosts";
+
+/// The channel `host reload` publishes to; every host listens.
+pub(super) const RELOAD: &str = "taskhost:reload";
+
+/// The heartbeat key of host `id`: its registration as JSON, expiring
+/// unless renewed.
+pub(super) fn host(id: &str) -> String {
+    format!("taskhost:host:{id}")
+}
+
 /// Suffix of the dead-letter sorted set (scored by task id) under a queue's prefix.
 pub(super) const DEAD: &str = "deadz";
 

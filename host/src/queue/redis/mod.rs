@@ -13,6 +13,7 @@
 //! | `keys.rs` | every key and channel name |
 //! | `codec.rs` | the element: one task as one string |
 //! | `wake.rs` | the pub/sub listener that wakes idle hosts |
+//! | `hosts.rs` | the host registry: heartbeats, reclaiming a gone host's leases, reload messages |
 //! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause); their scripts are `scripts/admin_*.lua` |
 //!
 //! # Keys of queue `q`
@@ -32,7 +33,11 @@
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
 //! | `taskhost:{q}:deadz` | sorted set | `<failed_at>:<reason length>:<reason><element>` scored by task id (paged by id), trimmed to the highest ids |
 //! | `taskhost:{q}:paused` | string | exists while an operator has paused the queue |
+//! | `taskhost:{q}:h:<host>` | set | the batches registered host `<host>` holds (batch names end `@<host>`) |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
+//! | `taskhost:hosts` | set | ids of registered hosts (see `hosts.rs`) |
+//! | `taskhost:host:<id>` | string | a host's registration as JSON; its TTL is the heartbeat |
+//! | `taskhost:reload` | pub/sub channel | `host reload` asks every host to reload its plugins |
 //! | `taskhost:{q}:wake` | pub/sub channel | an empty message whenever a push or release made tasks ready |
 //!
 //! The `{q}` hash tag puts all of a queue's keys in one Redis Cluster slot,
@@ -93,6 +98,7 @@
 
 mod admin;
 mod codec;
+mod hosts;
 mod keys;
 mod queue;
 mod script;
@@ -180,6 +186,11 @@ struct Shared {
     listening: watch::Sender<bool>,
     /// Since when Redis has been unreachable, if it is: its return is logged once.
     outage: Mutex<Option<std::time::Instant>>,
+    /// The registered host this process is: its leases name it.
+    holder: Mutex<Option<Arc<str>>>,
+    /// This host's registration, for telling whether another host of the
+    /// same machine and data directory is gone.
+    me: Mutex<Option<crate::queue::HostInfo>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -305,6 +316,8 @@ impl RedisStore {
                 listener: Mutex::new(None),
                 listening: watch::channel(false).0,
                 outage: Mutex::new(None),
+                holder: Mutex::new(None),
+                me: Mutex::new(None),
             }),
             queues: Handles::default(),
         })
@@ -379,5 +392,9 @@ impl QueueStore for RedisStore {
 
     fn describe(&self) -> String {
         format!("redis at {}", self.url())
+    }
+
+    fn registry(&self) -> Arc<dyn crate::queue::HostRegistry> {
+        Arc::new(hosts::RedisRegistry::new(self.shared.clone()))
     }
 }

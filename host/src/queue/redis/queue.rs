@@ -206,7 +206,12 @@ impl BaseQueue for RedisQueue {
         let mut inv = self.shared.call(&self.shared.scripts.lease, &self.prefix);
         // A fresh random nonce per lease call makes the batch name unique
         // even when Redis lost writes and hands out a batch number again.
-        let nonce = format!("{:016x}", fastrand::u64(..));
+        // A registered host adds its id: the batch then names its holder,
+        // and is reclaimed at once when that host is gone (`reclaim.lua`).
+        let nonce = match lock(&self.shared.holder).as_deref() {
+            Some(h) => format!("{:016x}@{h}", fastrand::u64(..)),
+            None => format!("{:016x}", fastrand::u64(..)),
+        };
         let opts = &self.shared.opts;
         inv.arg(now)
             .arg(clock::after(now, ttl))

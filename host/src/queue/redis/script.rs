@@ -21,6 +21,7 @@ pub(super) struct Scripts {
     pub(super) renew: Script,
     pub(super) settle: Script,
     pub(super) stats: Script,
+    pub(super) reclaim: Script,
 }
 
 impl Scripts {
@@ -32,6 +33,7 @@ impl Scripts {
             renew: with_helpers(include_str!("scripts/renew.lua")),
             settle: with_helpers(include_str!("scripts/settle.lua")),
             stats: Script::new(include_str!("scripts/stats.lua")),
+            reclaim: with_helpers(include_str!("scripts/reclaim.lua")),
         }
     }
 }

@@ -20,6 +20,13 @@ local function idof(e)
   local p = string.find(e, ':', 1, true)
   return p and string.sub(e, 1, p - 1) or e
 end
+-- A batch leased by a registered host is named `<n>.<nonce>@<host>` and
+-- listed in the host's set `h:<host>` until it is gone; `unhold` takes it
+-- off that list.
+local function unhold(pre, batch)
+  local at = string.find(batch, '@', 1, true)
+  if at then redis.call('SREM', pre .. 'h:' .. string.sub(batch, at + 1), batch) end
+end
 -- An element this layout did not write is moved as it is, never an error
 -- that would stop every lease of the queue.
 local function bump(e)

@@ -4,7 +4,10 @@
 -- then hands out up to `max` elements (again at most the budget) as batch
 -- `<n>.<nonce>`, where n counts batches and the nonce is the caller's
 -- random number: a batch number that comes back after Redis lost writes
--- never names another holder's batch. Returns {} or {batch, {element, ...}}.
+-- never names another holder's batch. A nonce `<random>@<host>` names
+-- the registered host taking the lease: the batch joins that host's set
+-- `h:<host>`, which `reclaim.lua` empties when the host is gone.
+-- Returns {} or {batch, {element, ...}}.
 local pre = KEYS[1]
 local now, untl, max, nonce = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local cap_n, cap_b = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -44,6 +47,7 @@ while span() > 0 do
     end
     if all then
       redis.call('DEL', l)
+      unhold(pre, batch)
       gone[#gone + 1] = batch
     else
       -- Out of budget: the rest stays in the batch for the next call.
@@ -63,5 +67,7 @@ redis.call('LTRIM', ready, #got, -1)
 local batch = redis.call('INCR', pre .. 'bseq') .. '.' .. nonce
 chunked('RPUSH', pre .. 'l:' .. batch, got)
 redis.call('ZADD', pre .. 'leased', untl, batch)
+local at = string.find(nonce, '@', 1, true)
+if at then redis.call('SADD', pre .. 'h:' .. string.sub(nonce, at + 1), batch) end
 redis.call('INCRBY', pre .. 'held', #got)
 return {batch, got}

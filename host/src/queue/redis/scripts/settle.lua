@@ -32,6 +32,7 @@ while b <= #ARGV do
       end
       applied = applied + n
       redis.call('DEL', l)
+      unhold(pre, batch)
       gone[#gone + 1] = batch
     else
       local els = redis.call('LRANGE', l, 0, -1)
@@ -64,7 +65,12 @@ while b <= #ARGV do
         if not taken[i] then rest[#rest + 1] = e end
       end
       redis.call('DEL', l)
-      if #rest > 0 then chunked('RPUSH', l, rest) else gone[#gone + 1] = batch end
+      if #rest > 0 then
+        chunked('RPUSH', l, rest)
+      else
+        unhold(pre, batch)
+        gone[#gone + 1] = batch
+      end
     end
   end
 end

@@ -1,0 +1,407 @@
+//! PostgreSQL backend: many hosts share the queues in a database they may
+//! already run, and producers can enqueue inside their own transactions.
+//!
+//! # Files
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | [`PostgresOptions`], [`PostgresStore`] and the state its queues share |
+//! | `queue.rs` | [`PostgresQueue`]: each operation's statement, arguments and reply |
+//! | `sql/*.sql` | one statement per operation, each documenting its parameters |
+//! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
+//! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
+//! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause) |
+//!
+//! # Layout (schema `taskhost` by default)
+//!
+//! `tasks` holds live tasks only (pending, delayed, leased); `dead` the
+//! dead letters (trimmed to [`PostgresOptions::dead_capacity`] per queue);
+//! `queues` the names ever pushed to; `schema_migrations` the applied
+//! migrations. `push(queue, payload, unique_key, delay)` is the producers'
+//! transactional enqueue (see the README).
+//!
+//! # Invariants and why
+//!
+//! - A lease is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
+//!   ... RETURNING` per batch: hosts never wait on each other's rows and
+//!   never get the same row.
+//! - A leased row keeps its lease expiry in `visible_at`, so reclaiming an
+//!   expired lease is no separate step: it is due like any pending task.
+//! - Each lease batch carries a random nonce, remembered by the handle that
+//!   leased; renew and settle match id, attempt and nonce, so a holder whose
+//!   lease expired and was taken over (or whose database lost recent writes
+//!   and reused ids) can never settle or renew another host's lease.
+//! - Acked and dead-lettered rows are deleted by the settling statement,
+//!   one statement per batch and action; so the unique index over
+//!   `unique_key` covers exactly the live tasks.
+//! - Times come from the store's [`Clock`] and travel as parameters (ms), so
+//!   tests drive expiry deterministically; `push()` for producers uses the
+//!   database's `now()`.
+//! - Pushes that make tasks ready and releases `NOTIFY` the channel
+//!   `<schema>.wake` with the queue name; waiting hosts `LISTEN` on it and
+//!   still poll on their time-outs, so a lost notification only delays.
+//!
+//! # Failures
+//!
+//! Connections come from a `deadpool-postgres` pool, which replaces closed
+//! connections (after a server restart) on the next use. Errors carry the
+//! password-free URL and say when the server is unreachable. `renew` and
+//! `settle` are idempotent (they match the lease nonce), so they are
+//! retried through connection errors for [`PostgresOptions::retry_for`];
+//! lease errors are backed off by the worker pool; a push error is returned
+//! to the caller, so nothing acknowledged as pushed is lost.
+
+mod admin;
+mod migrate;
+mod queue;
+mod wake;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{Notify, OnceCell, watch};
+
+pub use self::migrate::SCHEMA_VERSION;
+pub use self::queue::PostgresQueue;
+use self::wake::Listener;
+use super::redis::redact;
+use super::util::Handles;
+use super::{BaseQueue, QueueError, QueueStore, validate_name};
+use crate::clock::Clock;
+
+/// Settings of the PostgreSQL backend, read from the host configuration's
+/// `[postgres]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresOptions {
+    /// Most tasks (pending, delayed and leased) one queue holds; unbounded
+    /// when absent. A bounded push counts the queue's rows, so leave it
+    /// unset for large queues.
+    pub capacity: Option<usize>,
+    /// How long a push waits for room in a full queue before failing.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
+    /// Most dead letters kept per queue; older ones are dropped.
+    pub dead_capacity: usize,
+    /// The schema holding taskhost's tables and functions.
+    pub schema: String,
+    /// Most connections one host opens (the wake listener has its own).
+    pub pool_size: usize,
+    /// How long renew and settle keep retrying through connection errors.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// How long one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            capacity: None,
+            push_timeout: Duration::from_secs(2),
+            dead_capacity: 10_000,
+            schema: "taskhost".into(),
+            pool_size: 8,
+            retry_for: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Checks values the backend cannot work with.
+    pub fn validate(&self) -> Result<(), QueueError> {
+        if self.capacity == Some(0) || self.dead_capacity == 0 || self.pool_size == 0 {
+            return Err(QueueError::Config(
+                "postgres.capacity, postgres.dead_capacity and postgres.pool_size must be at least 1"
+                    .into(),
+            ));
+        }
+        // The wake channel `<schema>.wake` must fit Postgres's 63-byte names.
+        if self.schema.is_empty()
+            || self.schema.len() > 50
+            || !self
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(QueueError::Config(format!(
+                "postgres.schema {:?} must be 1-50 ASCII letters, digits or _",
+                self.schema
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The statements of one schema, with its name filled in.
+#[derive(Debug)]
+struct Statements {
+    push: String,
+    lease: String,
+    renew: String,
+    ack: String,
+    retry: String,
+    release: String,
+    dead: String,
+    trim_dead: String,
+    dead_letters: String,
+    stats: String,
+    lock: String,
+    count: String,
+    notify: String,
+    queues: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Self {
+        let s = |sql: &str| fill(sql, schema);
+        Self {
+            push: s(include_str!("sql/push.sql")),
+            lease: s(include_str!("sql/lease.sql")),
+            renew: s(include_str!("sql/renew.sql")),
+            ack: s(include_str!("sql/ack.sql")),
+            retry: s(include_str!("sql/retry.sql")),
+            release: s(include_str!("sql/release.sql")),
+            dead: s(include_str!("sql/dead.sql")),
+            trim_dead: s(include_str!("sql/trim_dead.sql")),
+            dead_letters: s(include_str!("sql/dead_letters.sql")),
+            stats: s(include_str!("sql/stats.sql")),
+            lock: s(include_str!("sql/lock.sql")),
+            count: s(include_str!("sql/count.sql")),
+            notify: s("SELECT pg_notify(@channel@, $1)::text"),
+            queues: s("SELECT name FROM @schema@.queues ORDER BY name"),
+        }
+    }
+}
+
+/// `sql` with `@schema@` replaced by the quoted schema name and
+/// `@channel@` by the wake channel as a string literal. The schema name
+/// is checked to be `[A-Za-z0-9_]+`, so neither needs escaping.
+fn fill(sql: &str, schema: &str) -> String {
+    sql.replace("@schema@", &format!("\"{schema}\""))
+        .replace("@channel@", &format!("'{}'", channel(schema)))
+}
+
+/// The `NOTIFY` channel of a schema.
+fn channel(schema: &str) -> String {
+    format!("{schema}.wake")
+}
+
+/// State shared by a store and its queues.
+struct Shared {
+    url: String,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    opts: PostgresOptions,
+    clock: Arc<dyn Clock>,
+    sql: Statements,
+    /// Set once the schema is at this binary's version.
+    migrated: OnceCell<()>,
+    /// Who holds leases taken through this store, for people reading rows.
+    holder: String,
+    /// Per queue name: woken when Postgres says work arrived.
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    listener: Mutex<Option<Listener>>,
+    listening: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pooled connection.
+type Conn = deadpool_postgres::Object;
+
+impl Shared {
+    /// A queue error naming the URL.
+    fn error(&self, message: String) -> QueueError {
+        QueueError::Postgres {
+            url: self.url.clone(),
+            message,
+        }
+    }
+
+    /// A driver error, saying so when the server is unreachable.
+    fn pg_error(&self, e: tokio_postgres::Error) -> QueueError {
+        match e.as_db_error() {
+            // Class 08 (connection exception) and 57 (operator
+            // intervention: shutdown, crash, still starting) mean the
+            // server went away or is not back yet: retry like a lost socket.
+            Some(db) if matches!(db.code().code().get(..2), Some("08" | "57")) => {
+                self.error(format!(
+                    "PostgreSQL is unreachable: {}: {}",
+                    db.code().code(),
+                    db.message()
+                ))
+            }
+            Some(db) => self.error(format!("{}: {}", db.code().code(), db.message())),
+            None => self.error(format!("PostgreSQL is unreachable: {e}")),
+        }
+    }
+
+    /// A connection, with the schema migrated to this binary's version.
+    async fn conn(&self) -> Result<Conn, QueueError> {
+        let mut conn = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => self.pg_error(e),
+            e => self.error(format!("PostgreSQL is unreachable: {e}")),
+        })?;
+        self.migrated
+            .get_or_try_init(|| async {
+                migrate::migrate(&mut conn, &self.opts.schema)
+                    .await
+                    .map_err(|e| match e {
+                        migrate::Error::Db(e) => self.pg_error(e),
+                        e => QueueError::Config(format!("{}: {e}", self.url)),
+                    })
+            })
+            .await?;
+        Ok(conn)
+    }
+}
+
+/// Whether a queue error is a lost connection worth retrying.
+fn transient(e: &QueueError) -> bool {
+    matches!(e, QueueError::Postgres { message, .. } if message.starts_with("PostgreSQL is unreachable"))
+}
+
+/// Named queues in one PostgreSQL database.
+#[derive(Debug)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    queues: Handles<PostgresQueue>,
+}
+
+impl PostgresStore {
+    /// A store on the database at `url` (`postgres://user:pass@host:port/db`
+    /// or `postgresql://...`); connects, and creates or upgrades the schema,
+    /// on first use.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn open(
+        url: &str,
+        opts: PostgresOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
+        opts.validate()?;
+        let shown = redact(url);
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| QueueError::Config(format!("queue URL {shown}: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(opts.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("taskhost");
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(opts.connect_timeout))
+            .build()
+            .map_err(|e| QueueError::Config(format!("queue URL {shown}: {e}")))?;
+        let holder = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                url: shown,
+                pool,
+                config,
+                sql: Statements::new(&opts.schema),
+                opts,
+                clock,
+                migrated: OnceCell::new(),
+                holder,
+                wakes: Mutex::new(HashMap::new()),
+                listener: Mutex::new(None),
+                listening: watch::channel(false).0,
+            }),
+            queues: Handles::default(),
+        })
+    }
+
+    /// Checks that the database answers and its schema is usable.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let conn = self.shared.conn().await?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| self.shared.pg_error(e))?;
+        Ok(())
+    }
+
+    /// The URL without its password.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// Whether the wake-up listener is listening (starts it if needed).
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.shared.ensure_listening();
+        self.shared.listening.subscribe()
+    }
+
+    /// Stops the wake-up listener and waits for it; closes the pool.
+    pub async fn close(&self) {
+        self.shared.stop_listening().await;
+        self.shared.pool.close();
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Queue handles may outlive the store; the listener must not.
+        self.shared.cancel_listening();
+    }
+}
+
+#[async_trait]
+impl QueueStore for PostgresStore {
+    fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
+        validate_name(name)?;
+        let q = self
+            .queues
+            .get_or_open(name, || Ok(PostgresQueue::new(name, self.shared.clone())))?;
+        Ok(q)
+    }
+
+    async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        let conn = self.shared.conn().await?;
+        let rows = conn
+            .query(&self.shared.sql.queues, &[])
+            .await
+            .map_err(|e| self.shared.pg_error(e))?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| self.shared.pg_error(e)))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        PostgresStore::ping(self).await
+    }
+
+    async fn close(&self) {
+        PostgresStore::close(self).await
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres at {}", self.url())
+    }
+}

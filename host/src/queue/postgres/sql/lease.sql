@@ -1,0 +1,18 @@
+-- Leases up to $3 due tasks of queue $1 (visible at $2 ms, expired leases
+-- included), oldest first, in one statement: rows other hosts are leasing
+-- right now are skipped, not waited for. $4 lease expiry (ms), $5 the
+-- batch's nonce, $6 holder. Returns each task and its old visible_at (the
+-- order to hand them out in).
+WITH picked AS (
+    SELECT id, visible_at
+    FROM @schema@.tasks
+    WHERE queue = $1 AND visible_at <= $2
+    ORDER BY visible_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE @schema@.tasks t
+SET attempt = t.attempt + 1, visible_at = $4, nonce = $5, holder = $6
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.unique_key, t.payload, t.attempt, t.enqueued_at, picked.visible_at

@@ -1,0 +1,145 @@
+//! The `LISTEN` wake listener: idle hosts wait on PostgreSQL instead of polling.
+//!
+//! One connection per store, outside the pool and started by the first
+//! wait, listens on `<schema>.wake`; each notification (payload: a queue
+//! name) wakes that queue's waiter. Waits keep their time-outs, so work
+//! that falls due without a notification (retries, expired leases) and
+//! notifications lost while the connection was down are still found by the
+//! worker pool's back-off polling.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, mpsc};
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, channel};
+use crate::backoff::Backoff;
+use crate::queue::util::lock;
+
+/// The task listening for wake-ups.
+pub(super) struct Listener {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shared {
+    /// The wake-up of queue `name`.
+    pub(super) fn wake_of(&self, name: &str) -> Arc<Notify> {
+        lock(&self.wakes)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Starts the wake-up listener unless it runs.
+    pub(super) fn ensure_listening(self: &Arc<Self>) {
+        let mut l = lock(&self.listener);
+        if l.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen(Arc::downgrade(self), stop.clone()));
+        *l = Some(Listener { stop, task });
+    }
+
+    fn wake_all(&self) {
+        for n in lock(&self.wakes).values() {
+            n.notify_one();
+        }
+    }
+
+    /// Stops the listener and waits for it.
+    pub(super) async fn stop_listening(&self) {
+        let listener = lock(&self.listener).take();
+        if let Some(l) = listener {
+            l.stop.cancel();
+            let _ = l.task.await;
+        }
+    }
+
+    /// Asks the listener to stop without waiting (for `Drop`).
+    pub(super) fn cancel_listening(&self) {
+        if let Some(l) = lock(&self.listener).as_ref() {
+            l.stop.cancel();
+        }
+    }
+}
+
+/// Listens and wakes waiters; reconnects with back-off after a lost
+/// connection, meanwhile waiters fall back to their time-outs.
+async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        let Some((config, schema)) = shared
+            .upgrade()
+            .map(|s| (s.config.clone(), s.opts.schema.clone()))
+        else {
+            return;
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = config.connect(tokio_postgres::NoTls) => r,
+        };
+        match connected {
+            Ok((client, mut connection)) => {
+                // The connection delivers notifications as it is polled:
+                // a task drives it and forwards them.
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(m)) = messages.next().await {
+                        if let AsyncMessage::Notification(n) = m
+                            && tx.send(n.payload().to_owned()).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let sql = format!("LISTEN \"{}\"", channel(&schema));
+                match client.batch_execute(&sql).await {
+                    Ok(()) => {
+                        failures = 0;
+                        if let Some(s) = shared.upgrade() {
+                            s.listening.send_replace(true);
+                            // Whatever arrived while nobody listened: look again.
+                            s.wake_all();
+                        }
+                        loop {
+                            let name = tokio::select! {
+                                _ = stop.cancelled() => { driver.abort(); return; }
+                                m = rx.recv() => m,
+                            };
+                            let Some(name) = name else { break };
+                            let Some(s) = shared.upgrade() else {
+                                driver.abort();
+                                return;
+                            };
+                            s.wake_of(&name).notify_one();
+                        }
+                        if let Some(s) = shared.upgrade() {
+                            s.listening.send_replace(false);
+                        }
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::debug!(error = %e, "postgres wake-up listener cannot LISTEN; waiters poll meanwhile");
+                    }
+                }
+                driver.abort();
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, "postgres wake-up listener cannot connect; waiters poll meanwhile");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The fleet (issue 15 part 1, issue 16's host registry): real `host`
+//! processes on disk and on a private `redis-server`. A host killed with
+//! SIGKILL mid-drain leaves leases with a 60 s `lease_ttl`; the host that
+//! replaces it reclaims them at start, because their holder is provably
+//! gone. `host hosts` lists every host on a Redis, whatever its data
+//! directory, and `host reload --queue-url` reaches them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::hotswap::{version_of, with_custom_section};
+use crate::support::*;
+use taskhost_fixtures::redis::RedisServer;
+
+const TASKS: usize = 1_000;
+const START: Duration = Duration::from_secs(120);
+
+/// A `host run` child killed when dropped (a failed assertion included).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The keys of every task the journal plugin finished, from its files.
+fn journaled(dir: &Path) -> HashSet<String> {
+    let mut keys = HashSet::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(key) = line.split('\t').nth(1) {
+                keys.insert(key.to_owned());
+            }
+        }
+    }
+    keys
+}
+
+/// `host status --json` of queue `default`.
+fn queue_status(config: &Path) -> serde_json::Value {
+    let json = ok(host()
+        .args(["status", "--json", "--queue", "default", "--config"])
+        .arg(config));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v[0].clone()
+}
+
+/// A config on `data` (and `redis`, if given) running the journal plugin
+/// with batches of 10 on 4 workers, each batch taking `hold_ms`.
+fn journal_config(tmp: &Path, redis: Option<&str>, journal: &Path, hold_ms: u64) -> PathBuf {
+    let mut toml = HostToml::new(&tmp.join("data"));
+    if let Some(url) = redis {
+        toml = toml.redis(url);
+    }
+    // `lease_ttl` stays at its 60 s default: only reclaiming the dead
+    // host's leases lets the restart drain within seconds.
+    toml.plugin(&plugin("testkit"))
+        .dir(journal, "/out")
+        .raw(
+            "config",
+            &format!(
+                r#"{{ mode = "journal", journal_dir = "/out", host = "h", hold_ms = "{hold_ms}" }}"#
+            ),
+        )
+        .raw("pool", r#"{ batch_size = 10, max_workers = 4 }"#)
+        .write(tmp.join(format!("host-{hold_ms}.toml")))
+}
+
+/// Pushes [`TASKS`] keyed tasks; starts a host whose batches take a minute
+/// and kills it with SIGKILL once its 4 workers hold 40 tasks under lease
+/// (`lease_ttl` 60 s); then runs `host run --exit-when-drained` on the same
+/// data directory (batches of 100 ms) and returns the seconds from that
+/// start to its exit; asserts every task was done and none is left.
+fn kill_mid_drain_then_restart(redis: Option<&str>) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let slow = journal_config(tmp.path(), redis, &journal, 60_000);
+    let config = journal_config(tmp.path(), redis, &journal, 100);
+    let lines: String = (0..TASKS).map(|i| format!("k{i}\tt{i}\n")).collect();
+    let file = tmp.path().join("tasks.tsv");
+    std::fs::write(&file, lines).unwrap();
+    ok(host()
+        .args(["push", "default", "--keyed", "--config"])
+        .arg(&config)
+        .arg("--file")
+        .arg(&file));
+
+    let mut first = Running(
+        host()
+            .arg("run")
+            .arg("--config")
+            .arg(&slow)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Its batches are under way and stay so (a minute each): the kill
+    // finds every worker holding a lease.
+    wait_until("4 batches under lease", START, || {
+        queue_status(&config)["leased"] == 40
+    });
+    first.0.kill().unwrap(); // SIGKILL: its leases are left behind
+    first.0.wait().unwrap();
+    let left = queue_status(&config);
+    assert_eq!(left["leased"], 40, "the killed host's leases: {left}");
+
+    let started = Instant::now();
+    let out = ok(host()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--exit-when-drained"));
+    let secs = started.elapsed().as_secs_f64();
+    let done = journaled(&journal);
+    let lost: Vec<_> = (0..TASKS)
+        .map(|i| format!("k{i}"))
+        .filter(|k| !done.contains(k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} tasks, e.g. {:?}\n{out}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let end = queue_status(&config);
+    assert_eq!(end["pending"], 0, "{end}");
+    assert_eq!(end["leased"], 0, "{end}");
+    assert_eq!(end["dead"], 0, "{end}");
+    secs
+}
+
+#[test]
+fn disk_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
+    let secs = kill_mid_drain_then_restart(None);
+    println!("disk: restart to drained after kill -9: {secs:.2} s");
+    assert!(
+        secs < 10.0,
+        "the restart took {secs:.1} s to drain (the dead host's leases waited for lease_ttl?)"
+    );
+}
+
+#[test]
+fn redis_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
+    let server = RedisServer::start().unwrap();
+    let secs = kill_mid_drain_then_restart(Some(&server.url()));
+    println!("redis: restart to drained after kill -9: {secs:.2} s");
+    assert!(
+        secs < 10.0,
+        "the restart took {secs:.1} s to drain (the dead host's leases waited for lease_ttl?)"
+    );
+}
+
+/// `host hosts --json` with this config.
+fn hosts_json(config: &Path) -> Vec<serde_json::Value> {
+    let json = ok(host().args(["hosts", "--json", "--config"]).arg(config));
+    serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// Writes a config for a host on `url` with its own data directory.
+fn redis_host(tmp: &Path, n: usize, url: &str, plugin: &Path) -> (PathBuf, Running) {
+    let config = HostToml::new(&tmp.join(format!("data-{n}")))
+        .redis(url)
+        .raw("runtime", "{ watch = false }")
+        .plugin(plugin)
+        .raw("config", r#"{ mode = "noop" }"#)
+        .write(tmp.join(format!("host-{n}.toml")));
+    let child = host()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    (config, Running(child))
+}
+
+#[test]
+fn two_hosts_on_one_redis_see_each_other_and_reload_reaches_them() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tk.wasm");
+    let a = std::fs::read(plugin("testkit")).unwrap();
+    std::fs::write(&path, &a).unwrap();
+    let (c0, _h0) = redis_host(tmp.path(), 0, &url, &path);
+    let (c1, _h1) = redis_host(tmp.path(), 1, &url, &path);
+
+    // Each sees both, from its own data directory.
+    for config in [&c0, &c1] {
+        wait_until("both hosts registered", START, || {
+            hosts_json(config).len() == 2
+        });
+    }
+    let hosts = hosts_json(&c0);
+    let ids: HashSet<_> = hosts.iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{hosts:?}");
+    let dirs: HashSet<_> = hosts.iter().map(|h| h["data_dir"].to_string()).collect();
+    assert_eq!(dirs.len(), 2, "{hosts:?}");
+    for h in &hosts {
+        assert!(h["pid"].as_u64().unwrap() > 1, "{h}");
+        assert!(!h["machine"].as_str().unwrap().is_empty(), "{h}");
+        assert!(h["last_heartbeat_ms"].as_u64().unwrap() > 0, "{h}");
+        assert_eq!(h["plugins"][0]["version"], version_of(&a), "{h}");
+        assert_eq!(h["plugins"][0]["max_workers"], 4, "{h}");
+    }
+    let text = ok(host().args(["hosts", "--queue-url", &url]));
+    assert_eq!(text.matches("plugin tk version").count(), 2, "{text}");
+    // `host status` over Redis lists them too (it used to list none).
+    let status = ok(host().args(["status", "--queue-url", &url]));
+    assert_eq!(status.matches("host pid").count(), 2, "{status}");
+
+    // Both subscribe to reload requests once running: a reload of the
+    // unchanged file reaches both (and changes nothing).
+    wait_until("both hosts listening for reloads", START, || {
+        let out = output(host().args(["reload", "--queue-url", &url]));
+        String::from_utf8_lossy(&out.stdout).contains("asked 2 host(s)")
+    });
+    let b = with_custom_section(&a, "fleet reload");
+    std::fs::write(&path, &b).unwrap();
+    let out = ok(host().args(["reload", "--queue-url", &url]));
+    assert!(out.contains("asked 2 host(s)"), "{out}");
+    wait_until("both hosts on the new version", START, || {
+        let hosts = hosts_json(&c1);
+        hosts.len() == 2
+            && hosts
+                .iter()
+                .all(|h| h["plugins"][0]["version"] == version_of(&b))
+    });
+}
+
+#[test]
+fn hosts_on_disk_lists_the_running_host_and_reload_without_one_names_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = ok(host().args(["hosts", "--data-dir"]).arg(&data));
+    assert!(out.contains("(no hosts)"), "{out}");
+    let config = HostToml::new(&data)
+        .plugin(&plugin("testkit"))
+        .raw("config", r#"{ mode = "noop" }"#)
+        .write(tmp.path().join("host.toml"));
+    let _h = Running(
+        host()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the host registered", START, || {
+        hosts_json(&config).len() == 1
+    });
+    let h = &hosts_json(&config)[0];
+    assert_eq!(h["plugins"][0]["name"], "testkit", "{h}");
+    assert!(
+        h["id"].as_str().unwrap().contains(&h["pid"].to_string()),
+        "{h}"
+    );
+
+    let server = RedisServer::start().unwrap();
+    let out = output(host().args(["reload", "--queue-url", &server.url()]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no host is listening on redis at"), "{err}");
+}
