@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{check, hosts, init, new_plugin, push, reload, run, serve, status, wit};
+use cli::{check, hosts, init, new_plugin, ops, peek, push, reload, run, serve, status, wit};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -50,6 +50,16 @@ enum Cmd {
     Init(init::InitArgs),
     /// Print (or write with --out) the plugin interface, for bindings generators.
     Wit(wit::WitArgs),
+    /// List a queue's tasks in one state without taking them.
+    Peek(peek::PeekArgs),
+    /// Retry or purge dead letters.
+    Dead(ops::DeadArgs),
+    /// Stop every host on the backend leasing from a queue (durable).
+    Pause(ops::QueueArgs),
+    /// Let hosts lease from a paused queue again.
+    Resume(ops::QueueArgs),
+    /// Delete a pending or delayed task (or `--run-now` a delayed one).
+    Cancel(ops::CancelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,5 +96,10 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Check(a) => check::check(a).await,
         Cmd::Init(a) => init::init(a).await,
         Cmd::Wit(a) => wit::wit(a),
+        Cmd::Peek(a) => peek::peek(a).await,
+        Cmd::Dead(a) => ops::dead(a).await,
+        Cmd::Pause(a) => ops::pause(a, true).await,
+        Cmd::Resume(a) => ops::pause(a, false).await,
+        Cmd::Cancel(a) => ops::cancel(a).await,
     }
 }

@@ -22,6 +22,8 @@ pub mod hosts;
 pub mod init;
 pub mod log;
 pub mod new_plugin;
+pub mod ops;
+pub mod peek;
 pub mod push;
 pub mod reload;
 pub mod run;

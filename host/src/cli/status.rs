@@ -57,15 +57,19 @@ async fn status_of(a: &StatusArgs, queues: &dyn QueueStore) -> Result<()> {
         let q = queues.queue(name)?;
         let stats = q.stats().await?;
         let dead = q.dead_letters(a.dead).await?;
-        rows.push((name.clone(), stats, dead));
+        let paused = match q.admin() {
+            Some(admin) => admin.is_paused().await?,
+            None => false,
+        };
+        rows.push((name.clone(), stats, dead, paused));
     }
     if a.json {
         let out: Vec<_> = rows
             .iter()
-            .map(|(name, s, dead)| {
+            .map(|(name, s, dead, paused)| {
                 serde_json::json!({
                     "queue": name, "pending": s.pending, "delayed": s.delayed,
-                    "leased": s.leased, "dead": s.dead,
+                    "leased": s.leased, "dead": s.dead, "paused": paused,
                     "hosts": hosts.iter().filter_map(|h| {
                         h.plugins.iter().find(|p| &p.queue == name).map(|p| serde_json::json!({
                             "pid": h.pid, "id": h.id, "machine": h.machine, "plugin": p.name, "version": p.version,
@@ -90,13 +94,14 @@ async fn status_of(a: &StatusArgs, queues: &dyn QueueStore) -> Result<()> {
         "leased",
         "dead"
     );
-    for (name, s, dead) in &rows {
+    for (name, s, dead, paused) in &rows {
         outln!(
-            "{name:<24} {:>10} {:>10} {:>10} {:>10}",
+            "{name:<24} {:>10} {:>10} {:>10} {:>10}{}",
             s.pending,
             s.delayed,
             s.leased,
-            s.dead
+            s.dead,
+            if *paused { "  (paused)" } else { "" }
         );
         for d in dead {
             outln!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::config::PoolConfig;
+use super::pause::PauseGate;
 use super::worker::{give_back, worker};
 use super::{Job, Shared, lock};
 use crate::backoff::Backoff;
@@ -30,6 +31,7 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
     let mut empty_polls = 0u32;
     let mut errors = 0u32;
     let mut sweep = s.cfg.interval.map(|i| (i, tokio::time::Instant::now() + i));
+    let mut gate = PauseGate::default();
     'outer: loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -58,11 +60,16 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
                 give_back(&s, &batch).await;
                 break 'outer;
             }
-            match s
-                .queue
-                .lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl)
-                .await
-            {
+            // A paused queue is not leased from; what is buffered still goes.
+            let paused = gate.paused(&*s.queue).await;
+            let leased = if paused {
+                Ok(Vec::new())
+            } else {
+                s.queue
+                    .lease(s.cfg.batch_size - batch.len(), s.cfg.lease_ttl)
+                    .await
+            };
+            match leased {
                 Ok(mut got) => {
                     errors = 0;
                     // What does not fit the byte bound goes straight back,
@@ -128,6 +135,9 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
             };
             if let Some((_, next)) = sweep {
                 wait = wait.min(next - now);
+            }
+            if paused {
+                wait = wait.min(gate.next_check_in());
             }
             tokio::select! {
                 _ = s.queue.wait_for_work(wait) => {}

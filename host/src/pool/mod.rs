@@ -13,11 +13,12 @@
 //!
 //! Layout: this file holds the handler trait and the pool's lifecycle
 //! (start, flush, shutdown); `dispatcher` leases and decides when a batch
-//! goes; `worker` runs batches and settles their tasks; `config` and
+//! goes (not while the queue is paused: `pause`); `worker` runs batches and settles their tasks; `config` and
 //! `stats` hold the settings and the counters.
 
 mod config;
 mod dispatcher;
+mod pause;
 mod stats;
 mod worker;
 
@@ -216,5 +217,7 @@ use crate::queue::util::lock;
 
 #[cfg(test)]
 mod containment_tests;
+#[cfg(test)]
+mod pause_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod admin;
+
 use super::{BaseQueue, Lease, NewTask, Pushed, QueueError, QueueStats, Settled, Task, TaskId};
 use crate::clock::{Clock, ManualClock};
 
@@ -449,6 +451,42 @@ macro_rules! backend_suite {
             #[tokio::test]
             async fn full_queue() {
                 c::full_queue($make(Some(3)).await).await
+            }
+            #[tokio::test]
+            async fn admin_peek_states() {
+                c::admin::peek_states($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_peek_pages() {
+                c::admin::peek_pages($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_peek_dead() {
+                c::admin::peek_dead($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_retry_dead() {
+                c::admin::retry_dead($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_retry_dead_respects_unique_keys() {
+                c::admin::retry_dead_respects_unique_keys($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_purge_dead() {
+                c::admin::purge_dead($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_cancel() {
+                c::admin::cancel($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_run_now() {
+                c::admin::run_now($make(None).await).await
+            }
+            #[tokio::test]
+            async fn admin_pause_flag() {
+                c::admin::pause_flag($make(None).await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_leases_are_disjoint() {

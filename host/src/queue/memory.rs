@@ -3,7 +3,10 @@
 //! Leases work as in the persistent backends, so the worker pool behaves the
 //! same on every backend; only persistence differs.
 
+mod admin;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -122,6 +125,8 @@ pub struct MemoryQueue {
     inner: Mutex<Inner>,
     work: Notify,
     room: Notify,
+    /// Set by [`QueueAdmin::set_paused`](super::QueueAdmin::set_paused).
+    paused: AtomicBool,
 }
 
 impl MemoryQueue {
@@ -143,6 +148,7 @@ impl MemoryQueue {
             }),
             work: Notify::new(),
             room: Notify::new(),
+            paused: AtomicBool::new(false),
         })
     }
 
@@ -342,6 +348,10 @@ impl BaseQueue for MemoryQueue {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+    }
+
+    fn admin(&self) -> Option<&dyn super::QueueAdmin> {
+        Some(self)
     }
 }
 

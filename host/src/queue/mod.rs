@@ -5,6 +5,7 @@
 //! | `mod.rs` | [`BaseQueue`] (one queue), [`QueueStore`] (a backend's named queues) and their types |
 //! | `open.rs` | [`open`]: the one place a backend is chosen, from a [`BackendConfig`] |
 //! | `memory.rs`, `disk/`, `redis/`, `postgres/` | the backends |
+//! | `admin.rs` | [`QueueAdmin`]: operator actions (peek, dead letters, cancel, pause); each backend implements it in its own `admin` file |
 //! | `util.rs` | what the backends share: locking, handle table, waiting for room |
 //! | `hosts.rs` | [`HostRegistry`]: the hosts serving a store, and reclaiming a gone holder's leases |
 //! | `conformance.rs` | the checks every backend passes (tests and the `conformance` feature) |
@@ -16,6 +17,7 @@
 //! again, so a task never dies with the process that took it (as it does in
 //! pop-based queues).
 
+pub mod admin;
 pub mod disk;
 pub mod hosts;
 pub mod memory;
@@ -27,6 +29,7 @@ pub(crate) mod util;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use self::admin::{AdminError, PeekedTask, QueueAdmin, TaskState, Which};
 pub use self::hosts::{HostInfo, HostPlugin, HostRegistry};
 pub use self::open::{Backend, BackendConfig, open};
 
@@ -282,6 +285,12 @@ pub trait BaseQueue: Send + Sync + std::fmt::Debug + 'static {
 
     /// The newest dead-lettered tasks, up to `limit`.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadTask>, QueueError>;
+
+    /// The operator actions on this queue; `None` for wrappers and test
+    /// doubles that have none (such a queue is never paused).
+    fn admin(&self) -> Option<&dyn QueueAdmin> {
+        None
+    }
 
     /// Waits until work may be available or `timeout` passes.
     ///

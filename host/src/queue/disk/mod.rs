@@ -23,8 +23,10 @@
 //! visible again, and a lease is held while `(id, attempt, leased = 1)`
 //! matches. `dead` holds the newest `dead_capacity` dead letters of each
 //! queue (trimmed whenever a settlement adds one); `queues` names every queue ever
-//! pushed to, for `host status`. All statements run on the writer thread.
+//! pushed to, for `host status`; `paused` names the queues an operator paused.
+//! All statements run on the writer thread (`admin.rs`: the operator actions).
 
+mod admin;
 mod hosts;
 mod identity;
 mod sql;
@@ -419,5 +421,9 @@ impl BaseQueue for DiskQueue {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+    }
+
+    fn admin(&self) -> Option<&dyn super::QueueAdmin> {
+        Some(self)
     }
 }

@@ -26,3 +26,5 @@ CREATE INDEX IF NOT EXISTS dead_queue ON dead(queue, id);
 -- Newest first, for listing and trimming.
 CREATE INDEX IF NOT EXISTS dead_newest ON dead(queue, failed_at, id);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+-- Queues an operator paused (host pause); hosts stop leasing from them.
+CREATE TABLE IF NOT EXISTS paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;

@@ -66,6 +66,11 @@ pub(super) enum Request {
     Queues {
         reply: Reply<Vec<String>>,
     },
+    /// Work built elsewhere in the backend (the operator actions in
+    /// `admin.rs`); handed the connection, or the reason there is none.
+    Job {
+        run: Job,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -98,9 +103,13 @@ struct Writer {
 }
 
 /// A reply to send once the group's transaction has committed.
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+pub(super) type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
-fn finish<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Finish {
+/// A [`Request::Job`]: runs on the connection at `now` (or is told why it
+/// cannot), answering its reply and whether its changes should be kept.
+pub(super) type Job = Box<dyn FnOnce(Result<&Connection, &str>, u64) -> (Finish, bool) + Send>;
+
+pub(super) fn finish<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Finish {
     Box::new(move |commit_error: Option<&str>| {
         let out = match (result, commit_error) {
             (Err(e), _) => Err(e.to_string()),
@@ -196,6 +205,7 @@ fn fail(r: Request, msg: &str) {
         Request::Queues { reply } => drop(reply.send(Err(m))),
         Request::Holders { reply } => drop(reply.send(Err(m))),
         Request::Reclaim { reply, .. } => drop(reply.send(Err(m))),
+        Request::Job { run } => (run(Err(msg), 0).0)(None),
         Request::Close { reply } => drop(reply.send(())),
     }
 }
@@ -247,6 +257,7 @@ fn apply(c: &Connection, r: Request, now: u64) -> (Finish, bool) {
             reply,
         } => done(reply, dead(c, &queue, limit)),
         Request::Queues { reply } => done(reply, queues(c)),
+        Request::Job { run } => run(Ok(c), now),
         Request::Close { reply } => {
             let _ = reply.send(());
             (Box::new(|_| {}), true)

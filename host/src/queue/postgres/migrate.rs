@@ -15,7 +15,10 @@ use deadpool_postgres::Object;
 use super::fill;
 
 /// Migrations in order: (version, name, SQL with `@schema@` placeholders).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "admin", include_str!("migrations/0002_admin.sql")),
+];
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -10,6 +10,7 @@
 //! | `sql/*.sql` | one statement per operation, each documenting its parameters |
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
+//! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause) |
 //!
 //! # Layout (schema `taskhost` by default)
 //!
@@ -50,6 +51,7 @@
 //! lease errors are backed off by the worker pool; a push error is returned
 //! to the caller, so nothing acknowledged as pushed is lost.
 
+mod admin;
 mod migrate;
 mod queue;
 mod wake;

@@ -18,8 +18,8 @@ use crate::queue::{
 /// A queue in a PostgreSQL database.
 #[derive(Debug)]
 pub struct PostgresQueue {
-    name: Arc<str>,
-    shared: Arc<Shared>,
+    pub(super) name: Arc<str>,
+    pub(super) shared: Arc<Shared>,
     /// The nonce of each lease this handle took and has not settled: only
     /// its holder knows it, so no one else can settle or renew the lease.
     nonces: Mutex<HashMap<Lease, i64>>,
@@ -416,5 +416,9 @@ impl BaseQueue for PostgresQueue {
         self.shared.ensure_listening();
         let wake = self.shared.wake_of(&self.name);
         let _ = tokio::time::timeout(timeout, wake.notified()).await;
+    }
+
+    fn admin(&self) -> Option<&dyn crate::queue::QueueAdmin> {
+        Some(self)
     }
 }

@@ -24,8 +24,11 @@ pub(super) fn host(id: &str) -> String {
     format!("taskhost:host:{id}")
 }
 
-/// Suffix of the dead-letter list under a queue's prefix.
-pub(super) const DEAD: &str = "dead";
+/// Suffix of the dead-letter sorted set (scored by task id) under a queue's prefix.
+pub(super) const DEAD: &str = "deadz";
+
+/// Suffix of the key that, while it exists, marks the queue paused.
+pub(super) const PAUSED: &str = "paused";
 
 /// The key prefix of queue `name`.
 pub(super) fn prefix(name: &str) -> String {

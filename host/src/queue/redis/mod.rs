@@ -14,6 +14,7 @@
 //! | `codec.rs` | the element: one task as one string |
 //! | `wake.rs` | the pub/sub listener that wakes idle hosts |
 //! | `hosts.rs` | the host registry: heartbeats, reclaiming a gone host's leases, reload messages |
+//! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause); their scripts are `scripts/admin_*.lua` |
 //!
 //! # Keys of queue `q`
 //!
@@ -30,7 +31,8 @@
 //! | `taskhost:{q}:held` | string | how many elements the `l:` lists hold (for capacity and stats) |
 //! | `taskhost:{q}:delayed` | sorted set | elements of delayed pushes and retries, scored by visible-at (ms) |
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
-//! | `taskhost:{q}:dead` | list | `<failed_at>:<reason length>:<reason><element>`, newest first, trimmed |
+//! | `taskhost:{q}:deadz` | sorted set | `<failed_at>:<reason length>:<reason><element>` scored by task id (paged by id), trimmed to the highest ids |
+//! | `taskhost:{q}:paused` | string | exists while an operator has paused the queue |
 //! | `taskhost:{q}:h:<host>` | set | the batches registered host `<host>` holds (batch names end `@<host>`) |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
 //! | `taskhost:hosts` | set | ids of registered hosts (see `hosts.rs`) |
@@ -94,6 +96,7 @@
 //! pool; a push error is returned to the caller, so nothing acknowledged as
 //! pushed is lost.
 
+mod admin;
 mod codec;
 mod hosts;
 mod keys;

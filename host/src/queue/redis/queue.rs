@@ -28,16 +28,16 @@ const STATS_EXPIRED_BATCHES: usize = 1_000;
 /// One named queue in Redis.
 #[derive(Debug)]
 pub struct RedisQueue {
-    name: Arc<str>,
-    prefix: String,
-    shared: Arc<Shared>,
+    pub(super) name: Arc<str>,
+    pub(super) prefix: String,
+    pub(super) shared: Arc<Shared>,
     registered: AtomicBool,
     /// The leases this handle holds: only their holder can settle or renew
     /// them, as only it knows their batch.
     held: Mutex<HashMap<Lease, Held>>,
     /// Woken by the store's listener when a push or release on any host
     /// made tasks ready here.
-    wake: Arc<Notify>,
+    pub(super) wake: Arc<Notify>,
 }
 
 /// What a handle keeps of a lease it holds until it settles it.
@@ -63,7 +63,7 @@ impl RedisQueue {
         }
     }
 
-    fn bad_reply(&self, what: &str, v: &Value) -> QueueError {
+    pub(super) fn bad_reply(&self, what: &str, v: &Value) -> QueueError {
         QueueError::Redis {
             url: self.shared.url.clone(),
             message: format!("unexpected reply to {what} on queue {:?}: {v:?}", self.name),
@@ -71,7 +71,7 @@ impl RedisQueue {
     }
 
     /// The task an element leased now (or last) stands for.
-    fn task(&self, e: Element) -> Task {
+    pub(super) fn task(&self, e: Element) -> Task {
         Task {
             id: e.id,
             queue: self.name.clone(),
@@ -133,6 +133,10 @@ impl BaseQueue for RedisQueue {
         // A wake that came while nobody waited is kept (one permit), so a
         // push between a failed lease and this wait is not missed.
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    fn admin(&self) -> Option<&dyn crate::queue::QueueAdmin> {
+        Some(self)
     }
 
     fn name(&self) -> &str {
@@ -388,7 +392,7 @@ impl BaseQueue for RedisQueue {
             return Ok(Vec::new());
         }
         let mut conn = self.shared.conn.clone();
-        let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        let entries: Vec<Vec<u8>> = redis::cmd("ZREVRANGE")
             .arg(format!("{}{}", self.prefix, keys::DEAD))
             .arg(0)
             .arg(limit - 1)

@@ -53,6 +53,7 @@ while b <= #ARGV do
             back[#back + 1] = e
           elseif c == 100 or c == 68 then -- d, D
             local reason = string.sub(op, 2)
+            dead[#dead + 1] = idof(e) -- scored by id, for paging (admin.rs)
             dead[#dead + 1] = now .. ':' .. #reason .. ':' .. reason .. e
           end
         else
@@ -84,7 +85,8 @@ for i = #back, 1, -1 do rev[#rev + 1] = back[i] end
 chunked('LPUSH', pre .. 'ready', rev)
 if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
 if #dead > 0 then
-  chunked('LPUSH', pre .. 'dead', dead)
-  redis.call('LTRIM', pre .. 'dead', 0, deadcap - 1)
+  chunked('ZADD', pre .. 'deadz', dead)
+  local over = redis.call('ZCARD', pre .. 'deadz') - deadcap
+  if over > 0 then redis.call('ZREMRANGEBYRANK', pre .. 'deadz', 0, over - 1) end
 end
 return {applied, lost}

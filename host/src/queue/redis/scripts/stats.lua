@@ -12,5 +12,5 @@ return {
   redis.call('LLEN', pre .. 'ready') + due + expired,
   redis.call('ZCARD', pre .. 'delayed') - due,
   tonumber(redis.call('GET', pre .. 'held') or 0) - expired,
-  redis.call('LLEN', pre .. 'dead'),
+  redis.call('ZCARD', pre .. 'deadz'),
 }

@@ -1,0 +1,251 @@
+//! Operator actions on a [`PostgresQueue`]: each one statement (or one
+//! transaction), paged by task id through `dead (queue, id)` and the
+//! primary key (migration 2).
+
+use async_trait::async_trait;
+use tokio_postgres::Row;
+
+use super::fill;
+use super::queue::PostgresQueue;
+use crate::queue::admin::{
+    AdminError, DeadInfo, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which,
+};
+use crate::queue::{QueueError, TaskId};
+
+fn sql_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The ids of `which` as the statements' array parameter (`NULL` = all).
+fn ids(which: &Which) -> Option<Vec<i64>> {
+    match which {
+        Which::All => None,
+        Which::Ids(ids) => Some(ids.iter().map(|&i| sql_i64(i)).collect()),
+    }
+}
+
+/// A peeked row: `id, unique_key, payload, attempt, enqueued_at`, then
+/// `visible_at` (live) or `reason, failed_at` (dead).
+fn peeked(r: &Row, dead: bool) -> Result<PeekedTask, tokio_postgres::Error> {
+    let attempt: i32 = r.try_get(3)?;
+    Ok(PeekedTask {
+        id: unsigned(r.try_get(0)?),
+        unique_key: r.try_get(1)?,
+        payload: r.try_get(2)?,
+        attempt: u32::try_from(attempt).unwrap_or(0),
+        enqueued_at_ms: unsigned(r.try_get(4)?),
+        at_ms: if dead {
+            None
+        } else {
+            Some(unsigned(r.try_get(5)?))
+        },
+        dead: if dead {
+            Some(DeadInfo {
+                reason: r.try_get(5)?,
+                failed_at_ms: unsigned(r.try_get(6)?),
+            })
+        } else {
+            None
+        },
+    })
+}
+
+impl PostgresQueue {
+    fn sql(&self, sql: &str) -> String {
+        fill(sql, &self.shared.opts.schema)
+    }
+
+    fn err(&self, e: tokio_postgres::Error) -> AdminError {
+        AdminError::Queue(self.shared.pg_error(e))
+    }
+
+    /// Wakes idle hosts: tasks became visible here.
+    async fn notify(&self) -> Result<(), QueueError> {
+        let conn = self.shared.conn().await?;
+        conn.query_one(&self.shared.sql.notify, &[&&*self.name])
+            .await
+            .map_err(|e| self.shared.pg_error(e))?;
+        Ok(())
+    }
+
+    /// Looks task `id` up under a row lock and applies `change` to it
+    /// when it is in a state `change` accepts; returns its state, `None`
+    /// when the queue has no such live task.
+    async fn on_task(&self, id: TaskId, change: &str) -> Result<Option<TaskState>, AdminError> {
+        let now = sql_i64(self.shared.clock.now_ms());
+        let mut conn = self.shared.conn().await?;
+        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let row = tx
+            .query_opt(
+                &self.sql(
+                    "SELECT nonce IS NOT NULL, visible_at > $3 FROM @schema@.tasks \
+                     WHERE queue = $1 AND id = $2 FOR UPDATE",
+                ),
+                &[&&*self.name, &sql_i64(id), &now],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let state = match row {
+            None => return Ok(None),
+            Some(r) => match (r.try_get::<_, bool>(0), r.try_get::<_, bool>(1)) {
+                (Ok(_), Ok(false)) => TaskState::Pending,
+                (Ok(false), Ok(true)) => TaskState::Delayed,
+                (Ok(true), Ok(true)) => TaskState::Leased,
+                (Err(e), _) | (_, Err(e)) => return Err(self.err(e)),
+            },
+        };
+        let applies = match change {
+            "cancel" => state != TaskState::Leased,
+            _ => state == TaskState::Delayed,
+        };
+        if applies {
+            let sql = match change {
+                "cancel" => "DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL",
+                _ => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1",
+            };
+            tx.execute(&self.sql(sql), &[&sql_i64(id), &now])
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(state))
+    }
+
+    fn leased(&self, id: TaskId) -> AdminError {
+        AdminError::Leased {
+            queue: self.name.to_string(),
+            id,
+        }
+    }
+
+    fn not_found(&self, id: TaskId, wanted: &'static str) -> AdminError {
+        AdminError::NotFound {
+            queue: self.name.to_string(),
+            id,
+            wanted,
+        }
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for PostgresQueue {
+    async fn peek(
+        &self,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<PeekedTask>, AdminError> {
+        let limit = limit.min(MAX_PEEK) as i64;
+        let after = sql_i64(after.unwrap_or(0));
+        let now = sql_i64(self.shared.clock.now_ms());
+        let conn = self.shared.conn().await?;
+        let dead = state == TaskState::Dead;
+        let rows = if dead {
+            let sql = self.sql(
+                "SELECT id, unique_key, payload, attempt, enqueued_at, reason, failed_at \
+                 FROM @schema@.dead WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3",
+            );
+            conn.query(&sql, &[&&*self.name, &after, &limit]).await
+        } else {
+            let filter = match state {
+                TaskState::Pending => "visible_at <= $3",
+                TaskState::Delayed => "visible_at > $3 AND nonce IS NULL",
+                _ => "visible_at > $3 AND nonce IS NOT NULL",
+            };
+            let sql = self.sql(&format!(
+                "SELECT id, unique_key, payload, attempt, enqueued_at, visible_at \
+                 FROM @schema@.tasks WHERE queue = $1 AND id > $2 AND {filter} \
+                 ORDER BY id LIMIT $4"
+            ));
+            conn.query(&sql, &[&&*self.name, &after, &now, &limit])
+                .await
+        }
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| peeked(r, dead))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn retry_dead(&self, which: Which) -> Result<u64, AdminError> {
+        let now = sql_i64(self.shared.clock.now_ms());
+        let conn = self.shared.conn().await?;
+        // One statement, so atomic: a dead letter whose unique key a live
+        // task holds stays dead.
+        let sql = self.sql(
+            "WITH picked AS ( \
+                DELETE FROM @schema@.dead d WHERE d.queue = $1 \
+                AND ($2::bigint[] IS NULL OR d.id = ANY($2)) \
+                AND (d.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM @schema@.tasks t \
+                     WHERE t.queue = d.queue AND t.unique_key = d.unique_key)) \
+                RETURNING d.id, d.queue, d.payload, d.unique_key, d.enqueued_at) \
+             INSERT INTO @schema@.tasks (id, queue, payload, unique_key, attempt, enqueued_at, visible_at) \
+             OVERRIDING SYSTEM VALUE \
+             SELECT id, queue, payload, unique_key, 0, enqueued_at, $3 FROM picked ORDER BY id",
+        );
+        let n = conn
+            .execute(&sql, &[&&*self.name, &ids(&which), &now])
+            .await
+            .map_err(|e| self.err(e))?;
+        if n > 0 {
+            self.notify().await?;
+        }
+        Ok(n)
+    }
+
+    async fn purge_dead(&self, which: Which) -> Result<u64, AdminError> {
+        let conn = self.shared.conn().await?;
+        let sql = self.sql(
+            "DELETE FROM @schema@.dead WHERE queue = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))",
+        );
+        conn.execute(&sql, &[&&*self.name, &ids(&which)])
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<(), AdminError> {
+        match self.on_task(id, "cancel").await? {
+            Some(TaskState::Leased) => Err(self.leased(id)),
+            Some(_) => Ok(()),
+            None => Err(self.not_found(id, "pending or delayed")),
+        }
+    }
+
+    async fn run_now(&self, id: TaskId) -> Result<(), AdminError> {
+        match self.on_task(id, "run").await? {
+            Some(TaskState::Leased) => Err(self.leased(id)),
+            Some(TaskState::Delayed) => Ok(self.notify().await?),
+            Some(_) => Ok(()),
+            None => Err(self.not_found(id, "delayed")),
+        }
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<(), AdminError> {
+        let conn = self.shared.conn().await?;
+        let sql = if paused {
+            "INSERT INTO @schema@.paused (queue) VALUES ($1) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM @schema@.paused WHERE queue = $1"
+        };
+        conn.execute(&self.sql(sql), &[&&*self.name])
+            .await
+            .map_err(|e| self.err(e))?;
+        if !paused {
+            self.notify().await?;
+        }
+        Ok(())
+    }
+
+    async fn is_paused(&self) -> Result<bool, AdminError> {
+        let conn = self.shared.conn().await?;
+        let sql = self.sql("SELECT EXISTS (SELECT 1 FROM @schema@.paused WHERE queue = $1)");
+        conn.query_one(&sql, &[&&*self.name])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.err(e))
+    }
+}
