@@ -102,7 +102,11 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
     .await;
 
     // Pause from the page: the backend says paused, and the host leases nothing.
-    click(&b, r#"tr[data-queue="default"] button[data-action="pause"]"#).await;
+    click(
+        &b,
+        r#"tr[data-queue="default"] button[data-action="pause"]"#,
+    )
+    .await;
     wait_until("paused", LIMIT, || queue(&addr)["paused"] == true);
     wait_text(&b, r#"tr[data-queue="default"] .badge"#, |t| t == "paused").await;
 
@@ -128,14 +132,20 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
         &(0..300).map(|_| "sleep:5".to_string()).collect::<Vec<_>>(),
     );
     b.client.goto(&format!("http://{addr}/")).await.unwrap();
-    wait_text(&b, r#"tr[data-queue="default"] td[data-col="pending"]"#, |t| {
-        t == "301"
-    })
+    wait_text(
+        &b,
+        r#"tr[data-queue="default"] td[data-col="pending"]"#,
+        |t| t == "301",
+    )
     .await;
     assert_eq!(queue(&addr)["leased"], 0, "a paused queue is not leased");
 
     // Resume from the page: the queue drains and the live chart moves.
-    click(&b, r#"tr[data-queue="default"] button[data-action="resume"]"#).await;
+    click(
+        &b,
+        r#"tr[data-queue="default"] button[data-action="resume"]"#,
+    )
+    .await;
     let mut fastest = 0.0f64;
     let end = std::time::Instant::now() + LIMIT;
     loop {

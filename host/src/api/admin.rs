@@ -8,24 +8,27 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use super::router::queue_name;
-use crate::queue::admin::{AdminError, PeekedTask};
+use std::sync::Arc;
+
+use crate::queue::admin::{AdminError, PeekedTask, QueueAdmin};
 use crate::queue::{BaseQueue, QueueError};
 
-/// Runs `f` with the admin actions of queue `name`.
-pub async fn with_admin<T>(
-    st: &ApiState,
-    name: &str,
-    f: impl AsyncFnOnce(&dyn crate::queue::admin::QueueAdmin) -> Result<T, AdminError>,
-) -> Result<T, ApiError> {
+/// Queue `name`, checked to have operator actions (see [`admin`]).
+pub fn open(st: &ApiState, name: &str) -> Result<Arc<dyn BaseQueue>, ApiError> {
     queue_name(name)?;
-    let q: std::sync::Arc<dyn BaseQueue> = st.queues.queue(name).map_err(unavailable)?;
-    let admin = q.admin().ok_or_else(|| {
+    let q = st.queues.queue(name).map_err(unavailable)?;
+    admin(&*q)?;
+    Ok(q)
+}
+
+/// The operator actions of `q`: 501 for a backend without them.
+pub fn admin(q: &dyn BaseQueue) -> Result<&dyn QueueAdmin, ApiError> {
+    q.admin().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
-            format!("queue {name:?}: this backend has no operator actions"),
+            format!("queue {:?}: this backend has no operator actions", q.name()),
         )
-    })?;
-    f(admin).await.map_err(admin_error)
+    })
 }
 
 /// A backend failure: 503, naming the cause.
@@ -36,7 +39,8 @@ pub fn unavailable(e: QueueError) -> ApiError {
     }
 }
 
-fn admin_error(e: AdminError) -> ApiError {
+/// An operator action's failure as an HTTP status.
+pub fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::Queue(q) => unavailable(q),
         e @ AdminError::Leased { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),

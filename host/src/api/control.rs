@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::ApiState;
-use super::admin::with_admin;
+use super::admin::{admin, admin_error, open};
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed};
 
@@ -27,20 +27,21 @@ async fn cancel(st: &ApiState, queue: &str, id: &str, run_now: bool) -> Answer {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("task id {id:?} is not a number")))?;
-    with_admin(st, queue, async |a| {
-        if run_now {
-            a.run_now(id).await
-        } else {
-            a.cancel(id).await
-        }
-    })
-    .await?;
+    let q = open(st, queue)?;
+    let a = admin(&*q)?;
+    if run_now {
+        a.run_now(id).await
+    } else {
+        a.cancel(id).await
+    }
+    .map_err(admin_error)?;
     let key = if run_now { "run_now" } else { "cancelled" };
     Ok(json_response(StatusCode::OK, &json!({ key: id })))
 }
 
 async fn pause(st: &ApiState, queue: &str, paused: bool) -> Answer {
-    with_admin(st, queue, async |a| a.set_paused(paused).await).await?;
+    let q = open(st, queue)?;
+    admin(&*q)?.set_paused(paused).await.map_err(admin_error)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "queue": queue, "paused": paused }),

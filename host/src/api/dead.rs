@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::ApiState;
-use super::admin::with_admin;
+use super::admin::{admin, admin_error, open};
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed, read_body};
 use crate::queue::admin::Which;
@@ -44,14 +44,14 @@ fn which(body: &[u8]) -> Result<Which, ApiError> {
 async fn act(st: &ApiState, queue: &str, req: Req, retry: bool) -> Answer {
     let body = read_body(req, st.max_body_bytes).await?;
     let which = which(&body)?;
-    let n = with_admin(st, queue, async |a| {
-        if retry {
-            a.retry_dead(which).await
-        } else {
-            a.purge_dead(which).await
-        }
-    })
-    .await?;
+    let q = open(st, queue)?;
+    let a = admin(&*q)?;
+    let n = if retry {
+        a.retry_dead(which).await
+    } else {
+        a.purge_dead(which).await
+    }
+    .map_err(admin_error)?;
     let key = if retry { "retried" } else { "deleted" };
     Ok(json_response(StatusCode::OK, &json!({ key: n })))
 }

@@ -5,7 +5,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::ApiState;
-use super::admin::{task_json, with_admin};
+use super::admin::{admin, admin_error, open, task_json};
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed};
 use crate::queue::admin::{MAX_PEEK, TaskState};
@@ -38,7 +38,11 @@ async fn peek(st: &ApiState, queue: &str, query: &str) -> Answer {
             _ => return Err(bad("unknown parameter (state, limit, after)")),
         }
     }
-    let tasks = with_admin(st, queue, async |a| a.peek(state, after, limit).await).await?;
+    let q = open(st, queue)?;
+    let tasks = admin(&*q)?
+        .peek(state, after, limit)
+        .await
+        .map_err(admin_error)?;
     let next = tasks.last().map(|t| t.id);
     let tasks: Vec<_> = tasks.iter().map(task_json).collect();
     Ok(json_response(

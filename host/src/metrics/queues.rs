@@ -23,6 +23,8 @@ pub const CACHE_FOR: Duration = Duration::from_secs(1);
 struct Snapshot {
     up: bool,
     queues: Vec<(String, QueueStats)>,
+    /// Per queue: paused, and seconds the oldest pending task has waited.
+    control: Vec<(String, bool, Option<f64>)>,
 }
 
 /// Collector of the queue gauges.
@@ -80,6 +82,7 @@ impl QueueGauges {
         let mut snap = Snapshot {
             up: self.ping().await,
             queues: Vec::new(),
+            control: Vec::new(),
         };
         if snap.up {
             let t = Instant::now();
@@ -94,6 +97,19 @@ impl QueueGauges {
                         let t = Instant::now();
                         let stats = q.stats().await;
                         self.time("stats", t);
+                        if let Some(a) = q.admin() {
+                            let paused = a.is_paused().await.unwrap_or(false);
+                            let oldest = a
+                                .peek(crate::queue::TaskState::Pending, None, 1)
+                                .await
+                                .ok()
+                                .and_then(|t| t.first().map(|t| t.enqueued_at_ms))
+                                .map(|at| {
+                                    crate::clock::system().now_ms().saturating_sub(at) as f64
+                                        / 1000.0
+                                });
+                            snap.control.push((name.clone(), paused, oldest));
+                        }
                         match stats {
                             Ok(s) => snap.queues.push((name, s)),
                             Err(e) => {
@@ -138,6 +154,26 @@ impl Collector for QueueGauges {
                 let labels = [("queue", queue.as_str()), ("state", state)];
                 ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
             }
+        }
+        let mut m = encoder.encode_descriptor(
+            "taskhost_queue_paused",
+            "1 while an operator has paused the queue (durable, every host obeys it)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (queue, paused, _) in &snap.control {
+            ConstGauge::new(i64::from(*paused))
+                .encode(m.encode_family(&[("queue", queue.as_str())])?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "taskhost_queue_oldest_pending_age_seconds",
+            "Seconds the oldest pending task of the queue has waited since it was pushed (0 when none)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (queue, _, oldest) in &snap.control {
+            ConstGauge::new(oldest.unwrap_or(0.0))
+                .encode(m.encode_family(&[("queue", queue.as_str())])?)?;
         }
         let m = encoder.encode_descriptor(
             "taskhost_backend_up",
