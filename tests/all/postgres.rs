@@ -13,8 +13,6 @@ use taskhost_fixtures::postgres::PostgresServer;
 
 const HOSTS: usize = 5;
 const TASKS: usize = 100_000;
-/// The kill and restart runs: enough to be mid-run when the fault comes.
-const FAULT_TASKS: usize = 20_000;
 const LONG: Duration = Duration::from_secs(600);
 const ARCHIVE_POOL: &str = r#"batch_size = 100, max_workers = 2, lease_ttl = "3s""#;
 
@@ -178,7 +176,7 @@ fn a_host_killed_mid_run_on_postgres_loses_nothing() {
     let url = pg.url();
     let tmp = tempfile::tempdir().unwrap();
     let mut hosts = start_hosts(tmp.path(), &url);
-    push_tasks(tmp.path(), &url, FAULT_TASKS);
+    push_tasks(tmp.path(), &url, TASKS);
     let victim = out_dir(tmp.path(), 0);
     wait_until("the victim's first batches", LONG, || {
         archive_files(&victim) >= 20
@@ -189,7 +187,7 @@ fn a_host_killed_mid_run_on_postgres_loses_nothing() {
     let at_kill: usize = (0..HOSTS)
         .map(|n| archived(&out_dir(tmp.path(), n)).len())
         .sum();
-    assert!(at_kill < FAULT_TASKS, "killed mid-run ({at_kill} archived)");
+    assert!(at_kill < TASKS, "killed mid-run ({at_kill} archived)");
     wait_until("the queue drained", LONG, || drained(&url));
     for h in hosts {
         h.stop();
@@ -207,7 +205,7 @@ fn hosts_survive_a_postgres_immediate_restart_mid_run() {
     let url = pg.url();
     let tmp = tempfile::tempdir().unwrap();
     let hosts = start_hosts(tmp.path(), &url);
-    push_tasks(tmp.path(), &url, FAULT_TASKS);
+    push_tasks(tmp.path(), &url, TASKS);
     wait_until("the first batches", LONG, || {
         archive_files(&out_dir(tmp.path(), 1)) >= 10
     });
