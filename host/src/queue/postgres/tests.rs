@@ -165,11 +165,19 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
         .expect("the push woke the waiting host")
         .unwrap();
 
+    // Everything the listener reports from here on is about the restart;
+    // wait for it to be listening again, whether or not its "lost" report
+    // was seen first (both may come before this task looks).
+    listening.borrow_and_update();
     let restarted =
         tokio::task::spawn_blocking(move || server.restart_immediate().map(|()| server));
     let server = restarted.await.unwrap().unwrap();
-    listening.wait_for(|&on| !on).await.unwrap();
-    listening.wait_for(|&on| on).await.unwrap();
+    loop {
+        listening.changed().await.unwrap();
+        if *listening.borrow_and_update() {
+            break;
+        }
+    }
     waiting.wait_for_work(Duration::from_millis(1)).await;
     let waiter = wait(&waiting);
     // The pool replaces its dead connections on use; retry the push until
