@@ -20,6 +20,8 @@ pub struct Listening {
     child: Child,
     /// `127.0.0.1:PORT` to connect to.
     pub addr: String,
+    /// The host's log lines after the "api listening" one.
+    log: mpsc::Receiver<String>,
 }
 
 impl Drop for Listening {
@@ -65,7 +67,22 @@ impl Listening {
                 }
             }
         };
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    /// Waits for a log line containing `needle`; panics after `LIMIT`.
+    pub fn wait_for_log(&self, needle: &str) {
+        loop {
+            match self.log.recv_timeout(LIMIT) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
     }
 
     /// SIGTERM, then waits for a clean exit.

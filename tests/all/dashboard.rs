@@ -56,16 +56,21 @@ async fn wait_text(b: &Browser, css: &str, ok: impl Fn(&str) -> bool) -> String 
     }
 }
 
+/// Clicks the element `css` finds; tries again while the page's refresh
+/// replaces it (a stale or not yet interactable element).
 async fn click(b: &Browser, css: &str) {
-    b.client
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    let end = std::time::Instant::now() + LIMIT;
+    loop {
+        let tried = match b.client.find(Locator::Css(css)).await {
+            Ok(el) => el.click().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match tried {
+            Ok(()) => return,
+            Err(e) => assert!(std::time::Instant::now() < end, "{css}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn screenshot(b: &Browser, path: &Path) {
@@ -108,6 +113,8 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
     )
     .await;
     wait_until("paused", LIMIT, || queue(&addr)["paused"] == true);
+    // The host's pool has seen it (it reads the flag every 500 ms).
+    host.wait_for_log("queue paused: not leasing");
     wait_text(&b, r#"tr[data-queue="default"] .badge"#, |t| t == "paused").await;
 
     // Retry one dead letter from the dead-letter page: it is pending again

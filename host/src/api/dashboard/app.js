@@ -522,11 +522,19 @@ function deadLetters(main) {
   return p;
 }
 
+// Groups the operator opened stay open across refreshes.
+const openGroups = new Set();
+
 function deadGroup(queue, g) {
   const ids = g.tasks.map((t) => t.id);
+  const key = `${queue}\u0000${g.version}\u0000${g.cause}`;
   return h(
     "details",
-    { class: "dead-group" },
+    {
+      class: "dead-group",
+      open: openGroups.has(key),
+      ontoggle: (e) => (e.target.open ? openGroups.add(key) : openGroups.delete(key)),
+    },
     h(
       "summary",
       {},
