@@ -25,6 +25,7 @@ mod open;
 pub mod postgres;
 pub mod redis;
 pub(crate) mod util;
+mod wakes;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -59,17 +59,15 @@ mod wake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{Notify, OnceCell, watch};
+use tokio::sync::{OnceCell, watch};
 
 pub use self::migrate::SCHEMA_VERSION;
 pub use self::queue::PostgresQueue;
-use self::wake::Listener;
 use super::redis::redact;
 use super::util::Handles;
 use super::{BaseQueue, QueueError, QueueStore, validate_name};
@@ -208,8 +206,8 @@ struct Shared {
     /// Who holds leases taken through this store, for people reading rows.
     holder: String,
     /// Per queue name: woken when Postgres says work arrived.
-    wakes: Mutex<HashMap<String, Arc<Notify>>>,
-    listener: Mutex<Option<Listener>>,
+    /// Per-queue wake-ups and the listener ringing them.
+    wakes: crate::queue::wakes::Wakes,
     listening: watch::Sender<bool>,
 }
 
@@ -330,8 +328,7 @@ impl PostgresStore {
                 clock,
                 migrated: OnceCell::new(),
                 holder,
-                wakes: Mutex::new(HashMap::new()),
-                listener: Mutex::new(None),
+                wakes: Default::default(),
                 listening: watch::channel(false).0,
             }),
             queues: Handles::default(),
@@ -360,7 +357,7 @@ impl PostgresStore {
 
     /// Stops the wake-up listener and waits for it; closes the pool.
     pub async fn close(&self) {
-        self.shared.stop_listening().await;
+        self.shared.wakes.stop().await;
         self.shared.pool.close();
     }
 }
@@ -368,7 +365,7 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         // Queue handles may outlive the store; the listener must not.
-        self.shared.cancel_listening();
+        self.shared.wakes.cancel();
     }
 }
 

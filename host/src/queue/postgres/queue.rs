@@ -414,7 +414,7 @@ impl BaseQueue for PostgresQueue {
 
     async fn wait_for_work(&self, timeout: Duration) {
         self.shared.ensure_listening();
-        let wake = self.shared.wake_of(&self.name);
+        let wake = self.shared.wakes.of(&self.name);
         let _ = tokio::time::timeout(timeout, wake.notified()).await;
     }
 

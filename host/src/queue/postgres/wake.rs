@@ -11,60 +11,19 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, channel};
 use crate::backoff::Backoff;
-use crate::queue::util::lock;
-
-/// The task listening for wake-ups.
-pub(super) struct Listener {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
 
 impl Shared {
-    /// The wake-up of queue `name`.
-    pub(super) fn wake_of(&self, name: &str) -> Arc<Notify> {
-        lock(&self.wakes)
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
-    }
-
     /// Starts the wake-up listener unless it runs.
     pub(super) fn ensure_listening(self: &Arc<Self>) {
-        let mut l = lock(&self.listener);
-        if l.is_some() {
-            return;
-        }
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(listen(Arc::downgrade(self), stop.clone()));
-        *l = Some(Listener { stop, task });
-    }
-
-    fn wake_all(&self) {
-        for n in lock(&self.wakes).values() {
-            n.notify_one();
-        }
-    }
-
-    /// Stops the listener and waits for it.
-    pub(super) async fn stop_listening(&self) {
-        let listener = lock(&self.listener).take();
-        if let Some(l) = listener {
-            l.stop.cancel();
-            let _ = l.task.await;
-        }
-    }
-
-    /// Asks the listener to stop without waiting (for `Drop`).
-    pub(super) fn cancel_listening(&self) {
-        if let Some(l) = lock(&self.listener).as_ref() {
-            l.stop.cancel();
-        }
+        let shared = Arc::downgrade(self);
+        self.wakes
+            .start_once(|stop| tokio::spawn(listen(shared, stop)));
     }
 }
 
@@ -107,7 +66,7 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
                         if let Some(s) = shared.upgrade() {
                             s.listening.send_replace(true);
                             // Whatever arrived while nobody listened: look again.
-                            s.wake_all();
+                            s.wakes.all();
                         }
                         loop {
                             let name = tokio::select! {
@@ -119,7 +78,7 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
                                 driver.abort();
                                 return;
                             };
-                            s.wake_of(&name).notify_one();
+                            s.wakes.of(&name).notify_one();
                         }
                         if let Some(s) = shared.upgrade() {
                             s.listening.send_replace(false);

@@ -107,17 +107,15 @@ mod wake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 pub use self::queue::RedisQueue;
 use self::script::Scripts;
-use self::wake::Listener;
 use super::util::Handles;
 use super::{BaseQueue, QueueError, QueueStore, validate_name};
 use crate::clock::Clock;
@@ -181,8 +179,8 @@ struct Shared {
     scripts: Scripts,
     client: redis::Client,
     /// Per queue name: woken when Redis says work arrived.
-    wakes: Mutex<HashMap<String, Arc<Notify>>>,
-    listener: Mutex<Option<Listener>>,
+    /// Per-queue wake-ups and the listener ringing them.
+    wakes: crate::queue::wakes::Wakes,
     listening: watch::Sender<bool>,
     /// Since when Redis has been unreachable, if it is: its return is logged once.
     outage: Mutex<Option<std::time::Instant>>,
@@ -312,8 +310,7 @@ impl RedisStore {
                 clock,
                 scripts: Scripts::new(),
                 client,
-                wakes: Mutex::new(HashMap::new()),
-                listener: Mutex::new(None),
+                wakes: Default::default(),
                 listening: watch::channel(false).0,
                 outage: Mutex::new(None),
                 holder: Mutex::new(None),
@@ -345,14 +342,14 @@ impl RedisStore {
 
     /// Stops the wake-up listener and waits for it.
     pub async fn close(&self) {
-        self.shared.stop_listening().await;
+        self.shared.wakes.stop().await;
     }
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
         // Queue handles may outlive the store; the listener must not.
-        self.shared.cancel_listening();
+        self.shared.wakes.cancel();
     }
 }
 

@@ -54,7 +54,7 @@ impl RedisQueue {
     /// The handle of queue `name` on the store `shared` belongs to.
     pub(super) fn new(name: &str, shared: Arc<Shared>) -> Self {
         Self {
-            wake: shared.wake_of(name),
+            wake: shared.wakes.of(name),
             name: name.into(),
             prefix: keys::prefix(name),
             shared,
