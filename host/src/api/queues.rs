@@ -8,7 +8,6 @@ use serde_json::json;
 use super::ApiState;
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed};
-use crate::queue::admin::TaskState;
 
 /// Routes `GET /v1/queues`.
 pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> Routed {
@@ -39,14 +38,10 @@ async fn list(st: &ApiState) -> Answer {
         let (paused, oldest) = match q.admin() {
             Some(a) => {
                 let paused = a.is_paused().await.map_err(admin_unavailable)?;
-                let first = a
-                    .peek(TaskState::Pending, None, 1)
+                let now = crate::clock::system().now_ms();
+                let age = crate::queue::admin::oldest_pending_age(a, now)
                     .await
                     .map_err(admin_unavailable)?;
-                let now = crate::clock::system().now_ms();
-                let age = first
-                    .first()
-                    .map(|t| now.saturating_sub(t.enqueued_at_ms) as f64 / 1000.0);
                 (paused, age)
             }
             None => (false, None),

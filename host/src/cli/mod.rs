@@ -3,11 +3,13 @@
 //! the `taskhost` library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use taskhost::config::{ConfigError, HostConfig};
-use taskhost::queue::Backend;
+use taskhost::queue::{Backend, QueueStore};
+use taskhost::run::open_queues;
 
 /// `println!` that drops the text when stdout is closed (`host ... | head`)
 /// instead of panicking.
@@ -84,6 +86,26 @@ pub fn persistent(cfg: &HostConfig, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the configured persistent store and checks that it answers.
+pub async fn open_store(store: &StoreArgs, what: &str) -> Result<Arc<dyn QueueStore>> {
+    let cfg = store.load()?;
+    persistent(&cfg, what)?;
+    if !cfg.queue_backend()?.exists() {
+        bail!(
+            "no queue database in {} (nothing pushed yet?)",
+            cfg.data_dir.display()
+        );
+    }
+    let queues = open_queues(&cfg, taskhost::clock::system())?;
+    if let Err(e) = queues.ping().await {
+        queues.close().await;
+        return Err(
+            anyhow::Error::new(e).context(format!("cannot reach the queues for `host {what}`"))
+        );
+    }
+    Ok(queues)
 }
 
 /// The values of `--backend`.

@@ -3,33 +3,11 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use taskhost::clock;
-use taskhost::queue::{BaseQueue, QueueAdmin, QueueStore, TaskId, Which};
-use taskhost::run::open_queues;
+use taskhost::queue::{BaseQueue, QueueAdmin, TaskId, Which};
 
-use super::{StoreArgs, persistent};
-
-/// Opens the configured persistent store and checks that it answers.
-pub async fn open_store(store: &StoreArgs, what: &str) -> Result<Arc<dyn QueueStore>> {
-    let cfg = store.load()?;
-    persistent(&cfg, what)?;
-    if !cfg.queue_backend()?.exists() {
-        bail!(
-            "no queue database in {} (nothing pushed yet?)",
-            cfg.data_dir.display()
-        );
-    }
-    let queues = open_queues(&cfg, clock::system())?;
-    if let Err(e) = queues.ping().await {
-        queues.close().await;
-        return Err(
-            anyhow::Error::new(e).context(format!("cannot reach the queues for `host {what}`"))
-        );
-    }
-    Ok(queues)
-}
+use super::{StoreArgs, open_store};
 
 /// Runs `f` on the operator actions of queue `name`, then closes the store.
 pub async fn with_admin<T>(

@@ -1,12 +1,10 @@
 //! `host status`: queue counts, dead letters, and the hosts running.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use taskhost::clock;
 use taskhost::queue::QueueStore;
-use taskhost::run::open_queues;
 
-use super::{StoreArgs, persistent};
+use super::{StoreArgs, open_store};
 
 /// Options of `host status`.
 #[derive(Debug, Args)]
@@ -26,19 +24,7 @@ pub struct StatusArgs {
 
 /// Prints the queues' counts (a table, or JSON) and the running hosts.
 pub async fn status(a: StatusArgs) -> Result<()> {
-    let cfg = a.store.load()?;
-    persistent(&cfg, "status")?;
-    if !cfg.queue_backend()?.exists() {
-        bail!(
-            "no queue database in {} (nothing pushed yet?)",
-            cfg.data_dir.display()
-        );
-    }
-    let queues = open_queues(&cfg, clock::system())?;
-    if let Err(e) = queues.ping().await {
-        queues.close().await;
-        return Err(anyhow::Error::new(e).context("cannot read queue status"));
-    }
+    let queues = open_store(&a.store, "status").await?;
     let result = status_of(&a, &*queues).await;
     queues.close().await;
     result

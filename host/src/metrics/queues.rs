@@ -99,15 +99,11 @@ impl QueueGauges {
                         self.time("stats", t);
                         if let Some(a) = q.admin() {
                             let paused = a.is_paused().await.unwrap_or(false);
-                            let oldest = a
-                                .peek(crate::queue::TaskState::Pending, None, 1)
+                            let now = crate::clock::system().now_ms();
+                            let oldest = crate::queue::admin::oldest_pending_age(a, now)
                                 .await
                                 .ok()
-                                .and_then(|t| t.first().map(|t| t.enqueued_at_ms))
-                                .map(|at| {
-                                    crate::clock::system().now_ms().saturating_sub(at) as f64
-                                        / 1000.0
-                                });
+                                .flatten();
                             snap.control.push((name.clone(), paused, oldest));
                         }
                         match stats {

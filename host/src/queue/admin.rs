@@ -162,3 +162,15 @@ pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
     /// Whether the queue is paused (one backend read).
     async fn is_paused(&self) -> Result<bool, AdminError>;
 }
+
+/// How long the oldest pending task (lowest id) has waited since it was
+/// pushed, in seconds; `None` when nothing is pending.
+pub async fn oldest_pending_age(
+    admin: &dyn QueueAdmin,
+    now_ms: u64,
+) -> Result<Option<f64>, AdminError> {
+    let first = admin.peek(TaskState::Pending, None, 1).await?;
+    Ok(first
+        .first()
+        .map(|t| now_ms.saturating_sub(t.enqueued_at_ms) as f64 / 1000.0))
+}
