@@ -257,8 +257,16 @@ async fn run_with(
     let mut pollers = Vec::new();
     for (src, slot, queue) in sources {
         tracing::info!(source = %src.display_name(), version = %slot.version(), queue = %src.queue, "polling");
-        let poller = crate::source::Poller::start(slot, queue, src.poll)
+        let poller = crate::source::Poller::start(slot.clone(), queue, src.poll)
             .map_err(|e| anyhow::anyhow!("source {}: {e}", src.display_name()))?;
+        if let Some((_, metrics)) = &api {
+            metrics.add_source(crate::metrics::SourceEntry {
+                name: src.display_name(),
+                queue: src.queue.clone(),
+                slot,
+                stats: poller.stats().clone(),
+            });
+        }
         pollers.push(poller);
     }
     let mut pools = Vec::new();
@@ -271,6 +279,7 @@ async fn run_with(
     }
     crate::fleet::beat(&*registry, &run_file, &slots).await;
     if let Some((api, metrics)) = &api {
+        metrics.set_http(runtime.http().clone());
         for (p, slot, pool) in &pools {
             metrics.add_pool(crate::metrics::PoolSource::of(
                 &p.queue,

@@ -16,6 +16,7 @@
 
 mod allow;
 mod connector;
+pub mod counts;
 mod deadline;
 mod limit;
 mod tls;
@@ -99,6 +100,8 @@ pub struct HttpStats {
     pub refused: AtomicU64,
     /// Retries after 429/503.
     pub retries: AtomicU64,
+    /// Requests and retries per destination host and answer status.
+    pub per_host: counts::PerHost,
 }
 
 /// The host's one pooled HTTP client, shared by every plugin.
@@ -193,15 +196,23 @@ impl HttpClient {
                 self.client.request(attempt).await
             })
             .await;
+            let per_host = &self.stats.per_host;
             let resp = match sent {
-                Err(_) => return Err(HttpError::HttpResponseTimeout),
-                Ok(Err(e)) => return Err(client_error(e, &authority)),
+                Err(_) => {
+                    per_host.request(&authority, "timeout");
+                    return Err(HttpError::HttpResponseTimeout);
+                }
+                Ok(Err(e)) => {
+                    per_host.request(&authority, "error");
+                    return Err(client_error(e, &authority));
+                }
                 Ok(Ok(r)) => r,
             };
             let status = resp.status();
             if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
                 || retries >= self.opts.max_retries
             {
+                per_host.request(&authority, status.as_str());
                 return Ok(resp);
             }
             retries += 1;
@@ -213,11 +224,13 @@ impl HttpClient {
                 .checked_add(wait)
                 .is_none_or(|at| at >= deadline)
             {
+                per_host.request(&authority, status.as_str());
                 return Ok(resp);
             }
             // Read the short error body so the connection goes back to the pool.
             let _ = tokio::time::timeout_at(deadline, resp.into_body().collect()).await;
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            per_host.retry(&authority);
             tracing::debug!(%authority, %status, ?wait, retries, "retrying after back-pressure");
             tokio::time::sleep(wait).await;
         }
@@ -338,6 +351,9 @@ impl PluginHttp {
             .permits(host, uri.port_u16(), default_port(uri))
         {
             self.client.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(d) = destination(uri) {
+                self.client.stats.per_host.request(&d, "refused");
+            }
             tracing::warn!(plugin = &*self.plugin, %uri, "outbound request refused: host not in allowed_hosts");
             return Err(HttpError::HttpRequestDenied);
         }

@@ -4,11 +4,15 @@
 //! |---|---|
 //! | `mod.rs` | [`Metrics`]: the registry, push and backend-op families, rendering |
 //! | `queues.rs` | queue gauges read from the backend at scrape time, cached for 1 s |
-//! | `pools.rs` | what each worker pool counts ([`crate::pool::PoolStats`]), with its labels |
+//! | `pools.rs` | what each worker pool counts ([`crate::pool::PoolStats`]), with its labels; batch results and durations per plugin version |
+//! | `outbound.rs` | plugin swaps, outbound HTTP per destination, source polls |
+//! | `plugin_page.rs` | `GET /v1/plugins`: each plugin's history and per-version figures |
 //!
 //! Queue gauges come from the backend, not from this process, so every host
 //! on a shared backend reports the fleet's truth.
 
+mod outbound;
+mod plugin_page;
 mod pools;
 mod queues;
 
@@ -16,13 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::http::HttpClient;
+use crate::pool::timings::HistogramSnapshot;
 use crate::queue::QueueStore;
 
+pub use self::outbound::SourceEntry;
 pub use self::pools::PoolSource;
 
 /// Labels as name/value pairs.
@@ -33,6 +41,11 @@ fn op_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
 }
 
+/// Encodes one of our histograms with `prometheus-client`'s encoder.
+fn encode_histogram(m: &mut MetricEncoder<'_>, h: &HistogramSnapshot) -> std::fmt::Result {
+    m.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)
+}
+
 /// Every metric the host exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +54,7 @@ pub struct Metrics {
     backend_op: Family<Labels, Histogram, fn() -> Histogram>,
     queues: Arc<queues::QueueGauges>,
     pools: Arc<pools::PoolMetrics>,
+    outbound: Arc<outbound::Outbound>,
 }
 
 impl Metrics {
@@ -64,12 +78,15 @@ impl Metrics {
         registry.register_collector(Box::new(queues.clone()));
         let pools = Arc::new(pools::PoolMetrics::default());
         registry.register_collector(Box::new(pools.clone()));
+        let outbound = Arc::new(outbound::Outbound::default());
+        registry.register_collector(Box::new(outbound.clone()));
         Arc::new(Self {
             registry,
             pushed,
             backend_op,
             queues,
             pools,
+            outbound,
         })
     }
 
@@ -100,12 +117,24 @@ impl Metrics {
 
     /// Exports a running pool's counters (and its plugin's info).
     pub fn add_pool(&self, pool: PoolSource) {
+        self.outbound.add_slot(pool.slot.clone());
         self.pools.add(pool);
     }
 
-    /// Each running pool's plugin: versions, batches per version, totals.
+    /// Exports a running source's polls (and its plugin's swaps).
+    pub fn add_source(&self, source: SourceEntry) {
+        self.outbound.add_source(source);
+    }
+
+    /// Exports the requests of the plugins' outbound HTTP client.
+    pub fn set_http(&self, client: Arc<HttpClient>) {
+        self.outbound.set_http(client);
+    }
+
+    /// Each running plugin (handlers, then sources): its version history,
+    /// batches per version and result, duration quantiles, pool totals.
     pub fn plugins(&self) -> Vec<serde_json::Value> {
-        self.pools.plugins()
+        plugin_page::plugins(&self.pools, &self.outbound)
     }
 
     /// Whether the backend answered at the last scrape or readiness check.

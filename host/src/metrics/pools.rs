@@ -1,8 +1,9 @@
 //! What each worker pool counts, exported with the labels the metric names
 //! promise (queue, plugin, version).
 //!
-//! The pool counts per pool, not per plugin version: settled and batch
-//! counters carry the version live at scrape time.
+//! The pool counts settled tasks per pool, not per plugin version: those
+//! carry the version live at scrape time. Batches and their durations are
+//! counted per version by the plugin's slot ([`crate::plugin::history`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +14,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 
+use super::encode_histogram;
 use crate::plugin::swap::HotSwap;
 use crate::pool::PoolStats;
+use crate::pool::timings::{DurationHistogram, HistogramSnapshot};
 
 /// One running pool, as the metrics see it.
 pub struct PoolSource {
@@ -24,6 +27,8 @@ pub struct PoolSource {
     pub slot: Arc<dyn HotSwap>,
     /// Its counters.
     pub stats: Arc<PoolStats>,
+    /// Push to first lease of its tasks.
+    pub wait: Arc<DurationHistogram>,
     /// Live workers.
     pub workers: watch::Receiver<usize>,
     /// Configured most workers.
@@ -42,6 +47,7 @@ impl PoolSource {
             queue: queue.to_owned(),
             slot,
             stats: pool.stats(),
+            wait: pool.wait_times(),
             workers: pool.workers(),
             max_workers,
         }
@@ -71,35 +77,10 @@ impl PoolMetrics {
             .push(pool);
     }
 
-    /// What each pool's plugin is and did, for `GET /v1/plugins`.
-    pub fn plugins(&self) -> Vec<serde_json::Value> {
+    /// Runs `f` over the registered pools.
+    pub fn each<T>(&self, f: impl FnMut(&PoolSource) -> T) -> Vec<T> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .iter()
-            .map(|p| {
-                let s = p.stats.snapshot();
-                let versions: Vec<_> = p
-                    .slot
-                    .batches_by_version()
-                    .into_iter()
-                    .map(|(version, batches)| serde_json::json!({ "version": version, "batches": batches }))
-                    .collect();
-                serde_json::json!({
-                    "name": p.slot.spec().name,
-                    "queue": p.queue,
-                    "version": p.slot.version(),
-                    "last_refused": p.slot.last_error(),
-                    "versions": versions,
-                    "done": s.done,
-                    "retried": s.retried,
-                    "dead": s.dead,
-                    "batches": s.batches,
-                    "failed_batches": s.failed_batches,
-                    "busy_workers": *p.workers.borrow(),
-                    "max_workers": p.max_workers,
-                })
-            })
-            .collect()
+        pools.iter().map(f).collect()
     }
 }
 
@@ -119,11 +100,27 @@ impl Collector for PoolMetrics {
                 )
             })
             .collect();
+        // Per version: (queue, plugin, version, results, durations).
+        let versions: Vec<_> = pools
+            .iter()
+            .flat_map(|p| {
+                let (queue, plugin) = (p.queue.clone(), p.slot.spec().name.clone());
+                p.slot
+                    .history()
+                    .versions()
+                    .into_iter()
+                    .map(move |(v, s)| (queue.clone(), plugin.clone(), v, s))
+            })
+            .collect();
+        let waits: Vec<_> = pools
+            .iter()
+            .map(|p| (p.queue.clone(), p.wait.snapshot()))
+            .collect();
         drop(pools);
 
         let mut m = encoder.encode_descriptor(
             "taskhost_tasks_settled",
-            "Tasks settled by this host's pools, by outcome (done, retry, dead, lost)",
+            "Tasks settled by this host's pools, by outcome (done, retry, dead, released, lost)",
             None,
             MetricType::Counter,
         )?;
@@ -132,6 +129,7 @@ impl Collector for PoolMetrics {
                 ("done", s.done),
                 ("retry", s.retried),
                 ("dead", s.dead),
+                ("released", s.released),
                 ("lost", s.lost_leases),
             ] {
                 let labels = [
@@ -145,24 +143,47 @@ impl Collector for PoolMetrics {
         }
         let mut m = encoder.encode_descriptor(
             "taskhost_batches",
-            "Handler calls by result: ok, or error (the call failed as a whole)",
+            "Handler calls ended, per plugin version, by result (ok, trap, time_limit, memory_limit, error)",
             None,
             MetricType::Counter,
         )?;
-        for (queue, plugin, version, s, _, _) in &rows {
-            let failed = s.failed_batches + s.split_batches;
-            for (result, n) in [
-                ("ok", s.handler_calls.saturating_sub(failed)),
-                ("error", failed),
-            ] {
+        for (queue, plugin, version, s) in &versions {
+            for (result, n) in &s.results {
                 let labels = [
                     ("queue", queue.as_str()),
                     ("plugin", plugin.as_str()),
                     ("version", version.as_str()),
-                    ("result", result),
+                    ("result", result.as_str()),
                 ];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
             }
+        }
+        let mut m = encoder.encode_descriptor(
+            "taskhost_batch_duration_seconds",
+            "Duration of handler calls (every version), from call to answer",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut merged: std::collections::BTreeMap<(&str, &str), HistogramSnapshot> =
+            std::collections::BTreeMap::new();
+        for (queue, plugin, _, s) in &versions {
+            merged
+                .entry((queue.as_str(), plugin.as_str()))
+                .or_default()
+                .merge(&s.durations);
+        }
+        for ((queue, plugin), h) in &merged {
+            let labels = [("queue", *queue), ("plugin", *plugin)];
+            encode_histogram(&mut m.encode_family(&labels)?, h)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "taskhost_task_wait_seconds",
+            "Time from push to first lease of the tasks this host's pools leased",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (queue, h) in &waits {
+            encode_histogram(&mut m.encode_family(&[("queue", queue.as_str())])?, h)?;
         }
         let mut m = encoder.encode_descriptor(
             "taskhost_batch_flushes",

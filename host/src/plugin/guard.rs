@@ -14,26 +14,45 @@ use futures_util::FutureExt;
 
 use crate::pool::panic_message;
 
+/// Why the guard stopped a call.
+#[derive(Debug)]
+pub(super) enum Stopped {
+    /// The call ran past its time limit.
+    TimeLimit(String),
+    /// Host code serving the call panicked.
+    Panicked(String),
+}
+
+impl From<Stopped> for String {
+    fn from(s: Stopped) -> String {
+        match s {
+            Stopped::TimeLimit(m) | Stopped::Panicked(m) => m,
+        }
+    }
+}
+
 /// Runs `call` for plugin `name` at `version` within `limit`.
-pub(super) async fn guarded<T>(
+pub(super) async fn guarded<T, E: From<Stopped>>(
     name: &str,
     version: &str,
     limit: Duration,
-    call: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     match tokio::time::timeout(limit, AssertUnwindSafe(call).catch_unwind()).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(panic)) => {
             let msg = panic_message(panic.as_ref());
             tracing::error!(plugin = name, version, panic = %msg, "host code panicked while serving a plugin call; the call fails");
-            Err(format!(
+            Err(Stopped::Panicked(format!(
                 "host code panicked while serving plugin {name} version {version}: {msg}"
             ))
+            .into())
         }
-        Err(_) => Err(format!(
+        Err(_) => Err(Stopped::TimeLimit(format!(
             "plugin {name} version {version} ran past its time limit of {} (limits.time); \
              the call was stopped, wherever it waited",
             humantime::format_duration(limit)
-        )),
+        ))
+        .into()),
     }
 }

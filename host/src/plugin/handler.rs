@@ -11,10 +11,12 @@ use super::bindings::handler::BulkHandlerPluginPre;
 use super::bindings::wit;
 use super::engine::Runtime;
 use super::error::PluginError;
-use super::guard::guarded;
+use super::guard::{Stopped, guarded};
+use super::limiter::LimitHit;
 use super::load::Plugin;
 use super::spec::PluginSpec;
 use super::store::CallState;
+use crate::pool::timings::BatchResult;
 use crate::pool::{BatchError, BatchHandler, Outcome};
 use crate::queue::{QueueStore, Task};
 
@@ -82,15 +84,22 @@ impl Plugin<HandlerWorld> {
 
     /// Runs one batch in a fresh instance, within the plugin's time limit.
     pub async fn call(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
-        let spec = &self.ctx.spec;
-        guarded(&spec.name, &self.info.version, spec.limits.time, async {
-            self.call_unguarded(batch).await.map_err(|e| e.0)
-        })
-        .await
-        .map_err(BatchError)
+        self.call_classified(batch).await.map_err(|f| f.error)
     }
 
-    async fn call_unguarded(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
+    /// [`Plugin::call`], a failure telling how the call ended.
+    pub async fn call_classified(&self, batch: &[Task]) -> Result<Vec<Outcome>, CallFailed> {
+        let spec = &self.ctx.spec;
+        guarded(
+            &spec.name,
+            &self.info.version,
+            spec.limits.time,
+            self.call_unguarded(batch),
+        )
+        .await
+    }
+
+    async fn call_unguarded(&self, batch: &[Task]) -> Result<Vec<Outcome>, CallFailed> {
         let Some(first) = batch.first() else {
             return Ok(Vec::new());
         };
@@ -100,7 +109,10 @@ impl Plugin<HandlerWorld> {
         let mut store = self
             .ctx
             .store(pre.engine(), first.queue.clone(), stderr.clone())
-            .map_err(BatchError)?;
+            .map_err(|e| CallFailed {
+                result: BatchResult::Error,
+                error: BatchError(e),
+            })?;
         let fail = |what: &str, e: wasmtime::Error| {
             let l = &spec.limits;
             // The limits in force go into the reason, so a dead letter says
@@ -121,7 +133,10 @@ impl Plugin<HandlerWorld> {
                 msg.push_str("; ");
                 msg.push_str(&trace);
             }
-            BatchError(msg)
+            CallFailed {
+                result: classify(&e),
+                error: BatchError(msg),
+            }
         };
         let instance = pre
             .instantiate_async(&mut store)
@@ -141,6 +156,39 @@ impl Plugin<HandlerWorld> {
 impl BatchHandler for Plugin<HandlerWorld> {
     async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
         self.call(batch).await
+    }
+}
+
+/// A handler call that failed as a whole, and how.
+#[derive(Debug)]
+pub struct CallFailed {
+    /// Trap, a limit, or another error.
+    pub result: BatchResult,
+    /// The reason, as the tasks' dead letters carry it.
+    pub error: BatchError,
+}
+
+impl From<Stopped> for CallFailed {
+    fn from(s: Stopped) -> Self {
+        let result = match s {
+            Stopped::TimeLimit(_) => BatchResult::TimeLimit,
+            Stopped::Panicked(_) => BatchResult::Error,
+        };
+        Self {
+            result,
+            error: BatchError(s.into()),
+        }
+    }
+}
+
+/// A limit the call stopped at, a trap of the guest, or another error.
+fn classify(e: &wasmtime::Error) -> BatchResult {
+    if let Some(limit) = LimitHit::find(e) {
+        limit
+    } else if e.chain().any(|c| c.is::<wasmtime::Trap>()) {
+        BatchResult::Trap
+    } else {
+        BatchResult::Error
     }
 }
 

@@ -9,6 +9,28 @@
 
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
+use crate::pool::timings::BatchResult;
+
+/// A call stopped by one of its limits: typed, so the batch counters can
+/// tell a limit from a trap without reading the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct LimitHit {
+    /// `TimeLimit` or `MemoryLimit`.
+    pub(crate) kind: BatchResult,
+    /// What was exceeded.
+    pub(crate) message: String,
+}
+
+impl LimitHit {
+    /// The limit an error chain stopped at, if it did.
+    pub(crate) fn find(e: &wasmtime::Error) -> Option<BatchResult> {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<LimitHit>())
+            .map(|l| l.kind)
+    }
+}
+
 /// Linear memories one instance may have (a component's core modules
 /// together). Components built by the Rust, Python and JavaScript
 /// toolchains have one.
@@ -67,10 +89,13 @@ impl ResourceLimiter for CallLimiter {
         if after > self.memory_total {
             // A trap, not a failed `memory.grow`: the batch fails with a
             // reason naming the limit instead of an allocator's abort.
-            return Err(wasmtime::Error::msg(format!(
-                "memory limit of {} MiB exceeded: growing a linear memory to {desired} bytes would make all of the instance's memories {after} bytes",
-                self.memory_total >> 20
-            )));
+            return Err(wasmtime::Error::new(LimitHit {
+                kind: BatchResult::MemoryLimit,
+                message: format!(
+                    "memory limit of {} MiB exceeded: growing a linear memory to {desired} bytes would make all of the instance's memories {after} bytes",
+                    self.memory_total >> 20
+                ),
+            }));
         }
         self.memory_used = after;
         Ok(true)

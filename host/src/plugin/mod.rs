@@ -18,6 +18,7 @@
 //! - `imports`: the host side of the WIT interfaces guests import;
 //! - `guard`: the wall-clock time limit and panic fence around every call;
 //! - `swap`: slots whose plugin is replaced while it serves;
+//! - `history`: what a slot remembers: versions loaded, swapped, refused; calls per version;
 //! - `spec`, `error`: what a plugin is loaded from, and why loading failed.
 //!
 //! `plugin` depends on `pool` (it is a batch handler) and on `source` (it is
@@ -29,6 +30,7 @@ mod engine;
 mod error;
 mod guard;
 mod handler;
+pub mod history;
 mod imports;
 mod limiter;
 mod load;
@@ -39,7 +41,7 @@ pub mod swap;
 
 pub use engine::Runtime;
 pub use error::PluginError;
-pub use handler::{HANDLER_WORLD, HandlerWorld};
+pub use handler::{CallFailed, HANDLER_WORLD, HandlerWorld};
 pub use load::{LoadInfo, Plugin};
 pub use source::{SOURCE_WORLD, SourcePlugin, SourceWorld};
 pub use spec::{DirGrant, Limits, PluginSpec, RuntimeOptions};

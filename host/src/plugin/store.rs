@@ -109,9 +109,10 @@ impl PluginContext {
         // the call has used up its time.
         store.epoch_deadline_callback(move |_| {
             if started.elapsed() >= limit {
-                Err(wasmtime::Error::msg(format!(
-                    "time limit of {limit:?} exceeded"
-                )))
+                Err(wasmtime::Error::new(super::limiter::LimitHit {
+                    kind: crate::pool::timings::BatchResult::TimeLimit,
+                    message: format!("time limit of {limit:?} exceeded"),
+                }))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }

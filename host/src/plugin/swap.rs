@@ -22,9 +22,11 @@ use tokio_util::sync::CancellationToken;
 use super::engine::Runtime;
 use super::error::PluginError;
 use super::handler::HandlerWorld;
+use super::history::{SlotHistory, VersionStats};
 use super::load::Plugin;
 use super::source::{SourcePlugin, SourceWorld};
 use super::spec::PluginSpec;
+use crate::pool::timings::BatchResult;
 use crate::pool::{BatchError, BatchHandler, Outcome};
 use crate::queue::{NewTask, QueueStore, Task};
 use crate::source::Source;
@@ -61,8 +63,8 @@ pub struct Slot<W> {
     current: RwLock<Arc<Plugin<W>>>,
     version_tx: watch::Sender<String>,
     reload_lock: tokio::sync::Mutex<()>,
-    /// Calls started per version.
-    calls: Mutex<BTreeMap<String, u64>>,
+    /// Versions loaded, swapped and refused; calls per version.
+    history: SlotHistory,
     attempts_tx: watch::Sender<u64>,
     last_error: Mutex<Option<String>>,
 }
@@ -116,13 +118,14 @@ impl<W: Send + Sync + 'static> Slot<W> {
     /// A slot serving `plugin` that reloads with `loader`.
     fn with_loader(plugin: Plugin<W>, loader: Loader<W>) -> Arc<Self> {
         let (version_tx, _) = watch::channel(plugin.version().to_owned());
+        let history = SlotHistory::starting_with(plugin.version());
         Arc::new(Self {
             loader,
             spec: plugin.spec().clone(),
             current: RwLock::new(Arc::new(plugin)),
             version_tx,
             reload_lock: tokio::sync::Mutex::new(()),
-            calls: Mutex::new(BTreeMap::new()),
+            history,
             attempts_tx: watch::channel(0).0,
             last_error: Mutex::new(None),
         })
@@ -136,19 +139,11 @@ impl<W: Send + Sync + 'static> Slot<W> {
             .clone()
     }
 
-    /// The live version, counted as one more call of it.
-    fn start_call(&self) -> Arc<Plugin<W>> {
+    /// The live version, counted as one more call of it, and its record.
+    fn start_call(&self) -> (Arc<Plugin<W>>, Arc<VersionStats>) {
         let plugin = self.current();
-        // On the hot path: allocate the key only for a version's first call.
-        let mut b = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let version = plugin.version();
-        match b.get_mut(version) {
-            Some(n) => *n += 1,
-            None => {
-                b.insert(version.to_owned(), 1);
-            }
-        }
-        plugin
+        let stats = self.history.start_call(plugin.version());
+        (plugin, stats)
     }
 }
 
@@ -164,6 +159,8 @@ pub trait HotSwap: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<String>;
     /// Calls (batches or polls) started per version since the slot was made.
     fn batches_by_version(&self) -> BTreeMap<String, u64>;
+    /// Versions loaded, swapped in and refused; calls per version.
+    fn history(&self) -> &SlotHistory;
     /// Loads the file again and swaps it in if it is a new, valid version.
     async fn reload(&self) -> Result<Reloaded, PluginError>;
     /// Reloads and logs the result; a failure keeps the old version serving.
@@ -200,12 +197,22 @@ impl<W: Send + Sync + 'static> HotSwap for Slot<W> {
     }
 
     fn batches_by_version(&self) -> BTreeMap<String, u64> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.history.calls_by_version()
+    }
+
+    fn history(&self) -> &SlotHistory {
+        &self.history
     }
 
     async fn reload(&self) -> Result<Reloaded, PluginError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let new = (self.loader)().await?;
+        let new = match (self.loader)().await {
+            Ok(new) => new,
+            Err(e) => {
+                self.history.refused(&self.version(), e.to_string());
+                return Err(e);
+            }
+        };
         let old = self.current();
         let (from, to) = (old.version().to_owned(), new.version().to_owned());
         if new.sha256() == old.sha256() {
@@ -213,6 +220,7 @@ impl<W: Send + Sync + 'static> HotSwap for Slot<W> {
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         self.version_tx.send_replace(to.clone());
+        self.history.swapped(&from, &to);
         tracing::info!(plugin = %self.spec.name, %from, %to, "plugin swapped; running calls finish on the old version");
         Ok(Reloaded::Swapped { from, to })
     }
@@ -298,13 +306,31 @@ pub(super) fn from_metadata(m: std::fs::Metadata) -> Stamp {
 #[async_trait]
 impl BatchHandler for PluginSlot {
     async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
-        self.start_call().call(batch).await
+        let (plugin, stats) = self.start_call();
+        let started = std::time::Instant::now();
+        let answer = plugin.call_classified(batch).await;
+        let result = match &answer {
+            Ok(o) if o.len() == batch.len() => BatchResult::Ok,
+            // The pool fails the batch for the wrong count.
+            Ok(_) => BatchResult::Error,
+            Err(f) => f.result,
+        };
+        stats.record(result, started.elapsed());
+        answer.map_err(|f| f.error)
     }
 }
 
 #[async_trait]
 impl Source for SourceSlot {
     async fn poll(&self, max: usize) -> Result<Vec<NewTask>, String> {
-        self.start_call().poll(max).await
+        let (plugin, stats) = self.start_call();
+        let started = std::time::Instant::now();
+        let answer = plugin.poll(max).await;
+        let result = match &answer {
+            Ok(_) => BatchResult::Ok,
+            Err(_) => BatchResult::Error,
+        };
+        stats.record(result, started.elapsed());
+        answer
     }
 }

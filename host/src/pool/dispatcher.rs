@@ -83,7 +83,15 @@ pub(super) async fn dispatch_loop(s: Arc<Shared>, jobs: async_channel::Sender<Jo
                     }
                     bytes += got.iter().map(|t| t.payload.len()).sum::<usize>();
                     full_by_bytes |= bytes >= s.cfg.max_batch_bytes;
+                    let now_ms = s.clock.now_ms();
                     for t in &got {
+                        // First deliveries only: a retry's enqueue time is
+                        // its first push, so its wait would count its runs.
+                        if t.attempt == 1 {
+                            s.wait.observe(Duration::from_millis(
+                                now_ms.saturating_sub(t.enqueued_at_ms),
+                            ));
+                        }
                         oldest_ms = oldest_ms.min(t.enqueued_at_ms);
                         asked |= is_urgent(&s.cfg, t);
                     }

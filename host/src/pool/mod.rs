@@ -20,6 +20,7 @@ mod config;
 mod dispatcher;
 mod pause;
 mod stats;
+pub mod timings;
 mod worker;
 
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,8 @@ struct Shared {
     cfg: PoolConfig,
     clock: Arc<dyn Clock>,
     stats: Arc<PoolStats>,
+    /// Push to first lease of each task leased.
+    wait: Arc<timings::DurationHistogram>,
     counts: Mutex<Counts>,
     /// Whole-batch failures in a row, reset by any batch that succeeds.
     failing: std::sync::atomic::AtomicU32,
@@ -131,6 +134,7 @@ impl WorkerPool {
             handler,
             clock,
             stats: Arc::default(),
+            wait: Arc::default(),
             counts: Mutex::default(),
             failing: std::sync::atomic::AtomicU32::new(0),
             workers_tx: watch::channel(0).0,
@@ -148,6 +152,11 @@ impl WorkerPool {
     /// The pool's counters.
     pub fn stats(&self) -> Arc<PoolStats> {
         self.shared.stats.clone()
+    }
+
+    /// How long tasks waited from push to their first lease.
+    pub fn wait_times(&self) -> Arc<timings::DurationHistogram> {
+        self.shared.wait.clone()
     }
 
     /// Watches the number of live workers.

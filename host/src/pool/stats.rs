@@ -50,6 +50,9 @@ pool_counters! {
     split_batches,
     /// Settlements refused because the lease had been taken over.
     lost_leases,
+    /// Tasks handed back to the queue unprocessed, this delivery not
+    /// counted (shutdown, a batch over the byte bound).
+    released,
     /// Queue operations that failed (the tasks come back when leases expire).
     queue_errors,
     /// Most workers alive at once.

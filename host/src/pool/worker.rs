@@ -220,8 +220,15 @@ pub(super) async fn give_back(s: &Shared, batch: &[Task]) {
         return;
     }
     let leases: Vec<Lease> = batch.iter().map(Task::lease).collect();
-    if let Err(e) = s.queue.release(&leases).await {
-        s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(queue = s.queue.name(), error = %e, tasks = leases.len(), "returning tasks failed; they come back when their leases expire");
+    match s.queue.release(&leases).await {
+        Ok(r) => {
+            s.stats
+                .released
+                .fetch_add(r.applied as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            s.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(queue = s.queue.name(), error = %e, tasks = leases.len(), "returning tasks failed; they come back when their leases expire");
+        }
     }
 }

@@ -92,9 +92,11 @@ impl SourceConfig {
 pub struct PollerStats {
     /// Polls made.
     pub polls: AtomicU64,
+    /// Polls that returned tasks which were enqueued.
+    pub with_tasks: AtomicU64,
     /// Polls that returned nothing.
     pub empty: AtomicU64,
-    /// Polls that failed.
+    /// Polls that failed, or whose tasks could not be enqueued.
     pub failed: AtomicU64,
     /// Tasks enqueued.
     pub enqueued: AtomicU64,
@@ -171,6 +173,7 @@ async fn poll_loop(
                 match queue.push_batch(tasks).await {
                     Ok(_) => {
                         stats.enqueued.fetch_add(n, Ordering::Relaxed);
+                        stats.with_tasks.fetch_add(1, Ordering::Relaxed);
                         misses = 0;
                         continue;
                     }
