@@ -131,19 +131,23 @@ pub fn http(
     (status, body.to_owned())
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 /// `/metrics`, parsed: value by metric name (a counter's `_total` name
 /// too) and labels.
-fn metrics(addr: &str) -> prometheus_parse::Scrape {
+pub(crate) fn metrics(addr: &str) -> prometheus_parse::Scrape {
     let (status, body) = http(addr, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200, "{body}");
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
-fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn metric(
+    s: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     s.samples
         .iter()
         .find(|x| {

@@ -83,7 +83,10 @@ mod tests {
         let s = p.snapshot();
         assert_eq!(s.len(), MAX_HOSTS + 1);
         let h0 = &s.iter().find(|(h, _)| h == "h0:80").unwrap().1;
-        assert_eq!((h0.by_status["200"], h0.by_status["503"], h0.retries), (1, 1, 1));
+        assert_eq!(
+            (h0.by_status["200"], h0.by_status["503"], h0.retries),
+            (1, 1, 1)
+        );
         assert!(s.iter().any(|(h, c)| h == OTHER && c.by_status["200"] == 1));
     }
 }

@@ -137,7 +137,12 @@ impl Collector for Outbound {
             None,
             MetricType::Counter,
         )?;
-        for s in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for s in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             for (result, n) in [
                 ("tasks", &s.stats.with_tasks),
                 ("empty", &s.stats.empty),

@@ -63,7 +63,7 @@ pub fn plugins(pools: &PoolMetrics, outbound: &Outbound) -> Vec<Value> {
             "released": s.released,
             "batches": s.batches,
             "failed_batches": s.failed_batches,
-            "busy_workers": *p.workers.borrow(),
+            "busy_workers": (p.load)().0,
             "max_workers": p.max_workers,
         })
     });

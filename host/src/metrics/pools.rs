@@ -12,7 +12,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::watch;
 
 use super::encode_histogram;
 use crate::plugin::swap::HotSwap;
@@ -29,8 +28,9 @@ pub struct PoolSource {
     pub stats: Arc<PoolStats>,
     /// Push to first lease of its tasks.
     pub wait: Arc<DurationHistogram>,
-    /// Live workers.
-    pub workers: watch::Receiver<usize>,
+    /// Workers running a batch now (idle ones are alive but not busy),
+    /// and the most the pool runs.
+    pub load: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
     /// Configured most workers.
     pub max_workers: usize,
 }
@@ -48,7 +48,7 @@ impl PoolSource {
             slot,
             stats: pool.stats(),
             wait: pool.wait_times(),
-            workers: pool.workers(),
+            load: Arc::new(pool.load_gauge()),
             max_workers,
         }
     }
@@ -95,7 +95,7 @@ impl Collector for PoolMetrics {
                     p.slot.spec().name.clone(),
                     p.slot.version(),
                     p.stats.snapshot(),
-                    *p.workers.borrow(),
+                    (p.load)().0,
                     p.max_workers,
                 )
             })
