@@ -221,3 +221,136 @@ async fn metrics_count_batch_results_durations_waits_polls_and_http() {
         .unwrap();
     server.shutdown().await;
 }
+
+/// The testkit component with its compiled-in tag changed: a second version.
+fn second_version(a: &[u8]) -> Vec<u8> {
+    let (from, to) = (b"TAG:AAAA0000", b"TAG:BBBB0000");
+    let at = a
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the testkit carries its tag");
+    let mut b = a.to_vec();
+    b[at..at + to.len()].copy_from_slice(to);
+    b
+}
+
+/// Replaces a file the way a deploy does: write beside it, rename over it.
+fn replace(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Pushes `n` tasks and waits until `done` tasks are settled done in all.
+fn push_and_drain(addr: &str, n: usize, done: f64) {
+    let body: String = (0..n)
+        .map(|i| format!("{{\"payload\":\"t{i}\"}}\n"))
+        .collect();
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/v1/queues/default/tasks",
+        &[],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    support::wait_until("the tasks done", LIMIT, || {
+        let m = metrics(addr);
+        let got = metric(&m, "taskhost_tasks_settled", &[("outcome", "done")]);
+        got == Some(done)
+    });
+}
+
+/// A swap counts as `swapped`, a broken file as `refused`; the plugins page
+/// lists loaded, swapped and refused (with the reason) with their times,
+/// and batches and quantiles per version.
+#[test]
+fn plugin_swaps_count_and_show_in_the_plugin_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("testkit.wasm");
+    let a = std::fs::read(support::plugin("testkit")).unwrap();
+    std::fs::write(&file, &a).unwrap();
+    let host = Listening::start(
+        support::host()
+            .args(["run", "--plugin"])
+            .arg(&file)
+            .args([
+                "--set",
+                "mode=noop",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(tmp.path().join("data")),
+    );
+    let addr = host.addr.clone();
+    push_and_drain(&addr, 20, 20.0);
+    replace(&file, &second_version(&a));
+    host.wait_for_log("plugin swapped");
+    push_and_drain(&addr, 20, 40.0);
+    replace(&file, b"not a component at all");
+    host.wait_for_log("reload refused");
+
+    let m = metrics(&addr);
+    for (result, want) in [("swapped", 1.0), ("refused", 1.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                "taskhost_plugin_swaps",
+                &[("plugin", "testkit"), ("result", result)]
+            ),
+            Some(want),
+            "{result}"
+        );
+    }
+    let (status, body) = http(&addr, "GET", "/v1/plugins", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    let p = &v["plugins"][0];
+    let history = p["history"].as_array().unwrap();
+    let kinds: Vec<_> = history
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["loaded", "swapped", "refused"], "{p}");
+    let (first, second) = (&history[0]["version"], &history[1]["version"]);
+    assert_ne!(first, second);
+    assert_eq!(&history[1]["from"], first, "{p}");
+    assert_eq!(
+        &history[2]["version"], second,
+        "the swapped-in version kept serving"
+    );
+    assert!(
+        history[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly component"),
+        "{p}"
+    );
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0]["at_ms"].as_u64() <= w[1]["at_ms"].as_u64()),
+        "{p}"
+    );
+    let versions = p["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{p}");
+    for ver in versions {
+        assert!(ver["ok"].as_u64().unwrap() >= 1, "{ver}");
+        assert_eq!(ver["failed"], 0, "{ver}");
+        assert_eq!(ver["ok"], ver["batches"], "{ver}");
+        assert!(ver["p50_seconds"].as_f64().unwrap() <= ver["p99_seconds"].as_f64().unwrap());
+        // The same calls, per version, in the metrics.
+        let version = ver["version"].as_str().unwrap();
+        assert_eq!(
+            metric(
+                &m,
+                "taskhost_batches",
+                &[("version", version), ("result", "ok")]
+            ),
+            ver["ok"].as_f64(),
+            "{ver}"
+        );
+    }
+    host.stop();
+}

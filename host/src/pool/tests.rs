@@ -329,11 +329,15 @@ async fn shutdown_returns_leased_tasks_and_a_reopened_queue_holds_them() {
         ..PoolConfig::default()
     };
     let pool = WorkerPool::start(queue.clone(), handler, cfg, clock.clone()).unwrap();
+    let waits = pool.wait_times();
     started.recv().await.unwrap();
     started.recv().await.unwrap();
     assert_eq!(queue.stats().await.unwrap().leased, 10);
     let stats = pool.shutdown().await;
     assert_eq!(stats.done, 0);
+    // Handed back unprocessed: counted as released, not as anything else.
+    assert_eq!((stats.released, stats.lost_leases), (10, 0));
+    assert_eq!(waits.snapshot().count(), 10, "one wait per first lease");
     store.close().await;
     drop((queue, store));
 
