@@ -16,6 +16,9 @@ use crate::support::{self, HostToml, quoted};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// A metric's labels as name/value pairs.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 fn answer(status: u16, body: &'static [u8]) -> http::Response<Full<Bytes>> {
     let mut r = http::Response::new(Full::new(Bytes::from_static(body)));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -128,7 +131,7 @@ async fn metrics_count_batch_results_durations_waits_polls_and_http() {
         l.extend_from_slice(extra);
         l
     };
-    let want: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    let want: Vec<(&str, Labels, f64)> = vec![
         ("taskhost_tasks_settled", jobs(&[("outcome", "done")]), 5.0),
         ("taskhost_tasks_settled", jobs(&[("outcome", "dead")]), 3.0),
         (
