@@ -192,6 +192,24 @@ async fn metrics_count_batch_results_durations_waits_polls_and_http() {
         &[("host", &addr), ("status", "204")],
     );
     assert!(empties.is_some_and(|n| n >= 1.0), "{empties:?}");
+    // Every family exported is documented in the README, by its wire name.
+    let (_, text) = http(&host.addr, "GET", "/metrics", &[], b"");
+    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let wire = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        assert!(
+            readme.contains(&format!("`{wire}{{")) || readme.contains(&format!("`{wire}`")),
+            "{wire} is not documented in the README"
+        );
+    }
     // The plugins page: one version, its calls by result and quantiles.
     let (status, body) = http(&host.addr, "GET", "/v1/plugins", &[], b"");
     assert_eq!(status, 200, "{body}");

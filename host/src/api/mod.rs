@@ -11,7 +11,7 @@
 //! | `queues.rs` | `GET /v1/queues` |
 //! | `health.rs` | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/openapi.json` |
 //! | `peek.rs`, `dead.rs`, `control.rs`, `hosts.rs` | operator route groups (peek; dead retry/purge; cancel, pause, resume; hosts, reload) |
-//! | `plugins.rs` | `GET /v1/plugins` (this host's plugins, versions, totals) |
+//! | `plugins.rs` | `GET /v1/plugins` (this host's plugins: version history, per-version results and quantiles, totals) |
 //! | `dashboard.rs` | the web page at `/` and its embedded assets (`dashboard/`) |
 //!
 //! Loopback listeners need no token; any other address needs

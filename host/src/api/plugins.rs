@@ -1,5 +1,6 @@
-//! `GET /v1/plugins`: each plugin this host runs, its live version, the
-//! batches started per version, and its pool's totals.
+//! `GET /v1/plugins`: each plugin this host runs (handlers, then sources),
+//! its version history (loaded, swapped, refused with the reason), calls
+//! per version by result with p50/p99 duration, and its pool's totals.
 
 use http::{Method, StatusCode};
 use serde_json::json;
