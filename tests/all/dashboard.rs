@@ -73,6 +73,40 @@ async fn click(b: &Browser, css: &str) {
     }
 }
 
+/// Records the page's console errors, uncaught errors and unhandled
+/// rejections from now on (the page is one document: hash routes do not
+/// reload it).
+async fn catch_console_errors(b: &Browser) {
+    b.client
+        .execute(
+            r#"window.__errors = [];
+            const error = console.error.bind(console);
+            console.error = (...a) => { window.__errors.push(a.map(String).join(" ")); error(...a); };
+            window.addEventListener("error", (e) => window.__errors.push(String(e.message)));
+            window.addEventListener("unhandledrejection", (e) => window.__errors.push(String(e.reason)));"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+}
+
+/// Fails on any error the page logged since [`catch_console_errors`].
+async fn assert_no_console_errors(b: &Browser) {
+    let errors = b
+        .client
+        .execute("return window.__errors ?? [];", vec![])
+        .await
+        .unwrap();
+    assert_eq!(errors, serde_json::json!([]), "console errors");
+}
+
+/// Checks the page left logged no error, opens `url` and watches it.
+async fn goto(b: &Browser, url: &str) {
+    assert_no_console_errors(b).await;
+    b.client.goto(url).await.unwrap();
+    catch_console_errors(b).await;
+}
+
 async fn screenshot(b: &Browser, path: &Path) {
     let png = b.client.screenshot().await.unwrap();
     std::fs::write(path, png).unwrap();
@@ -99,7 +133,7 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
     wait_until("5 dead letters", LIMIT, || queue(&addr)["dead"] == 5);
 
     let b = Browser::start(1280, 900).await.unwrap();
-    b.client.goto(&format!("http://{addr}/")).await.unwrap();
+    goto(&b, &format!("http://{addr}/")).await;
     // The overview shows the queue and its counts, from the API.
     wait_text(&b, r#"tr[data-queue="default"] td[data-col="dead"]"#, |t| {
         t == "5"
@@ -119,10 +153,7 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
 
     // Retry one dead letter from the dead-letter page: it is pending again
     // (and stays so: the queue is paused).
-    b.client
-        .goto(&format!("http://{addr}/#/dead"))
-        .await
-        .unwrap();
+    goto(&b, &format!("http://{addr}/#/dead")).await;
     wait_text(&b, "section.group strong", |t| t.contains("5 dead")).await;
     screenshot(&b, &tmp.path().join("dead-letters.png")).await;
     // Open the group, then retry its first task.
@@ -138,7 +169,7 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
         &addr,
         &(0..300).map(|_| "sleep:5".to_string()).collect::<Vec<_>>(),
     );
-    b.client.goto(&format!("http://{addr}/")).await.unwrap();
+    goto(&b, &format!("http://{addr}/")).await;
     wait_text(
         &b,
         r#"tr[data-queue="default"] td[data-col="pending"]"#,
@@ -189,6 +220,30 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
             std::fs::copy(tmp.path().join(f), Path::new(&dir).join(f)).unwrap();
         }
     }
+
+    // The plugins page: the version history and the live version's
+    // batches with their quantiles.
+    goto(&b, &format!("http://{addr}/#/plugins")).await;
+    wait_text(
+        &b,
+        r#"section[data-plugin="testkit"] tr[data-event="loaded"]"#,
+        |t| t.contains("loaded"),
+    )
+    .await;
+    let ok = wait_text(
+        &b,
+        r#"section[data-plugin="testkit"] table.versions td[data-col="ok"]"#,
+        |t| t.parse::<u64>().is_ok_and(|n| n > 0),
+    )
+    .await;
+    let p99 = wait_text(
+        &b,
+        r#"section[data-plugin="testkit"] table.versions td[data-col="p99"]"#,
+        |t| t.ends_with('s'),
+    )
+    .await;
+    eprintln!("plugins page: {ok} ok batches, p99 {p99}");
+    assert_no_console_errors(&b).await;
 
     // No console errors: the page's own error line stays empty.
     let status = b

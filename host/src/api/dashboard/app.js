@@ -649,41 +649,106 @@ function hosts(main) {
   });
 }
 
+const secs = (x) => (x === null || x === undefined ? "–" : x < 1 ? `${(x * 1000).toFixed(1)} ms` : `${x.toFixed(2)} s`);
+const CAUSES = ["trap", "time_limit", "memory_limit", "error"];
+
+// One plugin: totals, its version history (loaded, swapped, refused with
+// the reason), and per version its batches by result and p50/p99 duration.
+function pluginSection(pl) {
+  const handler = pl.kind !== "source";
+  const calls = handler ? "Batches" : "Polls";
+  return h(
+    "section",
+    { class: "group", "data-plugin": pl.name, "aria-label": `plugin ${pl.name}` },
+    h("h2", {}, `${pl.name} (${pl.kind ?? "handler"}) on ${pl.queue}: version ${pl.version}`),
+    handler
+      ? h(
+          "p",
+          {},
+          `${pl.done} done, ${pl.retried} retried, ${pl.dead} dead-lettered, ${pl.released ?? 0} released; ` +
+            `workers ${pl.busy_workers} / ${pl.max_workers}`,
+        )
+      : null,
+    pl.last_refused ? h("p", {}, "Last refused version: ", h("span", { class: "reason" }, pl.last_refused)) : null,
+    h("h3", {}, "Versions"),
+    h(
+      "table",
+      { class: "versions" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", {}, "Version"),
+          h("th", { class: "num" }, calls),
+          h("th", { class: "num" }, "Ok"),
+          h("th", { class: "num" }, "Failed"),
+          h("th", { class: "wide" }, "Failed by cause"),
+          h("th", { class: "num" }, "p50"),
+          h("th", { class: "num" }, "p99"),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        (pl.versions || []).map((v) =>
+          h(
+            "tr",
+            { "data-version": v.version },
+            h("td", {}, v.version, v.version === pl.version ? " (live)" : ""),
+            h("td", { class: "num" }, v.batches),
+            h("td", { class: "num", "data-col": "ok" }, v.ok ?? ""),
+            h("td", { class: "num", "data-col": "failed" }, v.failed ?? ""),
+            h(
+              "td",
+              { class: "wide" },
+              CAUSES.filter((c) => v.results && v.results[c] > 0)
+                .map((c) => `${c} ${v.results[c]}`)
+                .join(", ") || "–",
+            ),
+            h("td", { class: "num", "data-col": "p50" }, secs(v.p50_seconds)),
+            h("td", { class: "num", "data-col": "p99" }, secs(v.p99_seconds)),
+          ),
+        ),
+      ),
+    ),
+    h("h3", {}, "History (this host, newest first)"),
+    h(
+      "table",
+      { class: "history" },
+      h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Event"), h("th", {}, "Version"), h("th", {}, "Detail"))),
+      h(
+        "tbody",
+        {},
+        (pl.history || [])
+          .slice()
+          .reverse()
+          .map((e) =>
+            h(
+              "tr",
+              { "data-event": e.kind },
+              h("td", {}, when(e.at_ms)),
+              h("td", {}, e.kind === "refused" ? h("span", { class: "error" }, "refused") : e.kind),
+              h("td", {}, e.version),
+              h(
+                "td",
+                { class: "reason" },
+                e.kind === "swapped" ? `from ${e.from}` : e.kind === "refused" ? e.reason ?? "" : "",
+              ),
+            ),
+          ),
+      ),
+    ),
+  );
+}
+
 function plugins(main) {
   const list = h("div", { id: "plugins" });
   main.append(h("h1", {}, "Plugins on this host"), list);
   return polling(async () => {
     const all = listOf(await api("GET", "/v1/plugins"), "plugins");
-    list.replaceChildren(
-      ...all.map((pl) =>
-        h(
-          "section",
-          { class: "group", "data-plugin": pl.name },
-          h("h2", {}, `${pl.name} on ${pl.queue}: version ${pl.version}`),
-          h(
-            "p",
-            {},
-            `${pl.done} done, ${pl.retried} retried, ${pl.dead} dead-lettered; ${pl.batches} batches, ` +
-              `${pl.failed_batches} failed; workers ${pl.busy_workers} / ${pl.max_workers}`,
-          ),
-          pl.last_refused
-            ? h("p", {}, "Last refused version: ", h("span", { class: "reason" }, pl.last_refused))
-            : null,
-          h(
-            "table",
-            {},
-            h("thead", {}, h("tr", {}, h("th", {}, "Version"), h("th", { class: "num" }, "Batches started"))),
-            h(
-              "tbody",
-              {},
-              (pl.versions || []).map((v) =>
-                h("tr", {}, h("td", {}, v.version, v.version === pl.version ? " (live)" : ""), h("td", { class: "num" }, v.batches)),
-              ),
-            ),
-          ),
-        ),
-      ),
-    );
+    list.replaceChildren(...(all.length ? all.map(pluginSection) : [h("p", {}, "This host runs no plugins.")]));
   });
 }
 
