@@ -482,6 +482,8 @@ fn api_bad_input_gets_json_errors() {
     let big = format!("{{\"payload\":\"{}\"}}\n", "x".repeat(2_000));
     let (s, b) = http(a, "POST", "/v1/queues/q/tasks", &[], big.as_bytes());
     error(s, &b, 413, "max_body_bytes");
+    let (s, b) = http(a, "GET", "/v1/queues?limit=0", &[], b"");
+    error(s, &b, 400, "limit");
     let (s, b) = http(a, "GET", "/v1/nothing-here", &[], b"");
     error(s, &b, 404, "no route");
     // Nothing above was stored.

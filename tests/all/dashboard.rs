@@ -259,3 +259,126 @@ async fn the_dashboard_shows_retries_pauses_and_drains_a_real_host() {
     b.close().await.unwrap();
     host.stop();
 }
+
+/// Asserts the page is no wider than the window (readable when narrow).
+async fn fits(b: &Browser) {
+    let widths = b
+        .client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (page, window) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+    assert!(
+        page <= window,
+        "the page is {page} px wide in a {window} px window"
+    );
+}
+
+/// Counts the elements `css` finds.
+async fn count(b: &Browser, css: &str) -> usize {
+    b.client
+        .find_all(Locator::Css(css))
+        .await
+        .map(|v| v.len())
+        .unwrap_or(0)
+}
+
+/// 1,000 queues holding 100 dead letters each (100,000), made through the
+/// store API on a disk store, then served by a real `host serve`: the
+/// overview and the dead-letter page ask the server for one page at a time,
+/// so the rows in the page stay bounded, and both page on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pages_1000_queues_and_100000_dead_letters() {
+    use taskhost::queue::disk::{DiskOptions, DiskStore};
+    use taskhost::queue::{Action, NewTask, QueueStore, Settle};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let made = std::time::Instant::now();
+    let store = DiskStore::open(&data, DiskOptions::default(), taskhost::clock::system()).unwrap();
+    for i in 0..1000 {
+        let q = store.queue(&format!("q{i:04}")).unwrap();
+        q.push_batch(
+            (0..100)
+                .map(|n| NewTask::new(format!("task {n}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let leased = q.lease(100, Duration::from_secs(600)).await.unwrap();
+        let dead = leased
+            .iter()
+            .map(|t| Settle {
+                lease: t.lease(),
+                action: Action::DeadLetter(format!("boom {}", t.id % 3)),
+            })
+            .collect();
+        q.settle(dead).await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+    eprintln!(
+        "1,000 queues, 100,000 dead letters made in {:?}",
+        made.elapsed()
+    );
+
+    let host = Listening::start(
+        host()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data),
+    );
+    let addr = host.addr.clone();
+    // A narrow window: the page must fit it without scrolling sideways.
+    let b = Browser::start(600, 900).await.unwrap();
+    let shown = std::time::Instant::now();
+    goto(&b, &format!("http://{addr}/")).await;
+    wait_text(&b, "#main .toolbar .muted", |t| {
+        t == "1000 queues, page 1 of 10"
+    })
+    .await;
+    wait_text(&b, r#"tr[data-queue="q0000"] td[data-col="dead"]"#, |t| {
+        t == "100"
+    })
+    .await;
+    eprintln!("overview shown in {:?}", shown.elapsed());
+    assert_eq!(count(&b, "#queues tr").await, 100);
+    fits(&b).await;
+    click(&b, r#"button[data-action="next"]"#).await;
+    wait_text(&b, "#main .toolbar .muted", |t| t.ends_with("page 2 of 10")).await;
+    wait_text(&b, "#queues tr:first-child td a", |t| t == "q0100").await;
+    assert_eq!(count(&b, "#queues tr").await, 100);
+    // Keyboard: the filter field takes typing, and the page follows it.
+    let search = b
+        .client
+        .find(Locator::Css(r#"input[type="search"]"#))
+        .await
+        .unwrap();
+    search.send_keys("q09").await.unwrap();
+    wait_text(&b, "#main .toolbar .muted", |t| {
+        t == "100 queues, page 1 of 1"
+    })
+    .await;
+
+    let shown = std::time::Instant::now();
+    goto(&b, &format!("http://{addr}/#/dead")).await;
+    wait_text(&b, r#"section.group[data-queue="q0000"] strong"#, |t| {
+        t.contains("100 dead")
+    })
+    .await;
+    eprintln!("dead letters shown in {:?}", shown.elapsed());
+    assert_eq!(count(&b, "section.group").await, 10);
+    let rows = count(&b, "#groups tr").await;
+    assert!(rows <= 10 * 100, "{rows} rows");
+    // Three causes per queue: three groups each.
+    assert_eq!(count(&b, "details.dead-group").await, 30);
+    fits(&b).await;
+    click(&b, r#"button[data-action="next"]"#).await;
+    wait_text(&b, "section.group strong", |t| t.starts_with("q0010")).await;
+    assert_eq!(count(&b, "section.group").await, 10);
+    assert_no_console_errors(&b).await;
+    b.close().await.unwrap();
+    host.stop();
+}

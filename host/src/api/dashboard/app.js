@@ -6,6 +6,9 @@
 const POLL_MS = 1500;
 const PAGE = 50;
 const QUEUES_PER_PAGE = 100;
+// Dead letters: queues per page, and dead letters shown per queue.
+const DEAD_QUEUES_PER_PAGE = 10;
+const DEAD_PER_QUEUE = 100;
 const HISTORY = 60;
 
 // ---- helpers -------------------------------------------------------------
@@ -204,7 +207,11 @@ function sparkline(points) {
 }
 
 function overview(main) {
-  let page = 0;
+  // Paged by name on the server: the cursor is the last name of the page
+  // before; `cursors` holds the cursors of the pages before this one.
+  let cursor = null;
+  const cursors = [];
+  let next = null;
   let filter = "";
   const body = h("tbody", { id: "queues" });
   const pager = h("span", { class: "muted" });
@@ -214,7 +221,8 @@ function overview(main) {
     "aria-label": "Filter queues",
     oninput: (e) => {
       filter = e.target.value;
-      page = 0;
+      cursor = null;
+      cursors.length = 0;
       p.refresh();
     },
   });
@@ -224,8 +232,16 @@ function overview(main) {
       "div",
       { class: "toolbar" },
       search,
-      h("button", { onclick: () => ((page = Math.max(0, page - 1)), p.refresh()) }, "Previous"),
-      h("button", { onclick: () => ((page += 1), p.refresh()) }, "Next"),
+      h(
+        "button",
+        { "data-action": "previous", onclick: () => cursors.length && ((cursor = cursors.pop()), p.refresh()) },
+        "Previous",
+      ),
+      h(
+        "button",
+        { "data-action": "next", onclick: () => next !== null && (cursors.push(cursor), (cursor = next), p.refresh()) },
+        "Next",
+      ),
       pager,
     ),
     h(
@@ -253,14 +269,18 @@ function overview(main) {
     ),
   );
   const p = polling(async () => {
-    const all = queuesOf(await api("GET", "/v1/queues"));
+    const params = new URLSearchParams({ limit: String(QUEUES_PER_PAGE) });
+    if (cursor !== null) params.set("after", cursor);
+    if (filter) params.set("filter", filter);
+    const json = await api("GET", `/v1/queues?${params}`);
+    const shown = queuesOf(json);
+    next = json.next_after ?? null;
     const now = Date.now();
-    const points = new Map(all.map((x) => [x.name, rates(x, now)]));
-    const shown = all.filter((x) => x.name.includes(filter));
-    const pages = Math.max(1, Math.ceil(shown.length / QUEUES_PER_PAGE));
-    page = Math.min(page, pages - 1);
-    pager.textContent = `${shown.length} queues, page ${page + 1} of ${pages}`;
-    const rows = shown.slice(page * QUEUES_PER_PAGE, (page + 1) * QUEUES_PER_PAGE).map((x) => {
+    const points = new Map(shown.map((x) => [x.name, rates(x, now)]));
+    const total = Number(json.total ?? shown.length);
+    const pages = Math.max(1, Math.ceil(total / QUEUES_PER_PAGE));
+    pager.textContent = `${total} queues, page ${cursors.length + 1} of ${pages}`;
+    const rows = shown.map((x) => {
       const pts = points.get(x.name);
       const last = pts[pts.length - 1] || { done: 0, failed: 0 };
       const paused = !!x.paused;
@@ -454,17 +474,46 @@ function groupKey(t) {
 
 function deadLetters(main) {
   const list = h("div", { id: "groups" });
+  let cursor = null;
+  const cursors = [];
+  let next = null;
+  const pager = h("span", { class: "muted" });
   main.append(
     h("h1", {}, "Dead letters"),
-    h("p", { class: "muted" }, `The newest ${PAGE * 4} dead letters of each queue, grouped by cause and plugin version.`),
+    h(
+      "p",
+      { class: "muted" },
+      `The first ${DEAD_PER_QUEUE} dead letters of each queue (the queue's dead tab pages through all), ` +
+        `grouped by cause and plugin version; ${DEAD_QUEUES_PER_PAGE} queues per page.`,
+    ),
+    h(
+      "div",
+      { class: "toolbar" },
+      h(
+        "button",
+        { "data-action": "previous", onclick: () => cursors.length && ((cursor = cursors.pop()), p.refresh()) },
+        "Previous queues",
+      ),
+      h(
+        "button",
+        { "data-action": "next", onclick: () => next !== null && (cursors.push(cursor), (cursor = next), p.refresh()) },
+        "Next queues",
+      ),
+      pager,
+    ),
     list,
   );
   let groups = new Map();
   const p = polling(async () => {
-    const queues = queuesOf(await api("GET", "/v1/queues")).filter((x) => x.dead > 0);
+    const qp = new URLSearchParams({ has_dead: "true", limit: String(DEAD_QUEUES_PER_PAGE) });
+    if (cursor !== null) qp.set("after", cursor);
+    const json = await api("GET", `/v1/queues?${qp}`);
+    const queues = queuesOf(json);
+    next = json.next_after ?? null;
+    pager.textContent = `page ${cursors.length + 1}${next === null ? " (last)" : ""}`;
     groups = new Map();
     for (const x of queues) {
-      const params = new URLSearchParams({ state: "dead", limit: String(PAGE * 4) });
+      const params = new URLSearchParams({ state: "dead", limit: String(DEAD_PER_QUEUE) });
       const tasks = listOf(await api("GET", `/v1/queues/${q(x.name)}/tasks?${params}`), "tasks");
       for (const t of tasks) {
         const k = groupKey(t);
