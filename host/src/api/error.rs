@@ -54,6 +54,15 @@ impl ApiError {
 
 /// A JSON response with this status.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> http::Response<Full<Bytes>> {
+    typed_json_response(status, value)
+}
+
+/// A JSON answer from any serializable value (no `Value` tree built first:
+/// what the push API answers per task).
+pub fn typed_json_response(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+) -> http::Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = http::Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

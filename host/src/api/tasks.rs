@@ -11,16 +11,30 @@
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use serde_json::json;
 
 use super::ApiState;
-use super::error::{ApiError, json_response};
+use super::error::{ApiError, typed_json_response};
 use super::record;
 use super::router::{Answer, Req, Routed, queue_name, read_body};
 use crate::queue::Pushed;
 
 /// Tasks per backend call.
 pub const CHUNK: usize = 1_000;
+
+/// What became of one task.
+#[derive(serde::Serialize)]
+struct TaskAnswer {
+    result: &'static str,
+    id: u64,
+}
+
+/// The answer to a push.
+#[derive(serde::Serialize)]
+struct PushAnswer {
+    created: u64,
+    duplicate: u64,
+    tasks: Vec<TaskAnswer>,
+}
 
 /// Routes `POST /v1/queues/{queue}/tasks`.
 pub async fn route(st: &ApiState, method: &Method, segs: &[&str], req: Req) -> Routed {
@@ -59,9 +73,16 @@ async fn push(st: &ApiState, queue: &str, req: Req) -> Answer {
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut answers = Vec::with_capacity(tasks.len());
     let (mut created, mut duplicate) = (0u64, 0u64);
-    for chunk in tasks.chunks(CHUNK) {
+    let mut tasks = tasks.into_iter();
+    loop {
+        // Moved, not copied, into each backend call.
+        let chunk: Vec<_> = tasks.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let chunk_len = chunk.len() as u64;
         let started = Instant::now();
-        let out = q.push_batch(chunk.to_vec()).await;
+        let out = q.push_batch(chunk).await;
         st.metrics.backend_op("push", started.elapsed());
         match out {
             Ok(out) => {
@@ -69,11 +90,17 @@ async fn push(st: &ApiState, queue: &str, req: Req) -> Answer {
                     answers.push(match p {
                         Pushed::Created(id) => {
                             created += 1;
-                            json!({"result": "created", "id": id})
+                            TaskAnswer {
+                                result: "created",
+                                id,
+                            }
                         }
                         Pushed::Duplicate(id) => {
                             duplicate += 1;
-                            json!({"result": "duplicate", "id": id})
+                            TaskAnswer {
+                                result: "duplicate",
+                                id,
+                            }
                         }
                     });
                 }
@@ -88,7 +115,7 @@ async fn push(st: &ApiState, queue: &str, req: Req) -> Answer {
                         "storing tasks {}-{} failed, none of them stored: {e}; \
                          the {committed} tasks before them were committed",
                         committed + 1,
-                        committed + chunk.len() as u64
+                        committed + chunk_len
                     ),
                 )
                 .with("committed", committed.into())
@@ -98,8 +125,12 @@ async fn push(st: &ApiState, queue: &str, req: Req) -> Answer {
         }
     }
     st.metrics.pushed(queue, created, duplicate, 0);
-    Ok(json_response(
+    Ok(typed_json_response(
         StatusCode::OK,
-        &json!({"created": created, "duplicate": duplicate, "tasks": answers}),
+        &PushAnswer {
+            created,
+            duplicate,
+            tasks: answers,
+        },
     ))
 }
