@@ -114,14 +114,18 @@ async fn once(o: &Opts, runtime: &Runtime, listen: bool) -> Result<f64> {
         ..PoolConfig::default()
     };
     let start = Instant::now();
-    let pool = WorkerPool::start(queue.clone(), slot.clone(), cfg, clock)
-        .map_err(anyhow::Error::msg)?;
+    let pool =
+        WorkerPool::start(queue.clone(), slot.clone(), cfg, clock).map_err(anyhow::Error::msg)?;
     let mut listener = None;
     if listen {
         let metrics = Metrics::new(store.clone());
-        let server =
-            ApiServer::start(&ApiConfig::default(), "127.0.0.1:0", store.clone(), metrics.clone())
-                .await?;
+        let server = ApiServer::start(
+            &ApiConfig::default(),
+            "127.0.0.1:0",
+            store.clone(),
+            metrics.clone(),
+        )
+        .await?;
         metrics.set_http(runtime.http().clone());
         metrics.add_pool(PoolSource::of("bench", slot.clone(), &pool, o.workers));
         server.set_ready();

@@ -106,6 +106,7 @@ impl SlotHistory {
     /// A history starting with `version` loaded now.
     pub fn starting_with(version: &str) -> Self {
         let h = Self::default();
+        h.record_of(version);
         h.push(VersionEvent {
             at_ms: now_ms(),
             kind: EventKind::Loaded,
@@ -127,6 +128,8 @@ impl SlotHistory {
     /// Records a swap from `from` to `to`.
     pub fn swapped(&self, from: &str, to: &str) {
         self.swapped.fetch_add(1, Ordering::Relaxed);
+        // Its series exist (at zero) before its first call.
+        self.record_of(to);
         self.push(VersionEvent {
             at_ms: now_ms(),
             kind: EventKind::Swapped,
@@ -164,6 +167,13 @@ impl SlotHistory {
 
     /// The record of `version`, counted as one more call of it.
     pub fn start_call(&self, version: &str) -> Arc<VersionStats> {
+        let stats = self.record_of(version);
+        stats.calls.fetch_add(1, Ordering::Relaxed);
+        stats
+    }
+
+    /// The record of `version`, made on first use.
+    fn record_of(&self, version: &str) -> Arc<VersionStats> {
         let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         // On the hot path: allocate the key only for a version's first call.
         let stats = match v.get(version) {
@@ -174,7 +184,6 @@ impl SlotHistory {
                 s
             }
         };
-        stats.calls.fetch_add(1, Ordering::Relaxed);
         stats
     }
 
@@ -195,11 +204,12 @@ impl SlotHistory {
             .collect()
     }
 
-    /// Calls started per version.
+    /// Calls started per version, versions without a call left out.
     pub fn calls_by_version(&self) -> BTreeMap<String, u64> {
         let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         v.iter()
             .map(|(k, s)| (k.clone(), s.calls.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 }
@@ -227,6 +237,11 @@ mod tests {
         assert_eq!(h.events().len(), MAX_EVENTS);
         assert_eq!(h.events()[0].kind, EventKind::Refused);
 
+        assert_eq!(
+            h.versions()["a"].calls,
+            0,
+            "the loaded version is listed at once"
+        );
         h.start_call("a")
             .record(BatchResult::Ok, Duration::from_millis(1));
         h.start_call("b")
