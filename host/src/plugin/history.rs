@@ -176,15 +176,14 @@ impl SlotHistory {
     fn record_of(&self, version: &str) -> Arc<VersionStats> {
         let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         // On the hot path: allocate the key only for a version's first call.
-        let stats = match v.get(version) {
+        match v.get(version) {
             Some(s) => s.clone(),
             None => {
                 let s = Arc::new(VersionStats::default());
                 v.insert(version.to_owned(), s.clone());
                 s
             }
-        };
-        stats
+        }
     }
 
     /// Each version's record.
