@@ -65,13 +65,23 @@ impl QueueAdmin for MemoryQueue {
                 })
                 .collect()
         } else {
-            g.tasks
+            // Ids first, payloads copied only for the page: a scrape's
+            // oldest-pending peek over a big queue holds the lock briefly.
+            let mut hits: Vec<(TaskId, Option<u64>)> = g
+                .tasks
                 .values()
                 .filter(|e| e.task.id > after)
                 .filter_map(|e| match state_at(e, now) {
-                    (s, at) if s == state => Some(peeked(&e.task, at, None)),
+                    (s, at) if s == state => Some((e.task.id, at)),
                     _ => None,
                 })
+                .collect();
+            if hits.len() > limit {
+                hits.select_nth_unstable(limit);
+                hits.truncate(limit);
+            }
+            hits.iter()
+                .filter_map(|(id, at)| g.tasks.get(id).map(|e| peeked(&e.task, *at, None)))
                 .collect()
         };
         out.sort_by_key(|t| t.id);
