@@ -18,6 +18,7 @@ use super::fill;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "admin", include_str!("migrations/0002_admin.sql")),
+    (3, "hosts", include_str!("migrations/0003_hosts.sql")),
 ];
 
 /// The schema version this binary creates and understands.

@@ -11,13 +11,14 @@
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
 //! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause) |
+//! | `hosts.rs` | the host registry: heartbeats, reclaiming a gone host's leases, reload requests |
 //!
 //! # Layout (schema `taskhost` by default)
 //!
 //! `tasks` holds live tasks only (pending, delayed, leased); `dead` the
 //! dead letters (trimmed to [`PostgresOptions::dead_capacity`] per queue);
-//! `queues` the names ever pushed to; `schema_migrations` the applied
-//! migrations. `push(queue, payload, unique_key, delay)` is the producers'
+//! `queues` the names ever pushed to; `hosts` the running hosts (see
+//! `hosts.rs`); `schema_migrations` the applied migrations. `push(queue, payload, unique_key, delay)` is the producers'
 //! transactional enqueue (see the README).
 //!
 //! # Invariants and why
@@ -52,6 +53,7 @@
 //! to the caller, so nothing acknowledged as pushed is lost.
 
 mod admin;
+mod hosts;
 mod migrate;
 mod queue;
 mod wake;
@@ -156,6 +158,12 @@ struct Statements {
     count: String,
     notify: String,
     queues: String,
+    heartbeat: String,
+    hosts: String,
+    reloads: String,
+    request_reload: String,
+    reclaim: String,
+    deregister: String,
 }
 
 impl Statements {
@@ -176,6 +184,18 @@ impl Statements {
             count: s(include_str!("sql/count.sql")),
             notify: s("SELECT pg_notify(@channel@, $1)::text"),
             queues: s("SELECT name FROM @schema@.queues ORDER BY name"),
+            heartbeat: s(
+                "INSERT INTO @schema@.hosts (id, info, expires_at)
+                 VALUES ($1, $2::text::jsonb, now() + make_interval(secs => $3))
+                 ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, expires_at = EXCLUDED.expires_at",
+            ),
+            hosts: s("SELECT info::text FROM @schema@.hosts WHERE expires_at > now()"),
+            reloads: s("SELECT reloads FROM @schema@.hosts WHERE id = $1"),
+            request_reload: s(
+                "UPDATE @schema@.hosts SET reloads = reloads + 1 WHERE expires_at > now()",
+            ),
+            reclaim: s(include_str!("sql/reclaim.sql")),
+            deregister: s(include_str!("sql/deregister.sql")),
         }
     }
 }
@@ -203,8 +223,12 @@ struct Shared {
     sql: Statements,
     /// Set once the schema is at this binary's version.
     migrated: OnceCell<()>,
-    /// Who holds leases taken through this store, for people reading rows.
-    holder: String,
+    /// The registered host whose id leases taken through this store
+    /// record as holder; none before it registers (such leases come back
+    /// only when they expire).
+    holder: std::sync::Mutex<Option<Arc<str>>>,
+    /// This host's last registration (its machine and data directory).
+    me: std::sync::Mutex<Option<crate::queue::HostInfo>>,
     /// Per queue name: woken when Postgres says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
@@ -317,7 +341,6 @@ impl PostgresStore {
             .create_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| QueueError::Config(format!("queue URL {shown}: {e}")))?;
-        let holder = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(Self {
             shared: Arc::new(Shared {
                 url: shown,
@@ -327,7 +350,8 @@ impl PostgresStore {
                 opts,
                 clock,
                 migrated: OnceCell::new(),
-                holder,
+                holder: Default::default(),
+                me: Default::default(),
                 wakes: Default::default(),
                 listening: watch::channel(false).0,
             }),
@@ -400,5 +424,9 @@ impl QueueStore for PostgresStore {
 
     fn describe(&self) -> String {
         format!("postgres at {}", self.url())
+    }
+
+    fn registry(&self) -> Arc<dyn crate::queue::HostRegistry> {
+        Arc::new(hosts::PostgresRegistry::new(self.shared.clone()))
     }
 }

@@ -249,6 +249,7 @@ impl BaseQueue for PostgresQueue {
         let until = now.saturating_add(duration_ms(ttl));
         let nonce = fastrand::i64(..);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let holder = lock(&sh.holder).clone();
         let conn = sh.conn().await?;
         let stmt = conn
             .prepare_cached(&sh.sql.lease)
@@ -257,7 +258,14 @@ impl BaseQueue for PostgresQueue {
         let rows = conn
             .query(
                 &stmt,
-                &[&&*self.name, &now, &limit, &until, &nonce, &sh.holder],
+                &[
+                    &&*self.name,
+                    &now,
+                    &limit,
+                    &until,
+                    &nonce,
+                    &holder.as_deref(),
+                ],
             )
             .await
             .map_err(|e| sh.pg_error(e))?;
