@@ -12,6 +12,7 @@ mod fleet;
 mod hotswap;
 mod http;
 mod languages;
+mod multihost;
 mod ops;
 mod plugins;
 mod postgres;
