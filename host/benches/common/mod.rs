@@ -7,6 +7,8 @@
 //! --bench NAME -- OPTIONS`) that includes this module and uses a part of it.
 #![allow(dead_code, reason = "each bench uses a part of the shared code")]
 
+pub mod harbor;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `mod.rs` | [`PostgresOptions`], [`PostgresStore`] and the state its queues share |
 //! | `queue.rs` | [`PostgresQueue`]: each operation's statement, arguments and reply |
+//! | `push.rs` | pushing a batch in one statement, and finding who holds a taken unique key |
 //! | `sql/*.sql` | one statement per operation, each documenting its parameters |
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
@@ -55,6 +56,7 @@
 mod admin;
 mod hosts;
 mod migrate;
+mod push;
 mod queue;
 mod wake;
 
@@ -145,6 +147,11 @@ impl PostgresOptions {
 #[derive(Debug)]
 struct Statements {
     push: String,
+    /// `push` without its `ON CONFLICT` clause, for batches without unique
+    /// keys: an insert with an arbiter index is a speculative insertion,
+    /// dearer per row even when no row has a key.
+    push_plain: String,
+    holders: String,
     lease: String,
     renew: String,
     ack: String,
@@ -171,6 +178,8 @@ impl Statements {
         let s = |sql: &str| fill(sql, schema);
         Self {
             push: s(include_str!("sql/push.sql")),
+            push_plain: s(&include_str!("sql/push.sql").replace(push_conflict_clause(), "")),
+            holders: s(include_str!("sql/holders.sql")),
             lease: s(include_str!("sql/lease.sql")),
             renew: s(include_str!("sql/renew.sql")),
             ack: s(include_str!("sql/ack.sql")),
@@ -198,6 +207,11 @@ impl Statements {
             deregister: s(include_str!("sql/deregister.sql")),
         }
     }
+}
+
+/// The line of `sql/push.sql` that skips tasks whose unique key is taken.
+fn push_conflict_clause() -> &'static str {
+    "    ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING\n"
 }
 
 /// `sql` with `@schema@` replaced by the quoted schema name and

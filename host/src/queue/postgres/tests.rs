@@ -198,3 +198,16 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     busy.close().await;
     drop(server);
 }
+
+/// The plain-push statement is the keyed one without its conflict clause:
+/// the clause is found (a change to `sql/push.sql` must keep it one line).
+#[test]
+fn the_plain_push_statement_drops_only_the_conflict_clause() {
+    let s = Statements::new("taskhost");
+    assert!(s.push.contains("ON CONFLICT (queue, unique_key)"));
+    assert!(!s.push_plain.contains("ON CONFLICT (queue, unique_key)"));
+    assert!(
+        s.push_plain.contains("ON CONFLICT DO NOTHING"),
+        "the queue name's insert keeps its own"
+    );
+}

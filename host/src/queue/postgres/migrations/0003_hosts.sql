@@ -9,7 +9,3 @@ CREATE TABLE @schema@.hosts (
     expires_at timestamptz NOT NULL,
     reloads    bigint      NOT NULL DEFAULT 0
 );
-
--- Leases by holder: what reclaiming a gone host's leases scans. Only
--- leased rows are in it.
-CREATE INDEX tasks_holder ON @schema@.tasks (holder) WHERE nonce IS NOT NULL;
