@@ -16,6 +16,7 @@ mod multihost;
 mod ops;
 mod plugins;
 mod postgres;
+mod postgres_docs;
 mod push;
 mod redis;
 mod store;
