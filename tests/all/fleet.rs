@@ -243,6 +243,25 @@ fn two_hosts_see_each_other_and_reload_reaches_them(store: (&str, &str)) {
         assert_eq!(h["plugins"][0]["version"], version_of(&a), "{h}");
         assert_eq!(h["plugins"][0]["max_workers"], 4, "{h}");
     }
+    // `GET /v1/hosts` of an API node on the same store (it runs no
+    // plugins, so it is no host itself) lists the same two.
+    let api = crate::api::Listening::start(host().args([
+        "serve",
+        "--queue-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let (code, body) = crate::api::http(&api.addr, "GET", "/v1/hosts", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = listed["hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{body}"));
+    let api_ids: HashSet<_> = listed.iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(api_ids, ids, "{body}");
+    api.stop();
     let text = ok(host().args(["hosts", "--queue-url", &url]));
     assert_eq!(text.matches("plugin tk version").count(), 2, "{text}");
     // `host status` over the shared store lists them too (over Redis it
