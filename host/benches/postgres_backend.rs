@@ -233,12 +233,11 @@ fn store(server: &PostgresServer, clock: Arc<dyn Clock>) -> Result<Arc<PostgresS
 }
 
 fn pool_config(a: &BenchPostgresArgs) -> PoolConfig {
-    PoolConfig {
+    common::PoolShape {
         batch_size: a.batch_size,
-        max_workers: a.workers,
-        max_latency: Duration::from_millis(1),
-        ..PoolConfig::default()
+        workers: a.workers,
     }
+    .config()
 }
 
 /// The server's cost of each statement alone: one client pushes tasks
@@ -328,28 +327,20 @@ async fn one_host(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
     let clock = clock::system();
     let store = store(&server, clock.clone())?;
     store.ping().await?; // the schema exists before the clock starts
-    let queue = store.queue("bench")?;
     let plugin = load_noop(runtime, &a.plugin, store.clone())?;
     let before = snapshot(&server).await?;
-    let start = Instant::now();
-    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
-        .map_err(anyhow::Error::msg)?;
     let n = a.tasks;
-    common::push_hundred_byte_tasks(&queue, n).await?;
-    let pushed = start.elapsed();
-    let stats = pool.stats();
-    while (stats.done.load(Ordering::Relaxed) as usize) < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let wall = start.elapsed();
-    pool.shutdown().await;
+    let shape = common::PoolShape {
+        batch_size: a.batch_size,
+        workers: a.workers,
+    };
+    let (e2e, drain) = common::throughput(shape, store.clone(), Arc::new(plugin), n, clock).await?;
+    let wall = Duration::from_secs_f64(n as f64 / e2e);
     store.close().await;
     let cost = snapshot(&server).await? - before;
     println!(
-        "one host, Postgres queue, wasm no-op: {n} tasks pushed and done in {:.2}s = {:.0} tasks/s end to end (pushes done after {:.2}s)",
+        "one host, Postgres queue, wasm no-op: {n} tasks pushed and done in {:.2}s = {e2e:.0} tasks/s end to end ({drain:.0} tasks/s drain once the pushes were done)",
         wall.as_secs_f64(),
-        n as f64 / wall.as_secs_f64(),
-        pushed.as_secs_f64()
     );
     report("push + lease + ack", wall, cost, n, "task");
     let (tasks, dead) = table_bytes(&server).await?;

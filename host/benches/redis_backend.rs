@@ -231,12 +231,11 @@ fn store(server: &RedisServer, clock: Arc<dyn Clock>) -> Result<Arc<RedisStore>>
 }
 
 fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
-    PoolConfig {
+    common::PoolShape {
         batch_size: a.batch_size,
-        max_workers: a.workers,
-        max_latency: Duration::from_millis(1),
-        ..PoolConfig::default()
+        workers: a.workers,
     }
+    .config()
 }
 
 /// Redis's cost of each queue script alone: one client pushes `tasks`

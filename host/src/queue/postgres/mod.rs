@@ -373,15 +373,6 @@ impl PostgresStore {
         })
     }
 
-    /// Checks that the database answers and its schema is usable.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let conn = self.shared.conn().await?;
-        conn.simple_query("SELECT 1")
-            .await
-            .map_err(|e| self.shared.pg_error(e))?;
-        Ok(())
-    }
-
     /// The URL without its password.
     pub fn url(&self) -> &str {
         &self.shared.url
@@ -391,12 +382,6 @@ impl PostgresStore {
     pub fn listening(&self) -> watch::Receiver<bool> {
         self.shared.ensure_listening();
         self.shared.listening.subscribe()
-    }
-
-    /// Stops the wake-up listener and waits for it; closes the pool.
-    pub async fn close(&self) {
-        self.shared.wakes.stop().await;
-        self.shared.pool.close();
     }
 }
 
@@ -428,12 +413,19 @@ impl QueueStore for PostgresStore {
             .collect()
     }
 
+    /// Checks that the database answers and its schema is usable.
     async fn ping(&self) -> Result<(), QueueError> {
-        PostgresStore::ping(self).await
+        let conn = self.shared.conn().await?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| self.shared.pg_error(e))?;
+        Ok(())
     }
 
+    /// Stops the wake-up listener and waits for it; closes the pool.
     async fn close(&self) {
-        PostgresStore::close(self).await
+        self.shared.wakes.stop().await;
+        self.shared.pool.close();
     }
 
     fn describe(&self) -> String {
