@@ -136,20 +136,23 @@ impl HostRegistry for PostgresRegistry {
                 local.push(h.id);
             }
         }
-        let now = i64::try_from(sh.clock.now_ms()).unwrap_or(i64::MAX);
         let conn = sh.conn().await?;
-        let row = conn
-            .query_one(&sh.sql.reclaim, &[&mine.as_deref(), &local, &now])
+        let gone: Vec<String> = conn
+            .query(&sh.sql.gone_hosts, &[&mine.as_deref(), &local])
             .await
+            .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
             .map_err(|e| sh.pg_error(e))?;
-        let get = || -> Result<(i64, Vec<String>), tokio_postgres::Error> {
-            Ok((row.try_get(0)?, row.try_get(2)?))
-        };
-        let (moved, gone) = get().map_err(|e| sh.pg_error(e))?;
-        let moved = u64::try_from(moved).unwrap_or(0);
-        if !gone.is_empty() {
-            tracing::info!(tasks = moved, hosts = ?gone, "reclaimed the leases of hosts that are gone");
+        if gone.is_empty() {
+            return Ok(0);
         }
+        let now = i64::try_from(sh.clock.now_ms()).unwrap_or(i64::MAX);
+        let moved: i64 = conn
+            .query_one(&sh.sql.reclaim, &[&gone, &now])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| sh.pg_error(e))?;
+        let moved = u64::try_from(moved).unwrap_or(0);
+        tracing::info!(tasks = moved, hosts = ?gone, "reclaimed the leases of hosts that are gone");
         Ok(moved)
     }
 

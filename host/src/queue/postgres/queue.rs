@@ -319,6 +319,7 @@ impl BaseQueue for PostgresQueue {
                 nonces.remove(&s.lease);
             }
         }
+        self.shared.settled(applied).await;
         let applied = usize::try_from(applied).unwrap_or(usize::MAX).min(total);
         Ok(Settled {
             applied,
