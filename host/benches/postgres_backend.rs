@@ -61,6 +61,9 @@ struct BenchPostgresArgs {
     /// Tasks per second the steady run's producer pushes.
     #[arg(long, default_value_t = 20_000)]
     steady_rate: usize,
+    /// Tasks a host settles between its VACUUMs of the tasks table (0: autovacuum only).
+    #[arg(long, default_value_t = PostgresOptions::default().vacuum_every)]
+    vacuum_every: u64,
     /// Cases to run: statements, one-host, harbor, steady.
     #[arg(
         long,
@@ -198,6 +201,10 @@ fn report(what: &str, wall: Duration, cost: PgCost, per: usize, per_name: &str) 
 }
 
 async fn bench_postgres(a: BenchPostgresArgs) -> Result<()> {
+    let _ = OPTIONS.set(PostgresOptions {
+        vacuum_every: a.vacuum_every,
+        ..PostgresOptions::default()
+    });
     let runtime = Runtime::new()?;
     println!(
         "taskhost bench postgres_backend: batch {}, {} workers per host, {} cores; private PostgreSQL per case",
@@ -224,12 +231,12 @@ async fn start_server() -> Result<PostgresServer> {
     tokio::task::spawn_blocking(PostgresServer::start).await?
 }
 
+/// The settings every store of a run uses.
+static OPTIONS: std::sync::OnceLock<PostgresOptions> = std::sync::OnceLock::new();
+
 fn store(server: &PostgresServer, clock: Arc<dyn Clock>) -> Result<Arc<PostgresStore>> {
-    Ok(Arc::new(PostgresStore::open(
-        &server.url(),
-        PostgresOptions::default(),
-        clock,
-    )?))
+    let opts = OPTIONS.get().cloned().unwrap_or_default();
+    Ok(Arc::new(PostgresStore::open(&server.url(), opts, clock)?))
 }
 
 fn pool_config(a: &BenchPostgresArgs) -> PoolConfig {
