@@ -231,12 +231,11 @@ fn store(server: &RedisServer, clock: Arc<dyn Clock>) -> Result<Arc<RedisStore>>
 }
 
 fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
-    PoolConfig {
+    common::PoolShape {
         batch_size: a.batch_size,
-        max_workers: a.workers,
-        max_latency: Duration::from_millis(1),
-        ..PoolConfig::default()
+        workers: a.workers,
     }
+    .config()
 }
 
 /// Redis's cost of each queue script alone: one client pushes `tasks`
@@ -360,21 +359,7 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
     let before = snapshot(&server)?;
     let t = Instant::now();
     let marker = store(&server, clock.clone())?.queue("status-refresh")?;
-    let mut created = 0usize;
-    for _ in 0..a.marks {
-        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
-            let tasks = chunk
-                .iter()
-                .map(|&i| NewTask::new(format!("{i} running success")).unique(i.to_string()))
-                .collect();
-            created += marker
-                .push_batch(tasks)
-                .await?
-                .iter()
-                .filter(|p| matches!(p, taskhost::queue::Pushed::Created(_)))
-                .count();
-        }
-    }
+    let created = common::harbor::mark(&marker, n, a.marks).await?;
     let mark_wall = t.elapsed();
     let marked = snapshot(&server)?;
     report(
@@ -405,20 +390,8 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
                 .map_err(anyhow::Error::msg)?,
         );
     }
-    let done = || {
-        pools
-            .iter()
-            .map(|p| p.stats().done.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    while (done() as usize) < created {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let per_host = common::harbor::drain(pools, created).await;
     let wall = t.elapsed();
-    let mut per_host = Vec::new();
-    for p in pools {
-        per_host.push(p.shutdown().await.done);
-    }
     let cost = snapshot(&server)? - marked;
     let what = match drain {
         Drain::Noop => "drain (lease + ack)",

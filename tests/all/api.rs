@@ -354,6 +354,13 @@ fn api_push_10000_drain_and_metrics_redis() {
 }
 
 #[test]
+fn api_push_10000_drain_and_metrics_postgres() {
+    let pg = taskhost_fixtures::postgres::PostgresServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    push_drain_and_count(&tmp.path().join("data"), &["--queue-url".into(), pg.url()]);
+}
+
+#[test]
 fn api_non_loopback_listen_without_token_file_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -1,9 +1,10 @@
 //! The fleet (issue 15 part 1, issue 16's host registry): real `host`
-//! processes on disk and on a private `redis-server`. A host killed with
+//! processes on disk, on a private `redis-server` and on a private
+//! PostgreSQL; each scenario is one body run per backend. A host killed with
 //! SIGKILL mid-drain leaves leases with a 60 s `lease_ttl`; the host that
 //! replaces it reclaims them at start, because their holder is provably
-//! gone. `host hosts` lists every host on a Redis, whatever its data
-//! directory, and `host reload --queue-url` reaches them.
+//! gone. `host hosts` lists every host on a Redis or PostgreSQL, whatever
+//! its data directory, and `host reload --queue-url` reaches them.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::hotswap::{version_of, with_custom_section};
 use crate::support::*;
+use taskhost_fixtures::postgres::PostgresServer;
 use taskhost_fixtures::redis::RedisServer;
 
 const TASKS: usize = 1_000;
@@ -50,13 +52,21 @@ fn queue_status(config: &Path) -> serde_json::Value {
     v[0].clone()
 }
 
-/// A config on `data` (and `redis`, if given) running the journal plugin
-/// with batches of 10 on 4 workers, each batch taking `hold_ms`.
-fn journal_config(tmp: &Path, redis: Option<&str>, journal: &Path, hold_ms: u64) -> PathBuf {
-    let mut toml = HostToml::new(&tmp.join("data"));
-    if let Some(url) = redis {
-        toml = toml.redis(url);
+/// A shared store: its backend's name and URL (None: disk).
+type Shared<'a> = Option<(&'a str, &'a str)>;
+
+/// `toml` on the shared store, if any.
+fn on(toml: HostToml, store: Shared) -> HostToml {
+    match store {
+        Some((backend, url)) => toml.backend(backend).string("queue_url", url),
+        None => toml,
     }
+}
+
+/// A config on `data` (and the shared store, if given) running the journal
+/// plugin with batches of 10 on 4 workers, each batch taking `hold_ms`.
+fn journal_config(tmp: &Path, store: Shared, journal: &Path, hold_ms: u64) -> PathBuf {
+    let toml = on(HostToml::new(&tmp.join("data")), store);
     // `lease_ttl` stays at its 60 s default: only reclaiming the dead
     // host's leases lets the restart drain within seconds.
     toml.plugin(&plugin("testkit"))
@@ -76,12 +86,12 @@ fn journal_config(tmp: &Path, redis: Option<&str>, journal: &Path, hold_ms: u64)
 /// (`lease_ttl` 60 s); then runs `host run --exit-when-drained` on the same
 /// data directory (batches of 100 ms) and returns the seconds from that
 /// start to its exit; asserts every task was done and none is left.
-fn kill_mid_drain_then_restart(redis: Option<&str>) -> f64 {
+fn kill_mid_drain_then_restart(store: Shared) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let journal = tmp.path().join("journal");
     std::fs::create_dir_all(&journal).unwrap();
-    let slow = journal_config(tmp.path(), redis, &journal, 60_000);
-    let config = journal_config(tmp.path(), redis, &journal, 100);
+    let slow = journal_config(tmp.path(), store, &journal, 60_000);
+    let config = journal_config(tmp.path(), store, &journal, 100);
     let lines: String = (0..TASKS).map(|i| format!("k{i}\tt{i}\n")).collect();
     let file = tmp.path().join("tasks.tsv");
     std::fs::write(&file, lines).unwrap();
@@ -135,10 +145,12 @@ fn kill_mid_drain_then_restart(redis: Option<&str>) -> f64 {
     secs
 }
 
-#[test]
-fn disk_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
-    let secs = kill_mid_drain_then_restart(None);
-    println!("disk: restart to drained after kill -9: {secs:.2} s");
+/// Runs [`kill_mid_drain_then_restart`] and checks the restart drained
+/// within 10 s (it waited 60 s for `lease_ttl` before leases were
+/// reclaimed from gone holders).
+fn restart_after_kill_drains_at_once(name: &str, store: Shared) {
+    let secs = kill_mid_drain_then_restart(store);
+    println!("{name}: restart to drained after kill -9: {secs:.2} s");
     assert!(
         secs < 10.0,
         "the restart took {secs:.1} s to drain (the dead host's leases waited for lease_ttl?)"
@@ -146,14 +158,20 @@ fn disk_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
 }
 
 #[test]
+fn disk_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
+    restart_after_kill_drains_at_once("disk", None);
+}
+
+#[test]
 fn redis_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
     let server = RedisServer::start().unwrap();
-    let secs = kill_mid_drain_then_restart(Some(&server.url()));
-    println!("redis: restart to drained after kill -9: {secs:.2} s");
-    assert!(
-        secs < 10.0,
-        "the restart took {secs:.1} s to drain (the dead host's leases waited for lease_ttl?)"
-    );
+    restart_after_kill_drains_at_once("redis", Some(("redis", &server.url())));
+}
+
+#[test]
+fn postgres_restart_after_kill_drains_the_dead_hosts_leases_at_once() {
+    let server = PostgresServer::start().unwrap();
+    restart_after_kill_drains_at_once("postgres", Some(("postgres", &server.url())));
 }
 
 /// `host hosts --json` with this config.
@@ -166,10 +184,10 @@ fn hosts_json(config: &Path) -> Vec<serde_json::Value> {
         .unwrap()
 }
 
-/// Writes a config for a host on `url` with its own data directory.
-fn redis_host(tmp: &Path, n: usize, url: &str, plugin: &Path) -> (PathBuf, Running) {
-    let config = HostToml::new(&tmp.join(format!("data-{n}")))
-        .redis(url)
+/// Writes a config for a host on the shared store with its own data
+/// directory, and starts it.
+fn shared_host(tmp: &Path, n: usize, store: Shared, plugin: &Path) -> (PathBuf, Running) {
+    let config = on(HostToml::new(&tmp.join(format!("data-{n}"))), store)
         .raw("runtime", "{ watch = false }")
         .plugin(plugin)
         .raw("config", r#"{ mode = "noop" }"#)
@@ -187,13 +205,25 @@ fn redis_host(tmp: &Path, n: usize, url: &str, plugin: &Path) -> (PathBuf, Runni
 #[test]
 fn two_hosts_on_one_redis_see_each_other_and_reload_reaches_them() {
     let server = RedisServer::start().unwrap();
-    let url = server.url();
+    two_hosts_see_each_other_and_reload_reaches_them(("redis", &server.url()));
+}
+
+#[test]
+fn two_hosts_on_one_postgres_see_each_other_and_reload_reaches_them() {
+    let server = PostgresServer::start().unwrap();
+    two_hosts_see_each_other_and_reload_reaches_them(("postgres", &server.url()));
+}
+
+/// Two hosts with their own data directories on one shared store: each
+/// lists both (`host hosts`, `host status`), and `host reload` reaches both.
+fn two_hosts_see_each_other_and_reload_reaches_them(store: (&str, &str)) {
+    let url = store.1.to_owned();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tk.wasm");
     let a = std::fs::read(plugin("testkit")).unwrap();
     std::fs::write(&path, &a).unwrap();
-    let (c0, _h0) = redis_host(tmp.path(), 0, &url, &path);
-    let (c1, _h1) = redis_host(tmp.path(), 1, &url, &path);
+    let (c0, _h0) = shared_host(tmp.path(), 0, Some(store), &path);
+    let (c1, _h1) = shared_host(tmp.path(), 1, Some(store), &path);
 
     // Each sees both, from its own data directory.
     for config in [&c0, &c1] {
@@ -213,13 +243,33 @@ fn two_hosts_on_one_redis_see_each_other_and_reload_reaches_them() {
         assert_eq!(h["plugins"][0]["version"], version_of(&a), "{h}");
         assert_eq!(h["plugins"][0]["max_workers"], 4, "{h}");
     }
+    // `GET /v1/hosts` of an API node on the same store (it runs no
+    // plugins, so it is no host itself) lists the same two.
+    let api = crate::api::Listening::start(host().args([
+        "serve",
+        "--queue-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let (code, body) = crate::api::http(&api.addr, "GET", "/v1/hosts", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = listed["hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{body}"));
+    let api_ids: HashSet<_> = listed.iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(api_ids, ids, "{body}");
+    api.stop();
     let text = ok(host().args(["hosts", "--queue-url", &url]));
     assert_eq!(text.matches("plugin tk version").count(), 2, "{text}");
-    // `host status` over Redis lists them too (it used to list none).
+    // `host status` over the shared store lists them too (over Redis it
+    // used to list none).
     let status = ok(host().args(["status", "--queue-url", &url]));
     assert_eq!(status.matches("host pid").count(), 2, "{status}");
 
-    // Both subscribe to reload requests once running: a reload of the
+    // Both listen for reload requests once running: a reload of the
     // unchanged file reaches both (and changes nothing).
     wait_until("both hosts listening for reloads", START, || {
         let out = output(host().args(["reload", "--queue-url", &url]));

@@ -187,6 +187,22 @@ async fn http_source_feeds_its_queue_through_the_poller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_run_polls_a_configured_source_into_a_plugins_queue() {
+    source_into_queue(|t| t.backend("memory")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_run_polls_a_configured_source_into_a_postgres_queue() {
+    let pg = tokio::task::spawn_blocking(taskhost_fixtures::postgres::PostgresServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = pg.url();
+    source_into_queue(|t| t.backend("postgres").string("queue_url", &url)).await;
+}
+
+/// A host on the store `on` sets polls an HTTP source (three jobs, then
+/// nothing) into queue `jobs`, which the archive plugin drains.
+async fn source_into_queue(on: impl FnOnce(HostToml) -> HostToml) {
     let polls = Arc::new(AtomicU64::new(0));
     let seen = polls.clone();
     let server = CountingServer::start(Arc::new(move |_, _| {
@@ -204,8 +220,7 @@ async fn host_run_polls_a_configured_source_into_a_plugins_queue() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("archive");
-    let config = HostToml::new(&tmp.path().join("data"))
-        .backend("memory")
+    let config = on(HostToml::new(&tmp.path().join("data")))
         .plugin(&support::plugin("archive"))
         .string("queue", "jobs")
         .dir(&archive, "/archive")

@@ -1,6 +1,6 @@
 //! Operator actions, black box: `host peek`, `host dead retry|purge`,
-//! `host cancel`, `host pause|resume` against real stores (disk and a real
-//! redis-server), with and without a running `host run`.
+//! `host cancel`, `host pause|resume` against real stores (disk, a real
+//! redis-server and a real PostgreSQL), with and without a running `host run`.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use taskhost_fixtures::postgres::PostgresServer;
 use taskhost_fixtures::redis::RedisServer;
 
 use crate::support::{host, ok, output, plugin, wait_until};
@@ -21,6 +22,10 @@ impl Store {
     }
 
     fn redis(server: &RedisServer) -> Self {
+        Self(vec!["--queue-url".into(), server.url().into()])
+    }
+
+    fn postgres(server: &PostgresServer) -> Self {
         Self(vec!["--queue-url".into(), server.url().into()])
     }
 
@@ -128,6 +133,12 @@ fn dead_letters_are_retried_by_id_and_purged_on_redis() {
     dead_letters_are_retried_by_id_and_purged(&Store::redis(&redis));
 }
 
+#[test]
+fn dead_letters_are_retried_by_id_and_purged_on_postgres() {
+    let pg = PostgresServer::start().unwrap();
+    dead_letters_are_retried_by_id_and_purged(&Store::postgres(&pg));
+}
+
 /// A running host whose stderr lines arrive on a channel.
 struct Running {
     child: Child,
@@ -224,6 +235,12 @@ fn pause_stops_a_running_host_and_resume_drains_on_disk() {
 fn pause_stops_a_running_host_and_resume_drains_on_redis() {
     let redis = RedisServer::start().unwrap();
     pause_stops_a_running_host_and_resume_drains(&Store::redis(&redis));
+}
+
+#[test]
+fn pause_stops_a_running_host_and_resume_drains_on_postgres() {
+    let pg = PostgresServer::start().unwrap();
+    pause_stops_a_running_host_and_resume_drains(&Store::postgres(&pg));
 }
 
 #[test]

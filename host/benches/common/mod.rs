@@ -7,6 +7,8 @@
 //! --bench NAME -- OPTIONS`) that includes this module and uses a part of it.
 #![allow(dead_code, reason = "each bench uses a part of the shared code")]
 
+pub mod harbor;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,6 +139,18 @@ pub struct PoolShape {
     pub workers: usize,
 }
 
+impl PoolShape {
+    /// The pool's configuration: this shape, flushing after 1 ms.
+    pub fn config(self) -> PoolConfig {
+        PoolConfig {
+            batch_size: self.batch_size,
+            max_workers: self.workers,
+            max_latency: Duration::from_millis(1),
+            ..PoolConfig::default()
+        }
+    }
+}
+
 /// Pushes `n` tasks of 100 bytes in batches of 1,000.
 pub async fn push_hundred_byte_tasks(queue: &Arc<dyn BaseQueue>, n: usize) -> Result<()> {
     let payload = vec![b'x'; 100];
@@ -159,12 +173,7 @@ pub async fn throughput(
     clock: Arc<dyn Clock>,
 ) -> Result<(f64, f64)> {
     let queue = store.queue("bench")?;
-    let cfg = PoolConfig {
-        batch_size: shape.batch_size,
-        max_workers: shape.workers,
-        max_latency: Duration::from_millis(1),
-        ..PoolConfig::default()
-    };
+    let cfg = shape.config();
     let start = Instant::now();
     let pool = WorkerPool::start(queue.clone(), handler, cfg, clock).map_err(anyhow::Error::msg)?;
     let stats = pool.stats();

@@ -1,6 +1,6 @@
 //! `host reload`: ask every running host to reload its plugins: SIGHUP to
-//! the hosts on the data directory, or a message over Redis to every host
-//! on it, whatever machine it runs on.
+//! the hosts on the data directory, or a request through Redis or
+//! PostgreSQL to every host on it, whatever machine it runs on.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -17,10 +17,11 @@ pub struct ReloadArgs {
     store: StoreArgs,
 }
 
-/// Asks every live host to reload (SIGHUP on disk, pub/sub over Redis).
+/// Asks every live host to reload (SIGHUP on disk, pub/sub over Redis, a
+/// count in each host's registry row on PostgreSQL).
 pub async fn reload(a: ReloadArgs) -> Result<()> {
     let cfg = a.store.load()?;
-    if cfg.backend == Backend::Redis {
+    if matches!(cfg.backend, Backend::Redis | Backend::Postgres) {
         let queues = open_queues(&cfg, clock::system())?;
         let asked = queues.registry().request_reload().await;
         let place = queues.describe();

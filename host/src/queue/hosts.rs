@@ -134,6 +134,24 @@ impl HostRegistry for LocalRegistry {
     }
 }
 
+/// Whether host `other`, still registered, is provably gone all the same:
+/// it ran on the machine and data directory of `me` (this host) and its
+/// run-file lock is free. That lets a restart pick up the leases of the
+/// process it replaces without waiting for a registration to expire.
+pub(crate) async fn gone_locally(me: Option<&HostInfo>, other: &HostInfo) -> bool {
+    let Some(me) = me else { return false };
+    let (Some(dir), Some(mine)) = (other.data_dir.clone(), me.data_dir.as_ref()) else {
+        return false;
+    };
+    if other.machine != me.machine || &dir != mine {
+        return false;
+    }
+    let id = other.id.clone();
+    tokio::task::spawn_blocking(move || crate::registry::run_file_released(&dir, &id))
+        .await
+        .unwrap_or(false)
+}
+
 /// Sorts hosts for people: by machine, then pid.
 pub(crate) fn sort_hosts(hosts: &mut [HostInfo]) {
     hosts.sort_by(|a, b| (&a.machine, a.pid, &a.id).cmp(&(&b.machine, b.pid, &b.id)));

@@ -20,6 +20,8 @@
 pub mod admin;
 pub mod disk;
 pub mod hosts;
+#[cfg(test)]
+mod hosts_checks;
 pub mod memory;
 mod open;
 pub mod postgres;

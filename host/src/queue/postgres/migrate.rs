@@ -18,6 +18,12 @@ use super::fill;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "admin", include_str!("migrations/0002_admin.sql")),
+    (3, "hosts", include_str!("migrations/0003_hosts.sql")),
+    (
+        4,
+        "producer_grants",
+        include_str!("migrations/0004_producer_grants.sql"),
+    ),
 ];
 
 /// The schema version this binary creates and understands.
@@ -54,9 +60,18 @@ pub(super) async fn migrate(conn: &mut Object, schema: &str) -> Result<(), Error
         &[&schema],
     )
     .await?;
+    // A schema an administrator created for the host's role is used as it
+    // is: the host then needs no right to create schemas in the database
+    // (`CREATE SCHEMA IF NOT EXISTS` checks that right first).
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await?
+        .is_some();
+    if !exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {q}")).await?;
+    }
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {q};
-         CREATE TABLE IF NOT EXISTS {q}.schema_migrations (
+        "CREATE TABLE IF NOT EXISTS {q}.schema_migrations (
              version    integer PRIMARY KEY,
              name       text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()

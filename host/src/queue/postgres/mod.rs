@@ -7,17 +7,20 @@
 //! |---|---|
 //! | `mod.rs` | [`PostgresOptions`], [`PostgresStore`] and the state its queues share |
 //! | `queue.rs` | [`PostgresQueue`]: each operation's statement, arguments and reply |
+//! | `push.rs` | pushing a batch in one statement, and finding who holds a taken unique key |
 //! | `sql/*.sql` | one statement per operation, each documenting its parameters |
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
+//! | `vacuum.rs` | vacuuming `tasks` after every so many settled tasks |
 //! | `admin.rs` | the operator actions (peek, dead letters, cancel, pause) |
+//! | `hosts.rs` | the host registry: heartbeats, reclaiming a gone host's leases, reload requests |
 //!
 //! # Layout (schema `taskhost` by default)
 //!
 //! `tasks` holds live tasks only (pending, delayed, leased); `dead` the
 //! dead letters (trimmed to [`PostgresOptions::dead_capacity`] per queue);
-//! `queues` the names ever pushed to; `schema_migrations` the applied
-//! migrations. `push(queue, payload, unique_key, delay)` is the producers'
+//! `queues` the names ever pushed to; `hosts` the running hosts (see
+//! `hosts.rs`); `schema_migrations` the applied migrations. `push(queue, payload, unique_key, delay)` is the producers'
 //! transactional enqueue (see the README).
 //!
 //! # Invariants and why
@@ -41,6 +44,19 @@
 //!   `<schema>.wake` with the queue name; waiting hosts `LISTEN` on it and
 //!   still poll on their time-outs, so a lost notification only delays.
 //!
+//! # Plans
+//!
+//! The planner's idea of the size of `tasks` comes from its last vacuum or
+//! analyse, often taken when the backlog was near empty (reltuples 0). A
+//! join between `tasks` and a batch's arrays was then planned as a scan of
+//! all of `tasks` per batch (a lease of 100 took 14 s on 185,000 rows). So
+//! no statement joins `tasks` with anything: a batch's rows are found by
+//! `id = ANY($ids)` on the primary key, their other per-row arguments by
+//! `array_position`; and the host's connections set `enable_seqscan=off`
+//! and `enable_bitmapscan=off`, so the lease walks `tasks_due` in order and
+//! stops at its limit instead of collecting and sorting every due row,
+//! which a planner that believes the table empty judges cheaper.
+//!
 //! # Failures
 //!
 //! Connections come from a `deadpool-postgres` pool, which replaces closed
@@ -52,8 +68,11 @@
 //! to the caller, so nothing acknowledged as pushed is lost.
 
 mod admin;
+mod hosts;
 mod migrate;
+mod push;
 mod queue;
+mod vacuum;
 mod wake;
 
 #[cfg(test)]
@@ -97,6 +116,9 @@ pub struct PostgresOptions {
     /// How long one connection attempt may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Tasks this host settles between its `VACUUM`s of the tasks table
+    /// (see `vacuum.rs`); 0 leaves it to autovacuum.
+    pub vacuum_every: u64,
 }
 
 impl Default for PostgresOptions {
@@ -109,6 +131,7 @@ impl Default for PostgresOptions {
             pool_size: 8,
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            vacuum_every: 50_000,
         }
     }
 }
@@ -143,6 +166,11 @@ impl PostgresOptions {
 #[derive(Debug)]
 struct Statements {
     push: String,
+    /// `push` without its `ON CONFLICT` clause, for batches without unique
+    /// keys: an insert with an arbiter index is a speculative insertion,
+    /// dearer per row even when no row has a key.
+    push_plain: String,
+    holders: String,
     lease: String,
     renew: String,
     ack: String,
@@ -156,6 +184,14 @@ struct Statements {
     count: String,
     notify: String,
     queues: String,
+    heartbeat: String,
+    hosts: String,
+    reloads: String,
+    request_reload: String,
+    gone_hosts: String,
+    reclaim: String,
+    deregister: String,
+    vacuum: String,
 }
 
 impl Statements {
@@ -163,6 +199,8 @@ impl Statements {
         let s = |sql: &str| fill(sql, schema);
         Self {
             push: s(include_str!("sql/push.sql")),
+            push_plain: s(&include_str!("sql/push.sql").replace(push_conflict_clause(), "")),
+            holders: s(include_str!("sql/holders.sql")),
             lease: s(include_str!("sql/lease.sql")),
             renew: s(include_str!("sql/renew.sql")),
             ack: s(include_str!("sql/ack.sql")),
@@ -176,8 +214,27 @@ impl Statements {
             count: s(include_str!("sql/count.sql")),
             notify: s("SELECT pg_notify(@channel@, $1)::text"),
             queues: s("SELECT name FROM @schema@.queues ORDER BY name"),
+            heartbeat: s(
+                "INSERT INTO @schema@.hosts (id, info, expires_at)
+                 VALUES ($1, $2::text::jsonb, now() + make_interval(secs => $3))
+                 ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, expires_at = EXCLUDED.expires_at",
+            ),
+            hosts: s("SELECT info::text FROM @schema@.hosts WHERE expires_at > now()"),
+            reloads: s("SELECT reloads FROM @schema@.hosts WHERE id = $1"),
+            request_reload: s(
+                "UPDATE @schema@.hosts SET reloads = reloads + 1 WHERE expires_at > now()",
+            ),
+            gone_hosts: s(include_str!("sql/gone_hosts.sql")),
+            reclaim: s(include_str!("sql/reclaim.sql")),
+            deregister: s(include_str!("sql/deregister.sql")),
+            vacuum: s("VACUUM (SKIP_LOCKED) @schema@.tasks"),
         }
     }
+}
+
+/// The line of `sql/push.sql` that skips tasks whose unique key is taken.
+fn push_conflict_clause() -> &'static str {
+    "    ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING\n"
 }
 
 /// `sql` with `@schema@` replaced by the quoted schema name and
@@ -203,8 +260,14 @@ struct Shared {
     sql: Statements,
     /// Set once the schema is at this binary's version.
     migrated: OnceCell<()>,
-    /// Who holds leases taken through this store, for people reading rows.
-    holder: String,
+    /// The registered host whose id leases taken through this store
+    /// record as holder; none before it registers (such leases come back
+    /// only when they expire).
+    holder: std::sync::Mutex<Option<Arc<str>>>,
+    /// Tasks settled through this store, for `vacuum.rs`.
+    settled: std::sync::atomic::AtomicU64,
+    /// This host's last registration (its machine and data directory).
+    me: std::sync::Mutex<Option<crate::queue::HostInfo>>,
     /// Per queue name: woken when Postgres says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
@@ -304,6 +367,14 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("taskhost");
         }
+        // Every statement of the host walks an index in order (see "Plans"
+        // in the module doc).
+        const PLANS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off";
+        let options = match config.get_options() {
+            Some(o) => format!("{o} {PLANS}"),
+            None => PLANS.to_owned(),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config.clone(),
             tokio_postgres::NoTls,
@@ -317,7 +388,6 @@ impl PostgresStore {
             .create_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| QueueError::Config(format!("queue URL {shown}: {e}")))?;
-        let holder = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(Self {
             shared: Arc::new(Shared {
                 url: shown,
@@ -327,21 +397,14 @@ impl PostgresStore {
                 opts,
                 clock,
                 migrated: OnceCell::new(),
-                holder,
+                holder: Default::default(),
+                settled: Default::default(),
+                me: Default::default(),
                 wakes: Default::default(),
                 listening: watch::channel(false).0,
             }),
             queues: Handles::default(),
         })
-    }
-
-    /// Checks that the database answers and its schema is usable.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let conn = self.shared.conn().await?;
-        conn.simple_query("SELECT 1")
-            .await
-            .map_err(|e| self.shared.pg_error(e))?;
-        Ok(())
     }
 
     /// The URL without its password.
@@ -353,12 +416,6 @@ impl PostgresStore {
     pub fn listening(&self) -> watch::Receiver<bool> {
         self.shared.ensure_listening();
         self.shared.listening.subscribe()
-    }
-
-    /// Stops the wake-up listener and waits for it; closes the pool.
-    pub async fn close(&self) {
-        self.shared.wakes.stop().await;
-        self.shared.pool.close();
     }
 }
 
@@ -390,15 +447,26 @@ impl QueueStore for PostgresStore {
             .collect()
     }
 
+    /// Checks that the database answers and its schema is usable.
     async fn ping(&self) -> Result<(), QueueError> {
-        PostgresStore::ping(self).await
+        let conn = self.shared.conn().await?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| self.shared.pg_error(e))?;
+        Ok(())
     }
 
+    /// Stops the wake-up listener and waits for it; closes the pool.
     async fn close(&self) {
-        PostgresStore::close(self).await
+        self.shared.wakes.stop().await;
+        self.shared.pool.close();
     }
 
     fn describe(&self) -> String {
         format!("postgres at {}", self.url())
+    }
+
+    fn registry(&self) -> Arc<dyn crate::queue::HostRegistry> {
+        Arc::new(hosts::PostgresRegistry::new(self.shared.clone()))
     }
 }

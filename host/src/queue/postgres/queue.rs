@@ -53,12 +53,12 @@ fn sql_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-fn duration_ms(d: Duration) -> i64 {
+pub(super) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Non-negative database numbers as the queue's unsigned ones.
-fn unsigned(v: i64) -> u64 {
+pub(super) fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -71,7 +71,7 @@ impl PostgresQueue {
         }
     }
 
-    fn now(&self) -> i64 {
+    pub(super) fn now(&self) -> i64 {
         sql_ms(self.shared.clock.now_ms())
     }
 
@@ -95,52 +95,6 @@ impl PostgresQueue {
                 r => return r,
             }
         }
-    }
-
-    async fn push_once(&self, tasks: &[NewTask]) -> Result<Option<Vec<Pushed>>, QueueError> {
-        let sh = &self.shared;
-        let now = self.now();
-        let payloads: Vec<&[u8]> = tasks.iter().map(|t| t.payload.as_slice()).collect();
-        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
-        let visible: Vec<i64> = tasks
-            .iter()
-            .map(|t| now.saturating_add(t.delay.map_or(0, duration_ms)))
-            .collect();
-        let mut conn = sh.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| sh.pg_error(e))?;
-        if let Some(cap) = sh.opts.capacity {
-            tx.query_one(&sh.sql.lock, &[&&*self.name])
-                .await
-                .map_err(|e| sh.pg_error(e))?;
-            let held: i64 = tx
-                .query_one(&sh.sql.count, &[&&*self.name])
-                .await
-                .and_then(|r| r.try_get(0))
-                .map_err(|e| sh.pg_error(e))?;
-            if unsigned(held).saturating_add(tasks.len() as u64) > cap as u64 {
-                return Ok(None);
-            }
-        }
-        let stmt = tx
-            .prepare_cached(&sh.sql.push)
-            .await
-            .map_err(|e| sh.pg_error(e))?;
-        let rows = tx
-            .query(&stmt, &[&&*self.name, &payloads, &keys, &visible, &now])
-            .await
-            .map_err(|e| sh.pg_error(e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: i64 = r.try_get(0).map_err(|e| sh.pg_error(e))?;
-            let created: bool = r.try_get(1).map_err(|e| sh.pg_error(e))?;
-            out.push(if created {
-                Pushed::Created(unsigned(id))
-            } else {
-                Pushed::Duplicate(unsigned(id))
-            });
-        }
-        tx.commit().await.map_err(|e| sh.pg_error(e))?;
-        Ok(Some(out))
     }
 
     /// Applies the grouped settlements in one transaction; returns how
@@ -249,6 +203,7 @@ impl BaseQueue for PostgresQueue {
         let until = now.saturating_add(duration_ms(ttl));
         let nonce = fastrand::i64(..);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let holder = lock(&sh.holder).clone();
         let conn = sh.conn().await?;
         let stmt = conn
             .prepare_cached(&sh.sql.lease)
@@ -257,7 +212,14 @@ impl BaseQueue for PostgresQueue {
         let rows = conn
             .query(
                 &stmt,
-                &[&&*self.name, &now, &limit, &until, &nonce, &sh.holder],
+                &[
+                    &&*self.name,
+                    &now,
+                    &limit,
+                    &until,
+                    &nonce,
+                    &holder.as_deref(),
+                ],
             )
             .await
             .map_err(|e| sh.pg_error(e))?;
@@ -357,6 +319,7 @@ impl BaseQueue for PostgresQueue {
                 nonces.remove(&s.lease);
             }
         }
+        self.shared.settled(applied).await;
         let applied = usize::try_from(applied).unwrap_or(usize::MAX).min(total);
         Ok(Settled {
             applied,

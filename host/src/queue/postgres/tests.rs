@@ -198,3 +198,166 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     busy.close().await;
     drop(server);
 }
+
+/// The plain-push statement is the keyed one without its conflict clause:
+/// the clause is found (a change to `sql/push.sql` must keep it one line).
+#[test]
+fn the_plain_push_statement_drops_only_the_conflict_clause() {
+    let s = Statements::new("taskhost");
+    assert!(s.push.contains("ON CONFLICT (queue, unique_key)"));
+    assert!(!s.push_plain.contains("ON CONFLICT (queue, unique_key)"));
+    assert!(
+        s.push_plain.contains("ON CONFLICT DO NOTHING"),
+        "the queue name's insert keeps its own"
+    );
+}
+
+/// A host vacuums the tasks table itself after every `vacuum_every` tasks
+/// it settled, so its dead rows are reused without waiting for autovacuum.
+#[tokio::test]
+async fn settling_vacuums_the_tasks_table_every_so_many_tasks() {
+    let server = server().await;
+    let opts = PostgresOptions {
+        vacuum_every: 25,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::open(&server.url(), opts, clock::system()).unwrap();
+    let q = store.queue("jobs").unwrap();
+    let vacuums = || async {
+        client(&server.url())
+            .await
+            .query_one(
+                "SELECT vacuum_count FROM pg_stat_user_tables
+                 WHERE schemaname = 'taskhost' AND relname = 'tasks'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    q.push_batch((0..60).map(|i| NewTask::new(format!("t{i}"))).collect())
+        .await
+        .unwrap();
+    let mut settled = 0;
+    let mut counts = Vec::new();
+    while settled < 60 {
+        let got = q.lease(10, Duration::from_secs(60)).await.unwrap();
+        let leases: Vec<_> = got.iter().map(|t| t.lease()).collect();
+        settled += q.ack(&leases).await.unwrap().applied;
+        counts.push(vacuums().await);
+    }
+    // 25 and 50 were crossed after the 3rd and the 5th batch.
+    assert_eq!(counts, [0, 0, 1, 1, 2, 2], "vacuums after each batch of 10");
+    store.close().await;
+}
+
+/// The most rows any scan of a table or index in a plan produced (over all
+/// its loops), from `EXPLAIN (ANALYZE, FORMAT JSON)`.
+fn most_rows(plan: &serde_json::Value) -> u64 {
+    fn walk(node: &serde_json::Value) -> u64 {
+        let scans = node.get("Relation Name").is_some() || node.get("Index Name").is_some();
+        let own = if scans {
+            node["Actual Rows"].as_u64().unwrap_or(0) * node["Actual Loops"].as_u64().unwrap_or(1)
+        } else {
+            0
+        };
+        let kids = node["Plans"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().map(walk).max().unwrap_or(0));
+        own.max(kids)
+    }
+    walk(&plan[0]["Plan"])
+}
+
+/// The planner believes `tasks` empty after a vacuum of an empty queue;
+/// a backlog then builds. Leasing and acking a batch of 100 from 50,000
+/// still read only about the batch's rows, not the whole table (the lease
+/// used to join the table with the batch and walk all of it per row of the
+/// batch: 14 s a lease on 185,000 rows; or to bitmap-scan every due row and
+/// sort them).
+#[tokio::test]
+async fn a_batch_reads_only_its_rows_even_when_the_planner_thinks_the_table_empty() {
+    let server = server().await;
+    let store = open(&server.url());
+    store.ping().await.unwrap();
+    let c = client(&server.url()).await;
+    // A drained backlog, vacuumed while hosts held the table (so its pages
+    // stay): the table has pages and, to the planner, no rows.
+    let backlog = "INSERT INTO taskhost.tasks (queue, payload, enqueued_at, visible_at)
+         SELECT 'jobs', convert_to(repeat('x', 100), 'UTF8'), 0, 0 FROM generate_series(1, 50000)";
+    c.batch_execute(backlog).await.unwrap();
+    c.batch_execute("DELETE FROM taskhost.tasks").await.unwrap();
+    c.batch_execute("VACUUM (TRUNCATE false) taskhost.tasks")
+        .await
+        .unwrap();
+    c.batch_execute(backlog).await.unwrap();
+    let reltuples: f32 = c
+        .query_one(
+            "SELECT reltuples FROM pg_class WHERE oid = 'taskhost.tasks'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reltuples, 0.0, "the planner believes the table empty");
+    // As the host's connections run them: generic plans, no seq scans.
+    c.batch_execute(
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+         SET plan_cache_mode = force_generic_plan",
+    )
+    .await
+    .unwrap();
+    let sql = Statements::new("taskhost");
+    let explain = |stmt: &str, args: &str| {
+        format!("PREPARE s AS {stmt}; EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE s({args})")
+    };
+    let json = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> serde_json::Value {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap()
+    };
+    let lease = json(
+        c.simple_query(&explain(&sql.lease, "'jobs', 1, 100, 99, 7, NULL"))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        most_rows(&lease) <= 200,
+        "the lease read {} rows: {lease}",
+        most_rows(&lease)
+    );
+    c.batch_execute("DEALLOCATE s").await.unwrap();
+    let held = c
+        .query_one(
+            "SELECT array_agg(id)::text, array_agg(nonce)::text, array_agg(attempt)::text
+             FROM taskhost.tasks WHERE nonce = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (ids, nonces, attempts): (String, String, String) = (held.get(0), held.get(1), held.get(2));
+    let ack = json(
+        c.simple_query(&explain(
+            &sql.ack,
+            &format!("'{ids}', '{nonces}', '{attempts}'"),
+        ))
+        .await
+        .unwrap(),
+    );
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM taskhost.tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 49_900, "the ack deleted the batch");
+    assert!(
+        most_rows(&ack) <= 200,
+        "the ack read {} rows: {ack}",
+        most_rows(&ack)
+    );
+    store.close().await;
+}

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::script::{array, int};
 use super::{Shared, keys};
 use crate::backoff::Backoff;
-use crate::queue::hosts::sort_hosts;
+use crate::queue::hosts::{gone_locally, sort_hosts};
 use crate::queue::util::lock;
 use crate::queue::{HostInfo, HostRegistry, QueueError};
 
@@ -64,21 +64,10 @@ impl RedisRegistry {
     }
 
     /// Whether host `other`, registered and not expired, is provably gone
-    /// all the same: it ran on this machine and data directory and its
-    /// run-file lock is free.
+    /// all the same (see [`gone_locally`]).
     async fn gone_locally(&self, other: &HostInfo) -> bool {
         let me = lock(&self.shared.me).clone();
-        let Some(me) = me else { return false };
-        let (Some(dir), Some(mine)) = (other.data_dir.clone(), me.data_dir.as_ref()) else {
-            return false;
-        };
-        if other.machine != me.machine || &dir != mine {
-            return false;
-        }
-        let id = other.id.clone();
-        tokio::task::spawn_blocking(move || crate::registry::run_file_released(&dir, &id))
-            .await
-            .unwrap_or(false)
+        gone_locally(me.as_ref(), other).await
     }
 
     /// Moves every batch `host` holds on queue `queue` back to `ready`.

@@ -3,67 +3,25 @@
 use super::*;
 use crate::clock;
 use crate::queue::redis::{RedisOptions, RedisStore};
-use crate::queue::{NewTask, QueueStore};
+use crate::queue::{QueueStore, hosts_checks};
 use taskhost_fixtures::redis::RedisServer;
 
-fn me(id: &str) -> HostInfo {
-    HostInfo {
-        id: id.into(),
-        machine: "test".into(),
-        pid: 4242,
-        ..HostInfo::default()
-    }
-}
-
-const TTL: Duration = Duration::from_secs(3600);
-
 /// A host whose heartbeat key expired (deleted here, as an expiry would)
-/// is gone: every batch it held comes back at once, its id leaves the
-/// registry, and it can neither renew nor settle what it held. Another
-/// host's batch stays put.
+/// is gone: the shared registry check, then nothing is left in its set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_heartbeat_expired_loses_its_leases_at_once() {
     let server = RedisServer::start().unwrap();
     let open =
         || RedisStore::open(&server.url(), RedisOptions::default(), clock::system()).unwrap();
     let (a, b) = (open(), open());
-    let (qa, qb) = (a.queue("jobs").unwrap(), b.queue("jobs").unwrap());
-    let tasks: Vec<_> = (0..10).map(|i| NewTask::new(format!("t{i}"))).collect();
-    qa.push_batch(tasks).await.unwrap();
-    let (ra, rb) = (a.registry(), b.registry());
-    ra.heartbeat(&me("host-a")).await.unwrap();
-    rb.heartbeat(&me("host-b")).await.unwrap();
-    let held_a = [
-        qa.lease(3, TTL).await.unwrap(),
-        qa.lease(3, TTL).await.unwrap(),
-    ]
-    .concat();
-    let held_b = qb.lease(2, TTL).await.unwrap();
-    assert_eq!(rb.hosts().await.unwrap().len(), 2);
-    assert_eq!(rb.reclaim_gone().await.unwrap(), 0, "both alive");
-
-    server.command(&["DEL", "taskhost:host:host-a"]).unwrap();
-    assert_eq!(rb.reclaim_gone().await.unwrap(), 6);
-    let hosts = rb.hosts().await.unwrap();
-    assert_eq!(hosts.len(), 1);
-    assert_eq!(hosts[0].id, "host-b");
-    let s = qb.stats().await.unwrap();
-    assert_eq!((s.pending, s.leased), (8, 2), "{s:?}");
-    let old: Vec<_> = held_a.iter().map(|t| t.lease()).collect();
-    assert_eq!(qa.renew(&old, TTL).await.unwrap(), 0);
-    assert_eq!(qa.ack(&old).await.unwrap().lost, 6);
-    let again = qb.lease(100, TTL).await.unwrap();
-    assert_eq!(again.len(), 8);
-    assert_eq!(again.iter().filter(|t| t.attempt == 2).count(), 6);
-    let mine: Vec<_> = held_b.iter().map(|t| t.lease()).collect();
-    assert_eq!(qb.ack(&mine).await.unwrap().applied, 2);
-    // Nothing is left in the gone host's set.
+    let expire = async {
+        server.command(&["DEL", "taskhost:host:host-a"]).unwrap();
+    };
+    hosts_checks::a_gone_host_loses_its_leases_at_once(&a, &b, expire).await;
     let left = server
         .command(&["EXISTS", "taskhost:{jobs}:h:host-a"])
         .unwrap();
     assert!(left.contains('0'), "{left}");
-    rb.deregister("host-b").await.unwrap();
-    assert!(rb.hosts().await.unwrap().is_empty());
     a.close().await;
     b.close().await;
 }

@@ -1,6 +1,8 @@
 -- Makes held tasks visible again at their retry time. $1 ids, $2 nonces,
--- $3 attempts, $4 visible-at (ms). Affected rows = retries applied.
+-- $3 attempts, $4 visible-at (ms) (same positions). Affected rows =
+-- retries applied.
 UPDATE @schema@.tasks t
-SET visible_at = s.at, nonce = NULL, holder = NULL
-FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::bigint[]) AS s(id, nonce, attempt, at)
-WHERE t.id = s.id AND t.nonce = s.nonce AND t.attempt = s.attempt
+SET visible_at = ($4::bigint[])[array_position($1::bigint[], t.id)], nonce = NULL, holder = NULL
+WHERE t.id = ANY($1::bigint[])
+  AND t.nonce = ($2::bigint[])[array_position($1::bigint[], t.id)]
+  AND t.attempt = ($3::integer[])[array_position($1::bigint[], t.id)]

@@ -1,0 +1,71 @@
+//! Checks every shared-store registry (Redis, PostgreSQL) must pass, one
+//! body each, run by the backends' registry tests against their servers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{HostInfo, NewTask, QueueStore};
+
+/// A registration named `id`, on no data directory.
+pub(crate) fn me(id: &str) -> HostInfo {
+    HostInfo {
+        id: id.into(),
+        machine: "test".into(),
+        pid: 4242,
+        ..HostInfo::default()
+    }
+}
+
+const TTL: Duration = Duration::from_secs(3600);
+
+/// Hosts `host-a` (on store `a`) and `host-b` (on `b`) register and lease
+/// from queue `jobs`; `expire` ends host-a's registration as its backend's
+/// expiry would. Then every lease host-a held comes back at once, its
+/// registration is gone, and it can neither renew nor settle what it held;
+/// host-b's leases stay put.
+pub(crate) async fn a_gone_host_loses_its_leases_at_once(
+    a: &dyn QueueStore,
+    b: &dyn QueueStore,
+    expire: impl Future<Output = ()>,
+) {
+    let (qa, qb) = (a.queue("jobs").unwrap(), b.queue("jobs").unwrap());
+    let tasks: Vec<_> = (0..10).map(|i| NewTask::new(format!("t{i}"))).collect();
+    qa.push_batch(tasks).await.unwrap();
+    let (ra, rb) = (a.registry(), b.registry());
+    ra.heartbeat(&me("host-a")).await.unwrap();
+    rb.heartbeat(&me("host-b")).await.unwrap();
+    let held_a = [
+        qa.lease(3, TTL).await.unwrap(),
+        qa.lease(3, TTL).await.unwrap(),
+    ]
+    .concat();
+    let held_b = qb.lease(2, TTL).await.unwrap();
+    assert_eq!(rb.hosts().await.unwrap().len(), 2);
+    assert_eq!(rb.reclaim_gone().await.unwrap(), 0, "both alive");
+
+    expire.await;
+    assert_eq!(rb.reclaim_gone().await.unwrap(), 6);
+    assert_eq!(rb.reclaim_gone().await.unwrap(), 0, "once");
+    let hosts = rb.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].id, "host-b");
+    let s = qb.stats().await.unwrap();
+    assert_eq!((s.pending, s.leased), (8, 2), "{s:?}");
+    let old: Vec<_> = held_a.iter().map(|t| t.lease()).collect();
+    assert_eq!(qa.renew(&old, TTL).await.unwrap(), 0);
+    assert_eq!(qa.ack(&old).await.unwrap().lost, 6);
+    let again = qb.lease(100, TTL).await.unwrap();
+    assert_eq!(again.len(), 8);
+    assert_eq!(again.iter().filter(|t| t.attempt == 2).count(), 6);
+    let mine: Vec<_> = held_b.iter().map(|t| t.lease()).collect();
+    assert_eq!(qb.ack(&mine).await.unwrap().applied, 2);
+    let rest: Vec<_> = again.iter().map(|t| t.lease()).collect();
+    assert_eq!(qb.ack(&rest).await.unwrap().applied, 8);
+
+    // A host taken for gone registers again with its next heartbeat.
+    ra.heartbeat(&me("host-a")).await.unwrap();
+    assert_eq!(rb.hosts().await.unwrap().len(), 2);
+    rb.deregister("host-b").await.unwrap();
+    ra.deregister("host-a").await.unwrap();
+    assert!(rb.hosts().await.unwrap().is_empty());
+}

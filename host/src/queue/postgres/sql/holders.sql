@@ -1,0 +1,2 @@
+-- The live tasks of queue $1 holding unique keys $2: (id, unique_key).
+SELECT id, unique_key FROM @schema@.tasks WHERE queue = $1 AND unique_key = ANY($2::text[])
