@@ -275,7 +275,20 @@ fn the_js_archive_plugin_removes_what_an_unfinished_attempt_left() {
     archive_removes_what_an_unfinished_attempt_left(Lang::Js);
 }
 
+#[test]
+fn the_c_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::C);
+}
+
+#[test]
+fn the_go_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::Go);
+}
+
 fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
+    if crate::support::langs::skip(lang) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
