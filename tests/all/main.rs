@@ -17,5 +17,6 @@ mod plugins;
 mod postgres;
 mod push;
 mod redis;
+mod redis_access;
 mod store;
 mod support;
