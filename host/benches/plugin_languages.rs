@@ -34,6 +34,12 @@ struct BenchLangsArgs {
     /// JavaScript archiver (built by `cargo test -p taskhost --test all languages::`).
     #[arg(long, default_value = "target/langs/archive-js.wasm")]
     js: PathBuf,
+    /// C archiver (built by `cargo test -p taskhost --test all languages::`).
+    #[arg(long, default_value = "target/langs/archive-c.wasm")]
+    c: PathBuf,
+    /// Go archiver (built by `cargo test -p taskhost --test all languages::`).
+    #[arg(long, default_value = "target/langs/archive-go.wasm")]
+    go: PathBuf,
     /// Tasks per throughput run.
     #[arg(long, default_value_t = 20_000)]
     tasks: usize,
@@ -104,7 +110,13 @@ async fn bench_langs(a: BenchLangsArgs) -> Result<()> {
         "{:<8} {:>10} {:>12} {:>12} {:>14} {:>12}",
         "language", "size", "first load", "cached load", "call/batch", "tasks/s"
     );
-    for (lang, path) in [("rust", &a.rust), ("python", &a.python), ("js", &a.js)] {
+    for (lang, path) in [
+        ("rust", &a.rust),
+        ("python", &a.python),
+        ("js", &a.js),
+        ("c", &a.c),
+        ("go", &a.go),
+    ] {
         let size = std::fs::metadata(path)
             .with_context(|| format!("{lang} component {}", path.display()))?
             .len();

@@ -5,7 +5,10 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{check, hosts, init, new_plugin, ops, peek, push, reload, run, serve, status, wit};
+use cli::{
+    bindgen, check, componentize, hosts, init, new_plugin, ops, peek, push, reload, run, serve,
+    status, wit,
+};
 
 /// A task-processing host whose handlers are WebAssembly components.
 #[derive(Debug, Parser)]
@@ -42,7 +45,7 @@ enum Cmd {
     Hosts(hosts::HostsArgs),
     /// Serve the HTTP API and /metrics over the queues, without plugins.
     Serve(serve::ServeArgs),
-    /// Write a ready-to-build plugin skeleton (rust, python or js).
+    /// Write a ready-to-build plugin skeleton (rust, python, js, c or go).
     NewPlugin(new_plugin::NewPluginArgs),
     /// Check that the queue store is sound (SQLite's integrity check on disk).
     Check(check::CheckArgs),
@@ -50,6 +53,10 @@ enum Cmd {
     Init(init::InitArgs),
     /// Print (or write with --out) the plugin interface, for bindings generators.
     Wit(wit::WitArgs),
+    /// Write C or Go bindings of a plugin world (no generator to install).
+    Bindgen(bindgen::BindgenArgs),
+    /// Make a plugin component of a WASI preview1 core module (C, Go, ...).
+    Componentize(componentize::ComponentizeArgs),
     /// List a queue's tasks in one state without taking them.
     Peek(peek::PeekArgs),
     /// Retry or purge dead letters.
@@ -96,6 +103,8 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Check(a) => check::check(a).await,
         Cmd::Init(a) => init::init(a).await,
         Cmd::Wit(a) => wit::wit(a),
+        Cmd::Bindgen(a) => bindgen::bindgen(a),
+        Cmd::Componentize(a) => componentize::componentize(a),
         Cmd::Peek(a) => peek::peek(a).await,
         Cmd::Dead(a) => ops::dead(a).await,
         Cmd::Pause(a) => ops::pause(a, true).await,

@@ -275,7 +275,20 @@ fn the_js_archive_plugin_removes_what_an_unfinished_attempt_left() {
     archive_removes_what_an_unfinished_attempt_left(Lang::Js);
 }
 
+#[test]
+fn the_c_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::C);
+}
+
+#[test]
+fn the_go_archive_plugin_removes_what_an_unfinished_attempt_left() {
+    archive_removes_what_an_unfinished_attempt_left(Lang::Go);
+}
+
 fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
+    if crate::support::langs::skip(lang) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
@@ -394,5 +407,45 @@ fn host_wit_prints_and_writes_the_plugin_interface() {
     assert_eq!(
         std::fs::read_to_string(out.join("plugin.wit")).unwrap(),
         wit
+    );
+}
+
+#[test]
+fn host_componentize_names_the_file_and_what_to_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let command = tmp.path().join("command.wasm");
+    std::fs::write(
+        &command,
+        wat::parse_str(r#"(module (func (export "_start")))"#).unwrap(),
+    )
+    .unwrap();
+    let out = output(
+        host()
+            .arg("componentize")
+            .arg(&command)
+            .arg("-o")
+            .arg(tmp.path().join("plugin.wasm")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&command.display().to_string())
+            && err.contains("-mexec-model=reactor"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("plugin.wasm").exists());
+
+    let empty = tmp.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(module)").unwrap()).unwrap();
+    let out = output(
+        host()
+            .args(["componentize", "--world", "source-plugin", "-o"])
+            .arg(tmp.path().join("plugin.wasm"))
+            .arg(&empty),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("taskhost:plugin/source@0.1.0#poll"),
+        "the missing export is named: {err}"
     );
 }

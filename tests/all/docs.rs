@@ -42,6 +42,11 @@ fn script(page: &str) -> String {
 
 /// Runs page `name` in a fresh directory; `prepare` may set up the directory first.
 fn run_page(name: &str, prepare: impl FnOnce(&Path)) {
+    run_page_with(name, prepare, &[]);
+}
+
+/// `run_page`, with `tools` (folders of toolchains) first on `PATH`.
+fn run_page_with(name: &str, prepare: impl FnOnce(&Path), tools: &[std::path::PathBuf]) {
     let path = root().join("plugins/docs").join(name);
     let page = std::fs::read_to_string(&path).unwrap();
     let script = script(&page);
@@ -52,11 +57,13 @@ fn run_page(name: &str, prepare: impl FnOnce(&Path)) {
     let tmp = tempfile::tempdir().unwrap();
     prepare(tmp.path());
     let bin = Path::new(env!("CARGO_BIN_EXE_host")).parent().unwrap();
-    let path_var = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let path_var = std::env::join_paths(
+        std::iter::once(bin.to_owned())
+            .chain(tools.iter().cloned())
+            .chain(std::env::split_paths(&old)),
+    )
+    .unwrap();
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
@@ -67,6 +74,7 @@ fn run_page(name: &str, prepare: impl FnOnce(&Path)) {
         // target folder, say) must not decide whether the page works.
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env("GOTOOLCHAIN", "local")
         .output()
         .unwrap();
     assert!(
@@ -101,6 +109,23 @@ fn rust_page_runs() {
 }
 
 #[test]
+fn c_page_runs() {
+    if support::langs::skip(support::langs::Lang::C) {
+        return;
+    }
+    run_page("c.md", |_| {});
+}
+
+#[test]
+fn go_page_runs() {
+    let Ok(go) = support::langs::go_bin() else {
+        support::langs::skip(support::langs::Lang::Go);
+        return;
+    };
+    run_page_with("go.md", |_| {}, &[go]);
+}
+
+#[test]
 fn new_plugin_refuses_to_overwrite_and_bad_names() {
     let tmp = tempfile::tempdir().unwrap();
     support::ok(
@@ -127,7 +152,7 @@ fn new_plugin_refuses_to_overwrite_and_bad_names() {
 
 #[test]
 fn pages_are_complete() {
-    for page in ["rust.md", "python.md", "javascript.md"] {
+    for page in ["rust.md", "python.md", "javascript.md", "c.md", "go.md"] {
         let text = std::fs::read_to_string(root().join("plugins/docs").join(page)).unwrap();
         let s = script(&text);
         for needed in [

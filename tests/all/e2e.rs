@@ -126,7 +126,11 @@ fn broken_wasm_is_refused_naming_the_file() {
 
     let core = tmp.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    run_fails_with(&[], &core, &["core.wasm", "core WebAssembly module"]);
+    run_fails_with(
+        &[],
+        &core,
+        &["core.wasm", "core WebAssembly module", "host componentize"],
+    );
 
     let truncated = tmp.path().join("truncated.wasm");
     let bytes = std::fs::read(plugin("archive")).unwrap();

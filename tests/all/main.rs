@@ -20,5 +20,6 @@ mod postgres;
 mod postgres_docs;
 mod push;
 mod redis;
+mod redis_access;
 mod store;
 mod support;

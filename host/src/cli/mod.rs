@@ -19,7 +19,9 @@ macro_rules! outln {
     };
 }
 
+pub mod bindgen;
 pub mod check;
+pub mod componentize;
 pub mod hosts;
 pub mod init;
 pub mod log;

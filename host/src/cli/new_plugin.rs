@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use super::bindgen::{BindgenLang, generate, write_all};
 use super::wit::WIT;
 
 /// A language a skeleton can be written in.
@@ -16,6 +17,10 @@ pub enum Lang {
     Python,
     /// JavaScript, built by jco componentize (QuickJS).
     Js,
+    /// C, built by Debian's clang-19 for wasm32-wasi, then `host componentize`.
+    C,
+    /// Go (1.27.1 or newer), built for wasip1, then `host componentize`.
+    Go,
 }
 
 /// Options of `host new-plugin`.
@@ -77,8 +82,70 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 include_str!("../../../plugins/templates/js/gitignore"),
             ),
         ],
+        Lang::C => vec![
+            (
+                "plugin.c",
+                include_str!("../../../plugins/templates/c/plugin.c"),
+            ),
+            (
+                "Makefile",
+                include_str!("../../../plugins/templates/c/Makefile"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../plugins/templates/c/gitignore"),
+            ),
+        ],
+        Lang::Go => go_files(),
     });
     files
+}
+
+/// The Go skeleton, with the bindings' runtime package vendored so that it
+/// builds offline.
+fn go_files() -> Vec<(&'static str, &'static str)> {
+    macro_rules! go {
+        ($($path:literal),* $(,)?) => {
+            vec![$(($path, include_str!(concat!("../../../plugins/templates/go/", $path)))),*]
+        };
+    }
+    let mut files = go![
+        "go.mod",
+        "Makefile",
+        "export_taskhost_plugin_handler/handler.go",
+        "witpkg/go.mod",
+        "witpkg/LICENSE",
+        "witpkg/VENDORED.md",
+        "witpkg/wit/async/async.go",
+        "witpkg/wit/async/empty.s",
+        "witpkg/wit/runtime/empty.s",
+        "witpkg/wit/runtime/runtime.go",
+        "witpkg/wit/types/future.go",
+        "witpkg/wit/types/option.go",
+        "witpkg/wit/types/result.go",
+        "witpkg/wit/types/stream.go",
+        "witpkg/wit/types/tuple.go",
+        "witpkg/wit/types/unit.go",
+    ];
+    files.push((
+        ".gitignore",
+        include_str!("../../../plugins/templates/go/gitignore"),
+    ));
+    files
+}
+
+/// Bindings the skeleton needs generated from the host's WIT (C and Go only),
+/// as paths relative to the skeleton.
+fn generated(lang: Lang) -> Result<Vec<(String, Vec<u8>)>> {
+    let (bindgen_lang, dir) = match lang {
+        Lang::C => (BindgenLang::C, "bindings/"),
+        Lang::Go => (BindgenLang::Go, ""),
+        Lang::Rust | Lang::Python | Lang::Js => return Ok(Vec::new()),
+    };
+    Ok(generate(bindgen_lang, "handler-plugin")?
+        .into_iter()
+        .map(|(name, bytes)| (format!("{dir}{name}"), bytes))
+        .collect())
 }
 
 /// How to build a skeleton and where the component lands.
@@ -94,6 +161,7 @@ fn next_steps(lang: Lang, name: &str) -> String {
              host run --plugin plugin.wasm"
             .to_owned(),
         Lang::Js => "npm install\nnpm run build\nhost run --plugin plugin.wasm".to_owned(),
+        Lang::C | Lang::Go => format!("make\nhost run --plugin {name}.wasm"),
     }
 }
 
@@ -114,7 +182,12 @@ fn check_name(name: &str) -> Result<()> {
 pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
     check_name(&a.name)?;
     let dir = a.dir.unwrap_or_else(|| PathBuf::from(&a.name));
-    for (rel, _) in files(a.lang) {
+    let generated = generated(a.lang)?;
+    let paths = files(a.lang)
+        .into_iter()
+        .map(|(rel, _)| rel.to_owned())
+        .chain(generated.iter().map(|(rel, _)| rel.clone()));
+    for rel in paths {
         let path = dir.join(rel);
         if path.symlink_metadata().is_ok() {
             bail!(
@@ -126,6 +199,7 @@ pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
     for (rel, text) in files(a.lang) {
         write(&dir.join(rel), &text.replace("{{name}}", &a.name))?;
     }
+    write_all(&dir, &generated)?;
     outln!(
         "created {:?} plugin {} in {}\nnext, in that directory:\n{}",
         a.lang,
@@ -158,7 +232,7 @@ mod tests {
 
     #[test]
     fn every_skeleton_has_the_wit_and_no_leftover_placeholder_but_the_name() {
-        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::C, Lang::Go] {
             let files = files(lang);
             assert!(
                 files

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-/// The WIT package plugins are built against, as compiled into the host.
-pub const WIT: &str = include_str!("../../../wit/plugin.wit");
+pub use taskhost::plugin::componentize::WIT;
 
 /// Options of `host wit`.
 #[derive(Debug, Args)]

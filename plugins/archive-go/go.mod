@@ -1,0 +1,8 @@
+module wit_component
+
+go 1.27.1
+
+require go.bytecodealliance.org/pkg v0.4.0
+
+// The runtime package of the bindings, vendored once for the templates.
+replace go.bytecodealliance.org/pkg => ../templates/go/witpkg
