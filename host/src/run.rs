@@ -297,9 +297,9 @@ async fn run_with(
         loop {
             let mut empty = true;
             for (_, _, pool) in &pools {
-                match pool.queue().stats().await {
-                    Ok(s) if s.is_empty() => {}
-                    Ok(_) => empty = false,
+                match pool.queue().is_empty().await {
+                    Ok(true) => {}
+                    Ok(false) => empty = false,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading queue length");
                         empty = false;

@@ -216,6 +216,13 @@ pub(super) fn stats(c: &Connection, queue: &str, now: u64) -> rusqlite::Result<Q
     })
 }
 
+/// True when the queue holds no pending, delayed or leased task: one probe
+/// of the `(queue, visible_at, id)` index, however long the queue.
+pub(super) fn empty(c: &Connection, queue: &str) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1)")?
+        .query_row([queue], |r| r.get(0))
+}
+
 /// The newest dead letters of a queue.
 pub(super) fn dead(
     c: &Connection,
