@@ -369,9 +369,15 @@ fn redis_coming_back_is_logged_once_with_the_outage_length() {
         read().contains("unreachable")
     });
     redis.restart().unwrap();
-    wait_until("the return logged", LIMIT, || {
-        read().contains("Redis reachable again after")
-    });
+    let back = std::time::Instant::now() + LIMIT;
+    while !read().contains("Redis reachable again after") {
+        assert!(
+            std::time::Instant::now() < back,
+            "the return was not logged within {LIMIT:?}; the host's log:\n{}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Work flows again, and the return was logged once.
     ok(host().args(["push", "default", "x", "--queue-url", &url]));
     wait_until("the task done", LIMIT, || {

@@ -213,6 +213,16 @@ pub(crate) fn hosts_drain_each_task_exactly_once(store: Store) {
     }
 }
 
+/// Waits until some host has written `files` archive files; answers which.
+fn first_host_with(tmp: &Path, files: usize) -> usize {
+    let mut found = None;
+    wait_until(&format!("a host's first {files} batches"), LONG, || {
+        found = (0..HOSTS).find(|&n| archive_files(&out_dir(tmp, n)) >= files);
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
 /// One host SIGKILLed mid-run: every task done, duplicates no more than
 /// what it held.
 pub(crate) fn a_killed_host_loses_nothing(store: Store) {
@@ -220,11 +230,11 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
     let tmp = tempfile::tempdir().unwrap();
     let mut hosts = archive_hosts(tmp.path(), store);
     push_tasks(tmp.path(), store.url, TASKS);
-    let victim = out_dir(tmp.path(), 0);
-    wait_until("the victim's first batches", LONG, || {
-        archive_files(&victim) >= 20
-    });
-    let mut victim_host = hosts.remove(0);
+    // The victim is the first host with 20 batches done: a host that the
+    // others outran (SKIP LOCKED on a busy machine) could reach 20 only when
+    // the queue is nearly drained, and the kill would no longer be mid-run.
+    let victim = first_host_with(tmp.path(), 20);
+    let mut victim_host = hosts.remove(victim);
     victim_host.child.kill().unwrap(); // SIGKILL: its leases are never settled
     victim_host.child.wait().unwrap();
     let at_kill: usize = (0..HOSTS)
@@ -249,9 +259,7 @@ pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dy
     let tmp = tempfile::tempdir().unwrap();
     let hosts = archive_hosts(tmp.path(), store);
     push_tasks(tmp.path(), store.url, TASKS);
-    wait_until("the first batches", LONG, || {
-        archive_files(&out_dir(tmp.path(), 1)) >= 10
-    });
+    first_host_with(tmp.path(), 10);
     server.down();
     let down = output(host().args(["status", "--queue-url", store.url]));
     assert!(!down.status.success());

@@ -245,11 +245,21 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// A queue error naming the URL, saying so when Redis is unreachable.
+    ///
+    /// An unreachable Redis also starts an outage (if none is running), so
+    /// the next script that gets through logs the return, whichever
+    /// command saw Redis go.
     fn error(&self, e: redis::RedisError) -> QueueError {
         let unreachable = e.is_io_error()
             || e.is_connection_refusal()
             || e.is_connection_dropped()
             || e.is_timeout();
+        if unreachable {
+            self.outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(std::time::Instant::now);
+        }
         QueueError::Redis {
             url: self.url.clone(),
             message: if unreachable {

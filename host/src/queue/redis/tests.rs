@@ -452,3 +452,39 @@ async fn a_big_expired_batch_comes_back_in_parts_within_the_budget() {
     assert!(seen.iter().all(|t| t.attempt == 2));
     assert_eq!(q.stats().await.unwrap().leased, 30);
 }
+
+/// An outage first seen by a plain command (a pause check, a heartbeat)
+/// is remembered, so the next script that gets through logs that Redis is
+/// back and for how long: before, only script failures started an outage,
+/// and a host whose pause check saw Redis go never said it came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_seen_by_any_command_ends_at_the_next_script_answer() {
+    let mut server = RedisServer::start().unwrap();
+    let store = RedisStore::open(&server.url(), RedisOptions::default(), clock::system()).unwrap();
+    let queue = store.queue("jobs").unwrap();
+    queue.push(NewTask::new("x")).await.unwrap();
+    let outage = |s: &RedisStore| {
+        s.shared
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    };
+    assert!(!outage(&store));
+    server.kill();
+    let admin = queue.admin().expect("Redis queues have operator actions");
+    assert!(admin.is_paused().await.is_err(), "Redis is gone");
+    assert!(outage(&store), "the outage is remembered");
+    server.restart().unwrap();
+    // The connection manager reconnects on its own; a lease gets through.
+    let mut leased = Err(QueueError::Config(String::new()));
+    for _ in 0..100 {
+        leased = queue.lease(10, Duration::from_secs(60)).await;
+        if leased.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leased.unwrap();
+    assert!(!outage(&store), "the script's answer ended the outage");
+}
