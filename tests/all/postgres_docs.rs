@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::support::langs::{langs_dir, run};
+use crate::support::langs::{pip_venv, run};
 use crate::support::*;
 use taskhost_fixtures::postgres::{PostgresServer, bin_dir};
 
@@ -46,24 +46,13 @@ fn block(page: &str, lang: &str, marker: &str) -> String {
 fn psycopg_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let venv = langs_dir().join("pg-venv");
         let requirements = root().join("docs/postgres-requirements.txt");
-        let stamp = venv.join("requirements.installed");
-        let want = std::fs::read_to_string(&requirements).unwrap();
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
-            run(
-                "creating the psycopg virtualenv",
-                Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            );
-            run(
-                "installing psycopg",
-                Command::new(venv.join("bin/pip"))
-                    .args(["install", "--quiet", "-r"])
-                    .arg(&requirements),
-            );
-            std::fs::write(&stamp, want).unwrap();
-        }
-        venv
+        pip_venv(
+            "pg-venv",
+            &requirements,
+            &["python", "-c", "import psycopg"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     })
     .clone()
 }

@@ -1,8 +1,8 @@
 //! `host new-plugin`: writes a ready-to-build plugin skeleton, as `spin new` does.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use super::bindgen::{BindgenLang, generate, write_all};
@@ -182,12 +182,18 @@ fn check_name(name: &str) -> Result<()> {
 pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
     check_name(&a.name)?;
     let dir = a.dir.unwrap_or_else(|| PathBuf::from(&a.name));
-    let generated = generated(a.lang)?;
-    let paths = files(a.lang)
+    // The templates with the name filled in, then the generated bindings.
+    let mut all: Vec<(String, Vec<u8>)> = files(a.lang)
         .into_iter()
-        .map(|(rel, _)| rel.to_owned())
-        .chain(generated.iter().map(|(rel, _)| rel.clone()));
-    for rel in paths {
+        .map(|(rel, text)| {
+            (
+                rel.to_owned(),
+                text.replace("{{name}}", &a.name).into_bytes(),
+            )
+        })
+        .collect();
+    all.extend(generated(a.lang)?);
+    for (rel, _) in &all {
         let path = dir.join(rel);
         if path.symlink_metadata().is_ok() {
             bail!(
@@ -196,10 +202,7 @@ pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
             );
         }
     }
-    for (rel, text) in files(a.lang) {
-        write(&dir.join(rel), &text.replace("{{name}}", &a.name))?;
-    }
-    write_all(&dir, &generated)?;
+    write_all(&dir, &all)?;
     outln!(
         "created {:?} plugin {} in {}\nnext, in that directory:\n{}",
         a.lang,
@@ -208,14 +211,6 @@ pub fn new_plugin(a: NewPluginArgs) -> Result<()> {
         next_steps(a.lang, &a.name)
     );
     Ok(())
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

