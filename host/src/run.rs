@@ -132,9 +132,17 @@ async fn run_with(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
-    if let Err(e) = queues.ping().await {
-        // Serve anyway: the pool backs off and retries until Redis is back.
-        tracing::error!(error = %e, "queue backend unreachable at start; retrying with back-off");
+    match queues.ping().await {
+        // A store that disagrees with the configuration (a queue's shard
+        // count) is a bad config: stop before serving.
+        Err(e @ crate::queue::QueueError::Config(_)) => {
+            return Err(anyhow::Error::new(e).context("the queue store refuses this configuration"));
+        }
+        // Serve anyway: the pool backs off and retries until the store is back.
+        Err(e) => {
+            tracing::error!(error = %e, "queue backend unreachable at start; retrying with back-off")
+        }
+        Ok(()) => {}
     }
     let runtime = Runtime::with_options(cfg.runtime_options())?;
     // Load every plugin before starting any pool: a broken file stops the

@@ -21,5 +21,6 @@ mod postgres_docs;
 mod push;
 mod redis;
 mod redis_access;
+mod redis_cluster;
 mod store;
 mod support;

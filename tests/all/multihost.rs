@@ -14,7 +14,7 @@ use crate::support::*;
 pub(crate) const HOSTS: usize = 5;
 pub(crate) const TASKS: usize = 100_000;
 pub(crate) const LONG: Duration = Duration::from_secs(600);
-const ARCHIVE_POOL: &str = r#"batch_size = 100, max_workers = 2, lease_ttl = "3s""#;
+pub(crate) const ARCHIVE_POOL: &str = r#"batch_size = 100, max_workers = 2, lease_ttl = "3s""#;
 
 /// The multi-host runs each use every core; running them one at a time
 /// keeps each one's timing (and the machine) sane.
@@ -24,11 +24,26 @@ pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A shared store: the backend's name in the config and its URL.
+/// A shared store: the backend's name in the config and its URL, how many
+/// hosts share it, and a table the hosts' config adds (`[redis]` settings).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Store<'a> {
     pub backend: &'a str,
     pub url: &'a str,
+    pub hosts: usize,
+    pub table: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Store<'a> {
+    /// [`HOSTS`] hosts on the store `backend` at `url`.
+    pub(crate) fn new(backend: &'a str, url: &'a str) -> Self {
+        Self {
+            backend,
+            url,
+            hosts: HOSTS,
+            table: None,
+        }
+    }
 }
 
 /// A server a test can take down and bring back.
@@ -89,9 +104,13 @@ fn start_host(
     pool: &str,
 ) -> Host {
     std::fs::create_dir_all(dir).unwrap();
-    let config = HostToml::new(&tmp.join(format!("data-{n}")))
+    let mut config = HostToml::new(&tmp.join(format!("data-{n}")))
         .backend(store.backend)
-        .string("queue_url", store.url)
+        .string("queue_url", store.url);
+    if let Some((key, value)) = store.table {
+        config = config.raw(key, value);
+    }
+    let config = config
         .plugin(plugin)
         .dir(dir, "/out")
         .raw(
@@ -114,7 +133,7 @@ fn start_host(
     Host { child, log, out }
 }
 
-/// Starts [`HOSTS`] hosts and waits until each serves.
+/// Starts the store's hosts and waits until each serves.
 pub(crate) fn start_hosts(
     tmp: &Path,
     store: Store,
@@ -122,7 +141,7 @@ pub(crate) fn start_hosts(
     extra: &str,
     pool: &str,
 ) -> Vec<Host> {
-    let hosts: Vec<_> = (0..HOSTS)
+    let hosts: Vec<_> = (0..store.hosts)
         .map(|n| start_host(tmp, n, store, plugin, &out_dir(tmp, n), extra, pool))
         .collect();
     wait_until("every host serving", LONG, || {
@@ -131,7 +150,7 @@ pub(crate) fn start_hosts(
     hosts
 }
 
-fn archive_hosts(tmp: &Path, store: Store) -> Vec<Host> {
+pub(crate) fn archive_hosts(tmp: &Path, store: Store) -> Vec<Host> {
     start_hosts(tmp, store, &plugin("archive"), "", ARCHIVE_POOL)
 }
 
@@ -153,7 +172,7 @@ pub(crate) fn drained(url: &str) -> bool {
     s["pending"] == 0 && s["delayed"] == 0 && s["leased"] == 0
 }
 
-fn push_tasks(tmp: &Path, url: &str, n: usize) {
+pub(crate) fn push_tasks(tmp: &Path, url: &str, n: usize) {
     let payloads = payload_file(tmp, n);
     let pushed = ok(host()
         .args(["push", "default", "--queue-url", url, "--file"])
@@ -162,10 +181,10 @@ fn push_tasks(tmp: &Path, url: &str, n: usize) {
 }
 
 /// Checks every task was archived; returns (duplicates, per-host counts).
-fn check_archived(tmp: &Path) -> (usize, Vec<usize>) {
+pub(crate) fn check_archived(tmp: &Path, hosts: usize) -> (usize, Vec<usize>) {
     let mut all: HashMap<String, usize> = HashMap::new();
     let mut per_host = Vec::new();
-    for n in 0..HOSTS {
+    for n in 0..hosts {
         let c = archived(&out_dir(tmp, n));
         per_host.push(c.values().sum());
         for (k, v) in c {
@@ -186,7 +205,7 @@ fn check_archived(tmp: &Path) -> (usize, Vec<usize>) {
     (dups, per_host)
 }
 
-/// [`HOSTS`] hosts drain [`TASKS`] tasks: each exactly once, every host
+/// The store's hosts drain [`TASKS`] tasks: each exactly once, every host
 /// at least 10 %.
 pub(crate) fn hosts_drain_each_task_exactly_once(store: Store) {
     let _g = heavy();
@@ -199,10 +218,10 @@ pub(crate) fn hosts_drain_each_task_exactly_once(store: Store) {
     for h in hosts {
         h.stop();
     }
-    let (dups, per_host) = check_archived(tmp.path());
+    let (dups, per_host) = check_archived(tmp.path(), store.hosts);
     eprintln!(
-        "{}: {TASKS} tasks pushed and drained by {HOSTS} hosts in {took:.1?}: {per_host:?} per host",
-        store.backend
+        "{}: {TASKS} tasks pushed and drained by {} hosts in {took:.1?}: {per_host:?} per host",
+        store.backend, store.hosts
     );
     assert_eq!(dups, 0, "no task done twice without a crash");
     for (n, &done) in per_host.iter().enumerate() {
@@ -214,10 +233,10 @@ pub(crate) fn hosts_drain_each_task_exactly_once(store: Store) {
 }
 
 /// Waits until some host has written `files` archive files; answers which.
-fn first_host_with(tmp: &Path, files: usize) -> usize {
+pub(crate) fn first_host_with(tmp: &Path, hosts: usize, files: usize) -> usize {
     let mut found = None;
     wait_until(&format!("a host's first {files} batches"), LONG, || {
-        found = (0..HOSTS).find(|&n| archive_files(&out_dir(tmp, n)) >= files);
+        found = (0..hosts).find(|&n| archive_files(&out_dir(tmp, n)) >= files);
         found.is_some()
     });
     found.unwrap_or_default()
@@ -233,11 +252,11 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
     // The victim is the first host with 20 batches done: a host that the
     // others outran (SKIP LOCKED on a busy machine) could reach 20 only when
     // the queue is nearly drained, and the kill would no longer be mid-run.
-    let victim = first_host_with(tmp.path(), 20);
+    let victim = first_host_with(tmp.path(), store.hosts, 20);
     let mut victim_host = hosts.remove(victim);
     victim_host.child.kill().unwrap(); // SIGKILL: its leases are never settled
     victim_host.child.wait().unwrap();
-    let at_kill: usize = (0..HOSTS)
+    let at_kill: usize = (0..store.hosts)
         .map(|n| archived(&out_dir(tmp.path(), n)).len())
         .sum();
     assert!(at_kill < TASKS, "killed mid-run ({at_kill} archived)");
@@ -245,7 +264,7 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
     for h in hosts {
         h.stop();
     }
-    let (dups, _) = check_archived(tmp.path());
+    let (dups, _) = check_archived(tmp.path(), store.hosts);
     // The killed host held at most max_workers batches of batch_size tasks;
     // only those (archived, but never acked) may be done again.
     assert!(dups <= 2 * 100, "{dups} duplicates");
@@ -259,7 +278,7 @@ pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dy
     let tmp = tempfile::tempdir().unwrap();
     let hosts = archive_hosts(tmp.path(), store);
     push_tasks(tmp.path(), store.url, TASKS);
-    first_host_with(tmp.path(), 10);
+    first_host_with(tmp.path(), store.hosts, 10);
     server.down();
     let down = output(host().args(["status", "--queue-url", store.url]));
     assert!(!down.status.success());
@@ -275,7 +294,7 @@ pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dy
             "the host logged the outage: {log}"
         );
     }
-    check_archived(tmp.path());
+    check_archived(tmp.path(), store.hosts);
 }
 
 /// 1,000 unique keys pushed 10 times while hosts run (the testkit journal
@@ -324,7 +343,7 @@ pub(crate) fn a_unique_key_is_never_handled_twice_at_once(store: Store) {
     // key -> (start, end, host) of every handling
     let mut spans: HashMap<String, Vec<(u128, u128, String)>> = HashMap::new();
     let mut handled = 0;
-    for n in 0..HOSTS {
+    for n in 0..store.hosts {
         for e in std::fs::read_dir(out_dir(tmp.path(), n)).unwrap() {
             let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
             for line in text.lines() {

@@ -16,10 +16,7 @@ impl Outage for PostgresServer {
 }
 
 fn store(url: &str) -> Store<'_> {
-    Store {
-        backend: "postgres",
-        url,
-    }
+    Store::new("postgres", url)
 }
 
 fn server() -> PostgresServer {

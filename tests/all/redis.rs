@@ -17,10 +17,7 @@ impl Outage for RedisServer {
 }
 
 fn store(url: &str) -> Store<'_> {
-    Store {
-        backend: "redis",
-        url,
-    }
+    Store::new("redis", url)
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub struct Fixture {
     pub clock: Arc<ManualClock>,
     /// Dropped after the checks: stores, servers, directories.
     pub keep: Vec<Box<dyn Any + Send>>,
+    /// The queue is split into shards: push order holds within a shard
+    /// only, and capacity is split between the shards.
+    pub sharded: bool,
 }
 
 impl Fixture {
@@ -44,7 +47,14 @@ impl Fixture {
             queue,
             clock,
             keep: Vec::new(),
+            sharded: false,
         }
+    }
+
+    /// Marks the queue as split into shards (see [`Fixture::sharded`]).
+    pub fn sharded(mut self) -> Self {
+        self.sharded = true;
+        self
     }
 
     /// Keeps `thing` alive until the check ends.
@@ -66,6 +76,27 @@ pub async fn push_n(q: &dyn BaseQueue, n: usize) -> Vec<TaskId> {
             Pushed::Duplicate(id) => panic!("unexpected duplicate {id}"),
         })
         .collect()
+}
+
+/// Leases the task with `payload`, the first pushed: one lease call on an
+/// ordered queue; on a sharded one (order kept per shard) the tasks other
+/// shards hand out first are released again.
+pub async fn lease_only(f: &Fixture, payload: &[u8]) -> Vec<Task> {
+    let q = &*f.queue;
+    if !f.sharded {
+        let got = q.lease(1, TTL).await.unwrap();
+        assert_eq!(got[0].payload, payload, "the first push wins");
+        return got;
+    }
+    let (got, others): (Vec<_>, Vec<_>) = q
+        .lease(1_000, TTL)
+        .await
+        .unwrap()
+        .into_iter()
+        .partition(|t| t.payload == payload);
+    q.release(&leases(&others)).await.unwrap();
+    assert_eq!(got.len(), 1, "the first push wins");
+    got
 }
 
 /// The leases of these tasks.
@@ -124,8 +155,7 @@ pub async fn unique_keys(f: Fixture) {
     assert_eq!(b, Pushed::Duplicate(id), "pending key collapses");
     let other = q.push(NewTask::new("c").unique("other")).await.unwrap();
     assert!(matches!(other, Pushed::Created(_)));
-    let got = q.lease(1, TTL).await.unwrap();
-    assert_eq!(got[0].payload, b"a", "the first push wins");
+    let got = lease_only(&f, b"a").await;
     let c = q.push(NewTask::new("c").unique("k")).await.unwrap();
     assert_eq!(c, Pushed::Duplicate(id), "a leased key still collapses");
     q.ack(&leases(&got)).await.unwrap();
@@ -341,6 +371,11 @@ pub async fn dead_letters_are_trimmed(f: Fixture) {
 
 /// A full queue refuses pushes after the push timeout (needs a capacity of 3).
 pub async fn full_queue(f: Fixture) {
+    if f.sharded {
+        // Each shard has its own share of the capacity; checked by the
+        // sharded backend's own tests.
+        return;
+    }
     let q = &*f.queue;
     push_n(q, 3).await;
     let err = q.push(NewTask::new("overflow")).await.unwrap_err();
@@ -512,6 +547,7 @@ mod backends {
     // Test-only fixtures; their paths change when they move to a dev crate.
     use taskhost_fixtures::postgres::PostgresServer;
     use taskhost_fixtures::redis::RedisServer;
+    use taskhost_fixtures::redis_cluster::RedisCluster;
     use tempfile::tempdir;
 
     const PUSH_TIMEOUT: Duration = Duration::from_millis(50);
@@ -556,6 +592,34 @@ mod backends {
         Fixture::new(queue, clock).keeping(server)
     }
 
+    /// A queue of `shards` shards on a private 3-master Redis Cluster
+    /// started for this test, reached through the cluster client.
+    async fn redis_cluster(capacity: Option<usize>, shards: usize) -> Fixture {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+            .await
+            .expect("join")
+            .expect("start a Redis Cluster");
+        let clock = ManualClock::new(T0);
+        let opts = RedisOptions {
+            capacity,
+            push_timeout: PUSH_TIMEOUT,
+            dead_capacity: DEAD_CAPACITY,
+            shards: [("conformance".to_owned(), shards)].into(),
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::open(&cluster.url(), opts, clock.clone()).expect("open store");
+        let queue = store.queue("conformance").expect("queue");
+        Fixture::new(queue, clock).keeping((store, cluster))
+    }
+
+    async fn redis_cluster_1(capacity: Option<usize>) -> Fixture {
+        redis_cluster(capacity, 1).await
+    }
+
+    async fn redis_cluster_3(capacity: Option<usize>) -> Fixture {
+        redis_cluster(capacity, 3).await.sharded()
+    }
+
     /// A queue on a private PostgreSQL server started for this test.
     async fn postgres(capacity: Option<usize>) -> Fixture {
         let server = tokio::task::spawn_blocking(PostgresServer::start)
@@ -577,5 +641,7 @@ mod backends {
     crate::backend_suite!(memory, memory);
     crate::backend_suite!(disk, disk);
     crate::backend_suite!(redis, redis);
+    crate::backend_suite!(redis_cluster, redis_cluster_1);
+    crate::backend_suite!(redis_sharded, redis_cluster_3);
     crate::backend_suite!(postgres, postgres);
 }

@@ -207,11 +207,20 @@ pub async fn cancel(f: Fixture) {
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.delayed, s.leased), (2, 0, 1));
     assert_eq!(q.ack(&leases(&held)).await.unwrap().applied, 1);
-    let rest = q.lease(10, TTL).await.unwrap();
-    assert_eq!(
-        rest.iter().map(|t| t.id).collect::<Vec<_>>(),
-        [ids[2], again.id()]
-    );
+    let mut rest: Vec<_> = q
+        .lease(10, TTL)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let mut want = vec![ids[2], again.id()];
+    if f.sharded {
+        // Order holds within a shard only.
+        rest.sort();
+        want.sort();
+    }
+    assert_eq!(rest, want);
 }
 
 /// Run-now makes a delayed task visible at once.

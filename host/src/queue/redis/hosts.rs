@@ -44,7 +44,7 @@ impl RedisRegistry {
         Self { shared }
     }
 
-    fn conn(&self) -> redis::aio::ConnectionManager {
+    fn conn(&self) -> super::conn::Conn {
         self.shared.conn.clone()
     }
 
@@ -63,6 +63,22 @@ impl RedisRegistry {
         Ok(out)
     }
 
+    /// Removes host `id`'s registration (two commands: on a cluster its
+    /// key and the set sit in different slots).
+    async fn forget(&self, id: &str) -> Result<(), QueueError> {
+        redis::cmd("DEL")
+            .arg(keys::host(id))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.shared.error(e))?;
+        redis::cmd("SREM")
+            .arg(keys::HOSTS)
+            .arg(id)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.shared.error(e))
+    }
+
     /// Whether host `other`, registered and not expired, is provably gone
     /// all the same (see [`gone_locally`]).
     async fn gone_locally(&self, other: &HostInfo) -> bool {
@@ -70,13 +86,29 @@ impl RedisRegistry {
         gone_locally(me.as_ref(), other).await
     }
 
-    /// Moves every batch `host` holds on queue `queue` back to `ready`.
+    /// Moves every batch `host` holds on queue `queue` (each shard) back to `ready`.
     async fn reclaim_queue(&self, queue: &str, host: &str) -> Result<u64, QueueError> {
-        let prefix = keys::prefix(queue);
+        let n = self.shared.layout(queue).await?;
+        let mut moved = 0;
+        for i in 0..n {
+            moved += self
+                .reclaim_shard(queue, &keys::shard_prefix(queue, i, n), host)
+                .await?;
+        }
+        Ok(moved)
+    }
+
+    /// Moves every batch `host` holds under `prefix` back to `ready`.
+    async fn reclaim_shard(
+        &self,
+        queue: &str,
+        prefix: &str,
+        host: &str,
+    ) -> Result<u64, QueueError> {
         let opts = &self.shared.opts;
         let mut moved = 0;
         for _ in 0..RECLAIM_CALLS {
-            let mut inv = self.shared.call(&self.shared.scripts.reclaim, &prefix);
+            let mut inv = self.shared.call(&self.shared.scripts.reclaim, prefix);
             inv.arg(host)
                 .arg(opts.script_elements)
                 .arg(opts.script_bytes);
@@ -105,17 +137,20 @@ impl HostRegistry for RedisRegistry {
         *lock(&self.shared.me) = Some(me.clone());
         let json = serde_json::to_vec(me)
             .map_err(|e| QueueError::Config(format!("cannot encode host registration: {e}")))?;
-        redis::pipe()
-            .cmd("SET")
+        // Two commands, not a pipeline: on a cluster the keys sit in
+        // different slots. The key first, so the set never names a live
+        // host without one (that is how a gone host looks).
+        redis::cmd("SET")
             .arg(keys::host(&me.id))
             .arg(json)
             .arg("PX")
             .arg(HEARTBEAT_TTL.as_millis() as u64)
-            .ignore()
-            .cmd("SADD")
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.shared.error(e))?;
+        redis::cmd("SADD")
             .arg(keys::HOSTS)
             .arg(&me.id)
-            .ignore()
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| self.shared.error(e))
@@ -128,17 +163,7 @@ impl HostRegistry for RedisRegistry {
                 *holder = None;
             }
         }
-        redis::pipe()
-            .cmd("DEL")
-            .arg(keys::host(id))
-            .ignore()
-            .cmd("SREM")
-            .arg(keys::HOSTS)
-            .arg(id)
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(|e| self.shared.error(e))
+        self.forget(id).await
     }
 
     async fn hosts(&self) -> Result<Vec<HostInfo>, QueueError> {
@@ -186,17 +211,7 @@ impl HostRegistry for RedisRegistry {
             }
             // Gone for good: a host wrongly taken for gone registers again
             // with its next heartbeat.
-            redis::pipe()
-                .cmd("DEL")
-                .arg(keys::host(host))
-                .ignore()
-                .cmd("SREM")
-                .arg(keys::HOSTS)
-                .arg(host)
-                .ignore()
-                .query_async::<()>(&mut self.conn())
-                .await
-                .map_err(|e| self.shared.error(e))?;
+            self.forget(host).await?;
         }
         tracing::info!(tasks = moved, hosts = ?gone, "reclaimed the leases of hosts that are gone");
         Ok(moved)
@@ -216,7 +231,9 @@ impl HostRegistry for RedisRegistry {
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut failures = 0u32;
         loop {
-            let client = self.shared.client.clone();
+            // Each attempt after a failure tries the next node of the URL.
+            let nodes = &self.shared.pubsub;
+            let client = nodes[failures as usize % nodes.len()].clone();
             let connect = async {
                 let mut ps = client.get_async_pubsub().await?;
                 ps.subscribe(keys::RELOAD).await?;

@@ -7,7 +7,9 @@
 //! | file | holds |
 //! |---|---|
 //! | `mod.rs` | [`RedisOptions`], [`RedisStore`] and the state its queues share |
-//! | `queue.rs` | [`RedisQueue`]: builds each script's arguments, reads its reply |
+//! | `conn.rs` | the connection: one server, or a Redis Cluster (`redis+cluster://`) |
+//! | `shards.rs` | [`ShardedQueue`]: a queue split into shards, seen as one |
+//! | `queue.rs` | [`RedisQueue`]: one queue or shard; builds each script's arguments, reads its reply |
 //! | `scripts/*.lua` | one Lua program per state change, each documenting its `ARGV` and reply |
 //! | `script.rs` | loading, calling and retrying the scripts |
 //! | `keys.rs` | every key and channel name |
@@ -35,6 +37,7 @@
 //! | `taskhost:{q}:paused` | string | exists while an operator has paused the queue |
 //! | `taskhost:{q}:h:<host>` | set | the batches registered host `<host>` holds (batch names end `@<host>`) |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
+//! | `taskhost:shards` | hash | queue name -> its shard count (see `shards.rs`) |
 //! | `taskhost:hosts` | set | ids of registered hosts (see `hosts.rs`) |
 //! | `taskhost:host:<id>` | string | a host's registration as JSON; its TTL is the heartbeat |
 //! | `taskhost:reload` | pub/sub channel | `host reload` asks every host to reload its plugins |
@@ -42,7 +45,11 @@
 //!
 //! The `{q}` hash tag puts all of a queue's keys in one Redis Cluster slot,
 //! so each script may touch any of them (it gets the prefix as its one
-//! `KEYS` entry and derives the rest).
+//! `KEYS` entry, by which the cluster client routes it, and derives the
+//! rest; the per-batch keys a script creates cannot be named in advance,
+//! and Redis Cluster accepts them because they hash to the declared slot).
+//! A queue of N > 1 shards has the keys above once per shard, under
+//! `taskhost:{q#i}:` for shard `i`.
 //!
 //! # Invariants and why
 //!
@@ -87,36 +94,47 @@
 //!
 //! # Failures
 //!
-//! The connection is a [`ConnectionManager`]: it reconnects in the background
-//! after a connection error. Errors carry the (password-free) URL and say when
+//! The connection to one server reconnects in the background after a
+//! connection error; the cluster client also follows slot moves and
+//! refreshes its slot map when a replica takes over a failed master. Errors carry the (password-free) URL and say when
 //! Redis is unreachable. `renew` and `settle` are idempotent (a settlement
 //! applies only to an element still in its batch), so they are retried on
 //! connection errors with the shared back-off for up to
 //! [`RedisOptions::retry_for`]; lease errors are backed off by the worker
 //! pool; a push error is returned to the caller, so nothing acknowledged as
 //! pushed is lost.
+//!
+//! A cluster failover can lose the writes the old master had not yet
+//! replicated (Redis replicates asynchronously). What still holds: a lost
+//! lease or settlement only makes its tasks come back (at-least-once); the
+//! lease nonce keeps a holder from settling a batch whose number the new
+//! master hands out again; only a push acknowledged within the replication
+//! lag before the failover can be lost, as with any Redis writer.
 
 mod admin;
 mod codec;
+mod conn;
 mod hosts;
 mod keys;
 mod queue;
 mod script;
+mod shards;
 mod wake;
 
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 pub use self::queue::RedisQueue;
 use self::script::Scripts;
+pub use self::shards::ShardedQueue;
 use super::util::Handles;
 use super::{BaseQueue, QueueError, QueueStore, validate_name};
 use crate::clock::Clock;
@@ -154,6 +172,9 @@ pub struct RedisOptions {
     /// PEM file of the CA that signed a `rediss://` server's certificate
     /// (a private CA); without it the bundled Mozilla roots are trusted.
     pub ca_file: Option<PathBuf>,
+    /// Queues split into shards, by name: `[redis.shards] archive = 3`
+    /// (see `shards.rs`); every other queue is one shard.
+    pub shards: BTreeMap<String, usize>,
 }
 
 impl Default for RedisOptions {
@@ -171,56 +192,22 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             ca_file: None,
+            shards: BTreeMap::new(),
         }
     }
-}
-
-/// Why a client could not be built.
-enum ClientError {
-    Redis(redis::RedisError),
-    Ca(String),
-}
-
-/// A client for `url`: `rediss://` speaks TLS (rustls) trusting `ca_file`'s
-/// certificates, or the bundled Mozilla roots without one; ACL users log in
-/// with `redis[s]://USER:PASSWORD@host`.
-fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, ClientError> {
-    let Some(ca) = ca_file else {
-        return redis::Client::open(url).map_err(ClientError::Redis);
-    };
-    if !url.starts_with("rediss://") {
-        return Err(ClientError::Ca(format!(
-            "redis.ca_file {} is set, but the queue URL {} is not rediss:// (TLS)",
-            ca.display(),
-            redact(url)
-        )));
-    }
-    let pem = std::fs::read(ca)
-        .map_err(|e| ClientError::Ca(format!("redis.ca_file {}: {e}", ca.display())))?;
-    if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
-        return Err(ClientError::Ca(format!(
-            "redis.ca_file {}: no `BEGIN CERTIFICATE` block in it",
-            ca.display()
-        )));
-    }
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        },
-    )
-    .map_err(ClientError::Redis)
 }
 
 /// State shared by a store and its queues.
 struct Shared {
     url: String,
-    conn: ConnectionManager,
+    conn: conn::Conn,
     opts: RedisOptions,
     clock: Arc<dyn Clock>,
     scripts: Scripts,
-    client: redis::Client,
+    /// One client per node of the URL, for pub/sub (see `conn.rs`).
+    pubsub: Vec<redis::Client>,
+    /// The shard count of each queue used so far (see `shards.rs`).
+    layouts: Mutex<std::collections::HashMap<String, usize>>,
     /// Per queue name: woken when Redis says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
@@ -250,10 +237,7 @@ impl Shared {
     /// the next script that gets through logs the return, whichever
     /// command saw Redis go.
     fn error(&self, e: redis::RedisError) -> QueueError {
-        let unreachable = e.is_io_error()
-            || e.is_connection_refusal()
-            || e.is_connection_dropped()
-            || e.is_timeout();
+        let unreachable = script::is_connection(&e);
         if unreachable {
             self.outage
                 .lock()
@@ -331,7 +315,7 @@ fn percent_decoded(k: &str) -> String {
 #[derive(Debug)]
 pub struct RedisStore {
     shared: Arc<Shared>,
-    queues: Handles<RedisQueue>,
+    queues: Handles<ShardedQueue>,
 }
 
 impl RedisStore {
@@ -347,25 +331,28 @@ impl RedisStore {
                 "redis script_elements, script_bytes and dead_capacity must be at least 1".into(),
             ));
         }
-        let client = client(url, opts.ca_file.as_deref()).map_err(|e| match e {
-            ClientError::Redis(e) => bad(e),
-            ClientError::Ca(msg) => QueueError::Config(msg),
+        for (queue, &n) in &opts.shards {
+            validate_name(queue)?;
+            if n == 0 || n > shards::MAX_SHARDS {
+                return Err(QueueError::Config(format!(
+                    "redis.shards.{queue} = {n}: a queue has 1 to {} shards",
+                    shards::MAX_SHARDS
+                )));
+            }
+        }
+        let opened = conn::open(url, &opts).map_err(|e| match e {
+            conn::ConnError::Redis(e) => bad(e),
+            conn::ConnError::Config(msg) => QueueError::Config(msg),
         })?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.response_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(bad)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 url: shown,
-                conn,
+                conn: opened.conn,
                 opts,
                 clock,
                 scripts: Scripts::new(),
-                client,
+                pubsub: opened.pubsub,
+                layouts: Mutex::default(),
                 wakes: Default::default(),
                 listening: watch::channel(false).0,
                 outage: Mutex::new(None),
@@ -376,13 +363,19 @@ impl RedisStore {
         })
     }
 
-    /// Checks that Redis answers (PING), naming the URL when it does not.
+    /// Checks that Redis answers (PING), naming the URL when it does not,
+    /// and that the configured shard counts agree with Redis (recording
+    /// them for queues not used yet).
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.shared.conn.clone();
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| self.shared.error(e))
+            .map_err(|e| self.shared.error(e))?;
+        for queue in self.shared.opts.shards.keys() {
+            self.shared.layout(queue).await?;
+        }
+        Ok(())
     }
 
     /// The URL without its password.
@@ -413,14 +406,14 @@ impl Drop for RedisStore {
 impl QueueStore for RedisStore {
     fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
         validate_name(name)?;
-        if name.contains(['{', '}']) {
+        if name.contains(['{', '}', '#']) {
             return Err(QueueError::Config(format!(
-                "queue name {name:?}: the redis backend uses {{ }} as its hash tag; pick a name without braces"
+                "queue name {name:?}: the redis backend uses {{ }} as its hash tag and # before a shard number; pick a name without them"
             )));
         }
         let q = self
             .queues
-            .get_or_open(name, || Ok(RedisQueue::new(name, self.shared.clone())))?;
+            .get_or_open(name, || Ok(ShardedQueue::new(name, self.shared.clone())))?;
         Ok(q)
     }
 

@@ -25,11 +25,14 @@ use crate::queue::{
 /// any beyond still count as leased until a lease call reclaims them.
 const STATS_EXPIRED_BATCHES: usize = 1_000;
 
-/// One named queue in Redis.
+/// One queue, or one shard of a sharded queue (see `shards.rs`), in Redis.
 #[derive(Debug)]
 pub struct RedisQueue {
     pub(super) name: Arc<str>,
+    /// The key prefix: the queue's, or its shard's.
     pub(super) prefix: String,
+    /// Most tasks this queue (or shard) holds.
+    capacity: Option<usize>,
     pub(super) shared: Arc<Shared>,
     registered: AtomicBool,
     /// The leases this handle holds: only their holder can settle or renew
@@ -51,12 +54,19 @@ struct Held {
 }
 
 impl RedisQueue {
-    /// The handle of queue `name` on the store `shared` belongs to.
-    pub(super) fn new(name: &str, shared: Arc<Shared>) -> Self {
+    /// The handle of queue `name` (or one of its shards) whose keys start
+    /// with `prefix`, holding at most `capacity` tasks.
+    pub(super) fn new(
+        name: &str,
+        prefix: String,
+        capacity: Option<usize>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             wake: shared.wakes.of(name),
             name: name.into(),
-            prefix: keys::prefix(name),
+            prefix,
+            capacity,
             shared,
             registered: AtomicBool::new(false),
             held: Mutex::default(),
@@ -145,7 +155,7 @@ impl BaseQueue for RedisQueue {
 
     async fn push_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Pushed>, QueueError> {
         let opts = &self.shared.opts;
-        let room = PushRoom::start(&self.name, opts.capacity, opts.push_timeout, tasks.len())?;
+        let room = PushRoom::start(&self.name, self.capacity, opts.push_timeout, tasks.len())?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -163,7 +173,7 @@ impl BaseQueue for RedisQueue {
         loop {
             let now = self.shared.clock.now_ms();
             let mut inv = self.shared.call(&self.shared.scripts.push, &self.prefix);
-            inv.arg(opts.capacity.unwrap_or(0)).arg(now).arg(shape);
+            inv.arg(self.capacity.unwrap_or(0)).arg(now).arg(shape);
             for t in &tasks {
                 let delay = t
                     .delay

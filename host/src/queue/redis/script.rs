@@ -117,12 +117,24 @@ impl Shared {
     }
 }
 
-/// Whether an error means Redis could not be reached (worth retrying).
+/// Whether an error means Redis could not be reached (worth retrying):
+/// also a cluster failing over (no master for a slot yet).
 pub(super) fn is_connection(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                )
+        )
         || e.to_string().contains("LOADING")
 }
 

@@ -32,10 +32,13 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
     let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut failures = 0u32;
     loop {
-        let Some((client, timeout)) = shared
-            .upgrade()
-            .map(|s| (s.client.clone(), s.opts.connect_timeout))
-        else {
+        // Each attempt after a failure tries the next node of the URL.
+        let Some((client, timeout)) = shared.upgrade().map(|s| {
+            (
+                s.pubsub[failures as usize % s.pubsub.len()].clone(),
+                s.opts.connect_timeout,
+            )
+        }) else {
             return;
         };
         let connect = async {
