@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::multihost::{self, LONG, Store, TASKS};
 use crate::support::*;
+use taskhost::queue::redis::shard_prefix;
 use taskhost_fixtures::redis_cluster::RedisCluster;
 
 /// The hosts' `[redis]` table: queue `default` in 3 shards.
@@ -24,7 +25,8 @@ fn sharded(url: &str) -> Store<'_> {
 fn three_hosts_drain_a_three_shard_queue_on_a_cluster_exactly_once() {
     let cluster = RedisCluster::start(3, 0).unwrap();
     multihost::hosts_drain_each_task_exactly_once(sharded(&cluster.url()));
-    // Each shard has its own slot; the cluster spread them over its masters.
+    // Each shard's slot lies in another third of the slot space, so on
+    // another master.
     let masters: std::collections::HashSet<usize> = (0..3)
         .map(|i| {
             cluster
@@ -32,7 +34,7 @@ fn three_hosts_drain_a_three_shard_queue_on_a_cluster_exactly_once() {
                 .unwrap()
         })
         .collect();
-    eprintln!("the 3 shards live on {} of the 3 masters", masters.len());
+    assert_eq!(masters.len(), 3, "each shard on its own master");
 }
 
 #[test]
@@ -57,8 +59,13 @@ fn hosts_carry_on_when_a_master_dies_and_its_replica_takes_over() {
     multihost::push_tasks(tmp.path(), &url, TASKS);
     cluster.wait_replicated(Duration::from_secs(60)).unwrap();
     multihost::first_host_with(tmp.path(), store.hosts, 10);
-    let victim = cluster.master_of("taskhost:{default#0}:ready").unwrap();
+    let shard0 = format!("{}ready", shard_prefix("default", 0, 3));
+    let victim = cluster.master_of(&shard0).unwrap();
     cluster.kill(victim);
+    let at_kill: usize = (0..store.hosts)
+        .map(|n| archived(&multihost::out_dir(tmp.path(), n)).len())
+        .sum();
+    assert!(at_kill < TASKS, "killed mid-run ({at_kill} archived)");
     cluster.wait_healthy(Duration::from_secs(60)).unwrap();
     wait_until("the queue drained", LONG, || multihost::drained(&url));
     for h in hosts {

@@ -1,7 +1,8 @@
 //! Every Redis key and channel name the backend uses, in one place.
 //!
 //! A queue's keys share the prefix `taskhost:{<queue>}:` (one shard) or
-//! `taskhost:{<queue>#<i>}:` (shard `i` of several); the `{ }` hash tag
+//! `taskhost:{<queue>#<i>[.<k>]}:` (shard `i` of several, see
+//! [`shard_prefix`]); the `{ }` hash tag
 //! puts each shard's keys in one Redis Cluster slot, so each script may
 //! touch any of them. The scripts get the prefix as their one `KEYS` entry
 //! and append the suffixes listed in the module doc of [`super`].
@@ -35,14 +36,42 @@ pub(super) const PAUSED: &str = "paused";
 pub(super) const SHARDS: &str = "taskhost:shards";
 
 /// The key prefix of shard `i` of queue `name` with `n` shards: the
-/// queue's own `taskhost:{name}:` when it has one, `taskhost:{name#i}:`
-/// (a hash tag, so a slot, per shard) when it has more.
-pub(super) fn shard_prefix(name: &str, i: usize, n: usize) -> String {
+/// queue's own `taskhost:{name}:` when it has one. With more, the hash tag
+/// is the first of `name#i`, `name#i.1`, `name#i.2`, ... whose cluster slot
+/// lies in the `i`-th `n`-th of the slot space, so shards sit on distinct
+/// masters when `n` masters split the slots evenly (as
+/// `redis-cli --cluster create` does), and every host derives the same tags.
+pub fn shard_prefix(name: &str, i: usize, n: usize) -> String {
     if n == 1 {
-        format!("taskhost:{{{name}}}:")
-    } else {
-        format!("taskhost:{{{name}#{i}}}:")
+        return format!("taskhost:{{{name}}}:");
     }
+    let mut tag = format!("{name}#{i}");
+    for k in 1.. {
+        if usize::from(slot(tag.as_bytes())) * n / SLOTS == i {
+            break;
+        }
+        tag = format!("{name}#{i}.{k}");
+    }
+    format!("taskhost:{{{tag}}}:")
+}
+
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+/// The cluster slot of hash tag `tag`: CRC-16/XMODEM modulo the slot count.
+fn slot(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
 }
 
 /// The queue a wake channel (one matched by [`WAKE_PATTERN`]) belongs to,
@@ -52,4 +81,30 @@ pub(super) fn queue_of_wake_channel(channel: &str) -> Option<&str> {
         .strip_prefix("taskhost:{")
         .and_then(|c| c.strip_suffix("}:wake"))?;
     Some(tag.rsplit_once('#').map_or(tag, |(name, _)| name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::cluster_routing::Slot;
+
+    #[test]
+    fn slots_are_the_clusters_and_shards_spread_over_the_slot_space() {
+        for tag in ["", "a", "jobs#0", "123456789", "taskhost"] {
+            assert_eq!(
+                Slot::new(slot(tag.as_bytes())),
+                Some(Slot::for_key(tag)),
+                "{tag}"
+            );
+        }
+        for n in [2, 3, 5, 16] {
+            for i in 0..n {
+                let p = shard_prefix("jobs", i, n);
+                let tag = p.trim_start_matches("taskhost:{").trim_end_matches("}:");
+                assert_eq!(usize::from(slot(tag.as_bytes())) * n / SLOTS, i, "{p}");
+                assert_eq!(queue_of_wake_channel(&format!("{}wake", p)), Some("jobs"));
+            }
+        }
+        assert_eq!(shard_prefix("jobs", 0, 1), "taskhost:{jobs}:");
+    }
 }

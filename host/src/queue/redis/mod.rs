@@ -49,7 +49,7 @@
 //! rest; the per-batch keys a script creates cannot be named in advance,
 //! and Redis Cluster accepts them because they hash to the declared slot).
 //! A queue of N > 1 shards has the keys above once per shard, under
-//! `taskhost:{q#i}:` for shard `i`.
+//! `taskhost:{q#i}:` for shard `i` (or `{q#i.k}`: see [`shard_prefix`]).
 //!
 //! # Invariants and why
 //!
@@ -132,6 +132,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+pub use self::keys::shard_prefix;
 pub use self::queue::RedisQueue;
 use self::script::Scripts;
 pub use self::shards::ShardedQueue;

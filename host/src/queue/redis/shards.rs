@@ -1,7 +1,8 @@
 //! Sharded queues: `[redis.shards] NAME = N` splits queue `NAME` into N
-//! sub-queues `{NAME#0}` ... `{NAME#N-1}`, each a whole queue of its own
-//! (see `queue.rs`) under its own hash tag, so a Redis Cluster spreads them
-//! over its masters and one queue is no longer capped at one core.
+//! sub-queues `{NAME#0}` ... `{NAME#N-1}` (tags chosen so their slots lie
+//! in different N-ths of the slot space: see `keys::shard_prefix`), each a
+//! whole queue of its own (see `queue.rs`), so a Redis Cluster of N masters
+//! puts one on each and one queue is no longer capped at one core.
 //!
 //! [`ShardedQueue`] shows the N as one queue, as every host, `host status`,
 //! the metrics and the API see it:

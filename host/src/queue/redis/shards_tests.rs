@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::super::{RedisOptions, RedisStore};
+use super::super::{RedisOptions, RedisStore, shard_prefix};
 use crate::clock;
 use crate::queue::QueueStore;
 use crate::queue::admin::{AdminError, TaskState};
@@ -38,7 +38,7 @@ async fn a_sharded_queue_spreads_pushes_and_drains_every_shard() {
     }
     for i in 0..3 {
         assert_eq!(
-            llen(&server, &format!("taskhost:{{jobs#{i}}}:ready")),
+            llen(&server, &format!("{}ready", shard_prefix("jobs", i, 3))),
             20,
             "shard {i}"
         );
@@ -110,7 +110,10 @@ async fn a_shard_count_that_disagrees_with_redis_is_refused() {
         q.push(NewTask::new("x")).await.unwrap();
     }
     for i in 0..3 {
-        assert_eq!(llen(&server, &format!("taskhost:{{jobs#{i}}}:ready")), 1);
+        assert_eq!(
+            llen(&server, &format!("{}ready", shard_prefix("jobs", i, 3))),
+            1
+        );
     }
     assert_eq!(llen(&server, "taskhost:{jobs}:ready"), 0);
     // A queue first used unsharded stays so; names with `#` are refused.
