@@ -347,7 +347,7 @@ impl BaseQueue for ShardedQueue {
             })
             .collect();
         // Newest (highest id) first, as one shard lists them.
-        out.sort_by(|a, b| b.task.id.cmp(&a.task.id));
+        out.sort_by_key(|d| std::cmp::Reverse(d.task.id));
         out.truncate(limit);
         Ok(out)
     }
