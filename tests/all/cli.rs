@@ -13,16 +13,6 @@ use taskhost_fixtures::redis::RedisServer;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A spawned host, killed if the test fails before it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits for `child` to exit by itself; kills it and panics after `LIMIT`.
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
     let mut status = None;

@@ -224,7 +224,6 @@ struct Shared {
     /// Per queue name: woken when Redis says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
-    listening: watch::Sender<bool>,
     /// Since when Redis has been unreachable, if it is: its return is logged once.
     outage: Mutex<Option<std::time::Instant>>,
     /// The registered host this process is: its leases name it.
@@ -367,7 +366,6 @@ impl RedisStore {
                 scripts: Scripts::new(),
                 client,
                 wakes: Default::default(),
-                listening: watch::channel(false).0,
                 outage: Mutex::new(None),
                 holder: Mutex::new(None),
                 me: Mutex::new(None),
@@ -393,7 +391,7 @@ impl RedisStore {
     /// Whether the wake-up listener is subscribed (starts it if needed).
     pub fn listening(&self) -> watch::Receiver<bool> {
         self.shared.ensure_listening();
-        self.shared.listening.subscribe()
+        self.shared.wakes.listening()
     }
 
     /// Stops the wake-up listener and waits for it.
