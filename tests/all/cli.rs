@@ -139,17 +139,8 @@ fn a_closed_stdout_and_stderr_neither_stop_nor_crash_a_run() {
 fn a_missing_dir_is_refused_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("archvie"); // a typo
-    let out = output(
-        host()
-            .arg("run")
-            .arg("--plugin")
-            .arg(plugin("archive"))
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--dir")
-            .arg(format!("{}:/archive", missing.display()))
-            .arg("--exit-when-drained"),
-    );
+    let data = tmp.path().join("data");
+    let out = output(&mut archive_run(&plugin("archive"), &data, &missing));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a missing --dir was accepted: {err}");
     assert!(
@@ -315,15 +306,7 @@ fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
     let other = archive.join(".notes.tmp");
     std::fs::write(&other, "").unwrap();
 
-    let summary = ok(host()
-        .arg("run")
-        .arg("--plugin")
-        .arg(langs::archive(lang))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--dir")
-        .arg(format!("{}:/archive", archive.display()))
-        .arg("--exit-when-drained"));
+    let summary = ok(&mut archive_run(&langs::archive(lang), &data, &archive));
     assert!(summary.contains("1 done"), "{summary}");
     assert_eq!(archived(&archive).get("one"), Some(&1));
     assert!(

@@ -36,15 +36,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
         "{status}"
     );
 
-    let summary = ok(host()
-        .arg("run")
-        .arg("--plugin")
-        .arg(&plugin)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--dir")
-        .arg(format!("{}:/archive", archive.display()))
-        .arg("--exit-when-drained"));
+    let summary = ok(&mut archive_run(&plugin, &data, &archive));
     assert!(summary.contains("10000 done"), "{lang:?}: {summary}");
     let counts = archived(&archive);
     assert_eq!(counts.len(), 10_000, "{lang:?}: every task archived");

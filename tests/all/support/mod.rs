@@ -96,6 +96,21 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `host run` of the archive component at `plugin` on the disk store in
+/// `data`, granted `archive` as `/archive`, until the queue is drained.
+pub fn archive_run(plugin: &Path, data: &Path, archive: &Path) -> Command {
+    let mut cmd = host();
+    cmd.arg("run")
+        .arg("--plugin")
+        .arg(plugin)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--dir")
+        .arg(format!("{}:/archive", archive.display()))
+        .arg("--exit-when-drained");
+    cmd
+}
+
 /// Runs `host run --config CONFIG` until its queues are drained; returns
 /// its standard output.
 pub fn run_until_drained(config: &Path) -> String {
