@@ -155,11 +155,7 @@ fn status_json_batch_counts_follow_a_running_host() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let payloads = payload_file(tmp.path(), 7);
-    ok(host()
-        .args(["push", "default", "--data-dir"])
-        .arg(&data)
-        .arg("--file")
-        .arg(&payloads));
+    push_file(&data, &payloads);
     let mut child = Running(
         testkit_run(&data, "noop")
             .args(["--batch-size", "1"])

@@ -24,11 +24,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
     let archive = tmp.path().join("archive");
     std::fs::create_dir(&archive).unwrap();
     let payloads = payload_file(tmp.path(), 10_000);
-    let pushed = ok(host()
-        .args(["push", "default", "--data-dir"])
-        .arg(&data)
-        .arg("--file")
-        .arg(&payloads));
+    let pushed = push_file(&data, &payloads);
     assert!(pushed.contains("pushed 10000 tasks"), "{pushed}");
     let status = ok(host().args(["status", "--data-dir"]).arg(&data));
     assert!(

@@ -96,6 +96,16 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Pushes the lines of `file` to queue `default` of the disk store in
+/// `data`; returns what `host push` printed.
+pub fn push_file(data: &Path, file: &Path) -> String {
+    ok(host()
+        .args(["push", "default", "--file"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data))
+}
+
 /// `host run` of the archive component at `plugin` on the disk store in
 /// `data`, granted `archive` as `/archive`, until the queue is drained.
 pub fn archive_run(plugin: &Path, data: &Path, archive: &Path) -> Command {
