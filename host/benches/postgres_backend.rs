@@ -21,7 +21,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use taskhost::clock::{self, Clock};
 use taskhost::plugin::Runtime;
-use taskhost::pool::WorkerPool;
 use taskhost::queue::postgres::{PostgresOptions, PostgresStore};
 use taskhost::queue::{NewTask, QueueStore};
 use taskhost_fixtures::postgres::PostgresServer;
@@ -333,15 +332,7 @@ async fn harbor(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
         let store = store(&server, clock.clone())?;
         let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
         let queue = store.queue("status-refresh")?;
-        pools.push(
-            WorkerPool::start(
-                queue,
-                Arc::new(plugin),
-                a.common.pool_config(),
-                clock.clone(),
-            )
-            .map_err(anyhow::Error::msg)?,
-        );
+        pools.push(a.common.start_pool(queue, plugin, clock.clone())?);
         stores.push(store);
     }
     let per_host = common::harbor::drain(pools, created).await;
@@ -375,13 +366,7 @@ async fn steady(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
         "steady load: {n} tasks pushed at {} tasks/s in pushes of 100 while one host drains them:",
         a.steady_rate
     );
-    let pool = WorkerPool::start(
-        queue.clone(),
-        Arc::new(plugin),
-        a.common.pool_config(),
-        clock,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let pool = a.common.start_pool(queue.clone(), plugin, clock)?;
     let stats = pool.stats();
     let producer = {
         let queue = queue.clone();

@@ -14,7 +14,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use taskhost::clock::{self, Clock};
 use taskhost::plugin::Runtime;
-use taskhost::pool::WorkerPool;
 use taskhost::queue::QueueStore;
 use taskhost::queue::redis::{RedisOptions, RedisStore};
 use taskhost_fixtures::redis::{RedisServer, info_fields};
@@ -260,13 +259,7 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
     let before = snapshot(&server)?;
     let start = Instant::now();
-    let pool = WorkerPool::start(
-        queue.clone(),
-        Arc::new(plugin),
-        a.common.pool_config(),
-        clock,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let pool = a.common.start_pool(queue.clone(), plugin, clock)?;
     let n = a.common.tasks;
     common::push_hundred_byte_tasks(&queue, n).await?;
     let stats = pool.stats();
@@ -342,15 +335,7 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
             )?,
         };
         let queue = store.queue("status-refresh")?;
-        pools.push(
-            WorkerPool::start(
-                queue,
-                Arc::new(plugin),
-                a.common.pool_config(),
-                clock.clone(),
-            )
-            .map_err(anyhow::Error::msg)?,
-        );
+        pools.push(a.common.start_pool(queue, plugin, clock.clone())?);
     }
     let per_host = common::harbor::drain(pools, created).await;
     let wall = t.elapsed();

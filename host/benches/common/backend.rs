@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use taskhost::pool::PoolConfig;
+use taskhost::clock::Clock;
+use taskhost::plugin::Plugin;
+use taskhost::pool::WorkerPool;
 use taskhost::queue::{BaseQueue, Lease, NewTask};
 
 use super::PoolShape;
@@ -51,9 +53,16 @@ impl<C: ValueEnum + Clone + Send + Sync + 'static> BackendArgs<C> {
         }
     }
 
-    /// The pool each host drains with.
-    pub fn pool_config(&self) -> PoolConfig {
-        self.shape().config()
+    /// Starts a host's pool: `plugin` drains `queue` with this bench's
+    /// batch size and workers.
+    pub fn start_pool(
+        &self,
+        queue: Arc<dyn BaseQueue>,
+        plugin: Plugin,
+        clock: Arc<dyn Clock>,
+    ) -> Result<WorkerPool> {
+        WorkerPool::start(queue, Arc::new(plugin), self.shape().config(), clock)
+            .map_err(anyhow::Error::msg)
     }
 
     /// The pool's batch size and workers.
