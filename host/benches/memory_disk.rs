@@ -115,9 +115,7 @@ async fn bench(a: BenchArgs) -> Result<()> {
         "taskhost bench memory_disk: batch {}, {} workers, {} cores",
         a.batch_size,
         a.workers,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        common::cores()
     );
     println!("wasm plugin: {}", a.plugin.display());
     // Footprint first: the later phases grow the heap and would blur it.

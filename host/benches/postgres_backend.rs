@@ -12,22 +12,21 @@
 //! figures are read after its stores closed, so every backend that did its
 //! work has ended and reported its statistics.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use taskhost::clock::{self, Clock};
 use taskhost::plugin::Runtime;
-use taskhost::pool::{PoolConfig, WorkerPool};
 use taskhost::queue::postgres::{PostgresOptions, PostgresStore};
 use taskhost::queue::{NewTask, QueueStore};
 use taskhost_fixtures::postgres::PostgresServer;
 
 mod common;
+use common::backend::{BackendArgs, lease_all, push_numbered};
 use common::load_noop;
 
 fn main() -> ExitCode {
@@ -37,40 +36,27 @@ fn main() -> ExitCode {
 /// Options of the PostgreSQL backend bench.
 #[derive(Debug, Args)]
 struct BenchPostgresArgs {
-    /// No-op handler component (the testkit plugin in its default mode).
-    #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/testkit.wasm")]
-    plugin: PathBuf,
-    /// Tasks of the one-host and steady runs.
-    #[arg(long, default_value_t = 1_000_000)]
-    tasks: usize,
-    /// Tasks per batch.
-    #[arg(long, default_value_t = 100)]
-    batch_size: usize,
-    /// Workers per host.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Executions of the Harbor scenario.
-    #[arg(long, default_value_t = 1_000_000)]
-    executions: usize,
-    /// Times each execution is marked outdated.
-    #[arg(long, default_value_t = 3)]
-    marks: usize,
-    /// Hosts in the Harbor scenario.
-    #[arg(long, default_value_t = 5)]
-    hosts: usize,
+    #[command(flatten)]
+    common: BackendArgs<Case>,
     /// Tasks per second the steady run's producer pushes.
     #[arg(long, default_value_t = 20_000)]
     steady_rate: usize,
     /// Tasks a host settles between its VACUUMs of the tasks table (0: autovacuum only).
     #[arg(long, default_value_t = PostgresOptions::default().vacuum_every)]
     vacuum_every: u64,
-    /// Cases to run: statements, one-host, harbor, steady.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "statements,one-host,harbor,steady"
-    )]
-    cases: Vec<String>,
+}
+
+/// The cases of this bench, in the order they run by default.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Case {
+    /// The server's cost of each statement alone.
+    Statements,
+    /// One host pushing while its pool drains.
+    OneHost,
+    /// Harbor's status refresh drained by several hosts.
+    Harbor,
+    /// A steady producer, with the table size as the work goes on.
+    Steady,
 }
 
 /// Server-side cost between two snapshots.
@@ -137,30 +123,24 @@ async fn client(server: &PostgresServer) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The one row `sql` answers.
+async fn one_row(c: &tokio_postgres::Client, sql: &str) -> Result<tokio_postgres::Row> {
+    Ok(c.query_one(sql, &[]).await?)
+}
+
 async fn snapshot(server: &PostgresServer) -> Result<PgCost> {
     let c = client(server).await?;
-    let rows: i64 = c
-        .query_one(
-            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
-             FROM pg_stat_user_tables WHERE schemaname = 'taskhost'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let wal: f64 = c
-        .query_one(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8",
-            &[],
-        )
-        .await?
-        .get(0);
-    let commits: i64 = c
-        .query_one(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-            &[],
-        )
-        .await?
-        .get(0);
+    let rows: i64 = one_row(
+        &c,
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint
+         FROM pg_stat_user_tables WHERE schemaname = 'taskhost'",
+    )
+    .await?
+    .get(0);
+    let wal = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8";
+    let wal: f64 = one_row(&c, wal).await?.get(0);
+    let commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    let commits: i64 = one_row(&c, commits).await?.get(0);
     drop(c);
     let pid = server.pid().context("the server is not running")?;
     Ok(PgCost {
@@ -174,12 +154,11 @@ async fn snapshot(server: &PostgresServer) -> Result<PgCost> {
 /// Bytes of the queue's tables with their indexes and TOAST.
 async fn table_bytes(server: &PostgresServer) -> Result<(i64, i64)> {
     let c = client(server).await?;
-    let r = c
-        .query_one(
-            "SELECT pg_total_relation_size('taskhost.tasks'), pg_total_relation_size('taskhost.dead')",
-            &[],
-        )
-        .await?;
+    let r = one_row(
+        &c,
+        "SELECT pg_total_relation_size('taskhost.tasks'), pg_total_relation_size('taskhost.dead')",
+    )
+    .await?;
     Ok((r.get(0), r.get(1)))
 }
 
@@ -206,21 +185,14 @@ async fn bench_postgres(a: BenchPostgresArgs) -> Result<()> {
         ..PostgresOptions::default()
     });
     let runtime = Runtime::new()?;
-    println!(
-        "taskhost bench postgres_backend: batch {}, {} workers per host, {} cores; private PostgreSQL per case",
-        a.batch_size,
-        a.workers,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    for case in &a.cases {
-        match case.as_str() {
-            "statements" => statements(&a).await?,
-            "one-host" => one_host(&a, &runtime).await?,
-            "harbor" => harbor(&a, &runtime).await?,
-            "steady" => steady(&a, &runtime).await?,
-            other => bail!("unknown case {other:?} (statements, one-host, harbor, steady)"),
+    a.common
+        .print_header("postgres_backend", "private PostgreSQL");
+    for case in a.common.cases() {
+        match case {
+            Case::Statements => statements(&a).await?,
+            Case::OneHost => one_host(&a, &runtime).await?,
+            Case::Harbor => harbor(&a, &runtime).await?,
+            Case::Steady => steady(&a, &runtime).await?,
         }
     }
     runtime.shutdown();
@@ -239,24 +211,14 @@ fn store(server: &PostgresServer, clock: Arc<dyn Clock>) -> Result<Arc<PostgresS
     Ok(Arc::new(PostgresStore::open(&server.url(), opts, clock)?))
 }
 
-fn pool_config(a: &BenchPostgresArgs) -> PoolConfig {
-    common::PoolShape {
-        batch_size: a.batch_size,
-        workers: a.workers,
-    }
-    .config()
-}
-
 /// The server's cost of each statement alone: one client pushes tasks
 /// (without, then with unique keys) in batches, leases them all, acks them
 /// all, one phase after the other.
 async fn statements(a: &BenchPostgresArgs) -> Result<()> {
     let server = start_server().await?;
-    let n = a.tasks.min(200_000);
-    let b = a.batch_size;
+    let n = a.common.tasks.min(200_000);
+    let b = a.common.batch_size;
     println!("Postgres cost per task of each statement, {n} tasks, batch {b}, one client:");
-    let ttl = Duration::from_secs(600);
-    let payload = vec![b'x'; 100];
     for keyed in [false, true] {
         let label = if keyed { "unique key" } else { "no key" };
         let phase = |name: &'static str, t: Instant, before: PgCost| {
@@ -279,32 +241,13 @@ async fn statements(a: &BenchPostgresArgs) -> Result<()> {
         let s = store(&server, clock::system())?;
         let queue = s.queue(if keyed { "keyed" } else { "plain" })?;
         let t = Instant::now();
-        for start in (0..n).step_by(b) {
-            let tasks = (start..(start + b).min(n))
-                .map(|i| {
-                    let t = NewTask::new(payload.clone());
-                    if keyed {
-                        t.unique(format!("key-{i}"))
-                    } else {
-                        t
-                    }
-                })
-                .collect();
-            queue.push_batch(tasks).await?;
-        }
+        push_numbered(&queue, n, b, keyed).await?;
         s.close().await;
         at = phase("push", t, at).await?;
         let s = store(&server, clock::system())?;
         let queue = s.queue(if keyed { "keyed" } else { "plain" })?;
         let t = Instant::now();
-        let mut leased = Vec::with_capacity(n);
-        loop {
-            let got = queue.lease(b, ttl).await?;
-            if got.is_empty() {
-                break;
-            }
-            leased.extend(got.iter().map(|t| t.lease()));
-        }
+        let leased = lease_all(&queue, b).await?;
         let lease_wall = t;
         // Acks need the same handle (it holds the lease nonces): measure
         // the lease phase's server cost without closing the store.
@@ -334,14 +277,11 @@ async fn one_host(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
     let clock = clock::system();
     let store = store(&server, clock.clone())?;
     store.ping().await?; // the schema exists before the clock starts
-    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+    let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
     let before = snapshot(&server).await?;
-    let n = a.tasks;
-    let shape = common::PoolShape {
-        batch_size: a.batch_size,
-        workers: a.workers,
-    };
-    let (e2e, drain) = common::throughput(shape, store.clone(), Arc::new(plugin), n, clock).await?;
+    let n = a.common.tasks;
+    let (e2e, drain) =
+        common::throughput(a.common.shape(), store.clone(), Arc::new(plugin), n, clock).await?;
     let wall = Duration::from_secs_f64(n as f64 / e2e);
     store.close().await;
     let cost = snapshot(&server).await? - before;
@@ -364,17 +304,17 @@ async fn one_host(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
 async fn harbor(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
     let server = start_server().await?;
     let clock = clock::system();
-    let n = a.executions;
+    let n = a.common.executions;
     println!(
         "Harbor scenario, {n} executions marked outdated {}x, {} hosts draining through the Postgres queue (the no-op plugin):",
-        a.marks, a.hosts
+        a.common.marks, a.common.hosts
     );
     let marker_store = store(&server, clock.clone())?;
     marker_store.ping().await?;
     let before = snapshot(&server).await?;
     let t = Instant::now();
     let marker = marker_store.queue("status-refresh")?;
-    let created = common::harbor::mark(&marker, n, a.marks).await?;
+    let created = common::harbor::mark(&marker, n, a.common.marks).await?;
     let mark_wall = t.elapsed();
     marker_store.close().await;
     let marked = snapshot(&server).await?;
@@ -382,20 +322,17 @@ async fn harbor(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
         "mark (push, unique key)",
         mark_wall,
         marked - before,
-        n * a.marks,
+        n * a.common.marks,
         "mark",
     );
     let t = Instant::now();
     let mut pools = Vec::new();
     let mut stores = Vec::new();
-    for _ in 0..a.hosts {
+    for _ in 0..a.common.hosts {
         let store = store(&server, clock.clone())?;
-        let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+        let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
         let queue = store.queue("status-refresh")?;
-        pools.push(
-            WorkerPool::start(queue, Arc::new(plugin), pool_config(a), clock.clone())
-                .map_err(anyhow::Error::msg)?,
-        );
+        pools.push(a.common.start_pool(queue, plugin, clock.clone())?);
         stores.push(store);
     }
     let per_host = common::harbor::drain(pools, created).await;
@@ -423,14 +360,13 @@ async fn steady(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
     let store = store(&server, clock.clone())?;
     store.ping().await?;
     let queue = store.queue("bench")?;
-    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
-    let n = a.tasks;
+    let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
+    let n = a.common.tasks;
     println!(
         "steady load: {n} tasks pushed at {} tasks/s in pushes of 100 while one host drains them:",
         a.steady_rate
     );
-    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
-        .map_err(anyhow::Error::msg)?;
+    let pool = a.common.start_pool(queue.clone(), plugin, clock)?;
     let stats = pool.stats();
     let producer = {
         let queue = queue.clone();

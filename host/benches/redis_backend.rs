@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use taskhost::clock::{self, Clock};
 use taskhost::plugin::Runtime;
-use taskhost::pool::{PoolConfig, WorkerPool};
+use taskhost::queue::QueueStore;
 use taskhost::queue::redis::{RedisOptions, RedisStore};
-use taskhost::queue::{NewTask, QueueStore};
 use taskhost_fixtures::redis::{RedisServer, info_fields};
 
 mod common;
+use common::backend::{BackendArgs, lease_all, push_numbered};
 use common::{load_built, load_noop};
 
 fn main() -> ExitCode {
@@ -29,40 +29,29 @@ fn main() -> ExitCode {
 /// Options of the Redis backend bench.
 #[derive(Debug, Args)]
 struct BenchRedisArgs {
-    /// No-op handler component (the testkit plugin in its default mode).
-    #[arg(long, default_value = "target/wasm/wasm32-wasip2/plugin/testkit.wasm")]
-    plugin: PathBuf,
-    /// Tasks of the one-host throughput run.
-    #[arg(long, default_value_t = 1_000_000)]
-    tasks: usize,
-    /// Tasks per batch.
-    #[arg(long, default_value_t = 100)]
-    batch_size: usize,
-    /// Workers per host (the pool's default; 4 beat 2 and 8 on 2 cores).
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Executions of the Harbor scenario.
-    #[arg(long, default_value_t = 1_000_000)]
-    executions: usize,
-    /// Times each execution is marked outdated.
-    #[arg(long, default_value_t = 3)]
-    marks: usize,
-    /// Hosts (queue) and scanners (SCAN) in the Harbor scenario.
-    #[arg(long, default_value_t = 5)]
-    hosts: usize,
+    #[command(flatten)]
+    common: BackendArgs<Case>,
     /// The status-refresh component (for the harbor-refresh case).
     #[arg(
         long,
         default_value = "target/wasm/wasm32-wasip2/plugin/status_refresh.wasm"
     )]
     status_plugin: PathBuf,
-    /// Cases to run: scripts, one-host, harbor-queue, harbor-refresh, harbor-scan.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "scripts,one-host,harbor-queue,harbor-refresh,harbor-scan"
-    )]
-    cases: Vec<String>,
+}
+
+/// The cases of this bench, in the order they run by default.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Case {
+    /// Redis's cost of each queue script alone.
+    Scripts,
+    /// One host pushing while its pool drains.
+    OneHost,
+    /// Harbor's status refresh through the queue, drained by no-op hosts.
+    HarborQueue,
+    /// The same, drained by the status-refresh plugin.
+    HarborRefresh,
+    /// Harbor's own SCAN-and-refresh, for comparison.
+    HarborScan,
 }
 
 /// Redis-side cost between two snapshots.
@@ -183,29 +172,20 @@ fn report(what: &str, wall: Duration, cost: RedisCost, per: usize, per_name: &st
 
 async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
     let runtime = Runtime::new()?;
-    println!(
-        "taskhost bench redis_backend: batch {}, {} workers per host, {} cores; private redis-server per case",
-        a.batch_size,
-        a.workers,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
+    a.common
+        .print_header("redis_backend", "private redis-server");
     let (mut queue_cost, mut scan_cost) = (None, None);
-    for case in &a.cases {
-        match case.as_str() {
-            "scripts" => scripts(&a).await?,
-            "one-host" => one_host(&a, &runtime).await?,
-            "harbor-queue" => {
+    for case in a.common.cases() {
+        match case {
+            Case::Scripts => scripts(&a).await?,
+            Case::OneHost => one_host(&a, &runtime).await?,
+            Case::HarborQueue => {
                 queue_cost = Some(harbor_queue(&a, &runtime, Drain::Noop).await?);
             }
-            "harbor-refresh" => {
+            Case::HarborRefresh => {
                 harbor_queue(&a, &runtime, Drain::StatusRefresh).await?;
             }
-            "harbor-scan" => scan_cost = Some(harbor_scan(&a).await?),
-            other => bail!(
-                "unknown case {other:?} (scripts, one-host, harbor-queue, harbor-refresh, harbor-scan)"
-            ),
+            Case::HarborScan => scan_cost = Some(harbor_scan(&a).await?),
         }
     }
     if let (Some(q), Some(s)) = (queue_cost, scan_cost) {
@@ -214,8 +194,8 @@ async fn bench_redis(a: BenchRedisArgs) -> Result<()> {
             s.cpu,
             q.cpu,
             s.cpu / q.cpu.max(1e-9),
-            s.client_commands as f64 / a.executions.max(1) as f64,
-            q.client_commands as f64 / a.executions.max(1) as f64,
+            s.client_commands as f64 / a.common.executions.max(1) as f64,
+            q.client_commands as f64 / a.common.executions.max(1) as f64,
         );
     }
     runtime.shutdown();
@@ -230,14 +210,6 @@ fn store(server: &RedisServer, clock: Arc<dyn Clock>) -> Result<Arc<RedisStore>>
     )?))
 }
 
-fn pool_config(a: &BenchRedisArgs) -> PoolConfig {
-    common::PoolShape {
-        batch_size: a.batch_size,
-        workers: a.workers,
-    }
-    .config()
-}
-
 /// Redis's cost of each queue script alone: one client pushes `tasks`
 /// (without, then with unique keys), leases them all and acks them all, in
 /// batches, one phase after the other, so each phase's `EVALSHA` time is
@@ -246,10 +218,9 @@ async fn scripts(a: &BenchRedisArgs) -> Result<()> {
     let server = RedisServer::start()?;
     let clock = clock::system();
     let queue = store(&server, clock)?.queue("scripts")?;
-    let n = a.tasks.min(200_000);
-    let b = a.batch_size;
+    let n = a.common.tasks.min(200_000);
+    let b = a.common.batch_size;
     println!("Redis cost per task of each script, {n} tasks, batch {b}, one client:");
-    let ttl = Duration::from_secs(600);
     for keyed in [false, true] {
         let label = if keyed { "unique key" } else { "no key" };
         let phase = |name: &str, before: RedisCost| -> Result<RedisCost> {
@@ -263,30 +234,10 @@ async fn scripts(a: &BenchRedisArgs) -> Result<()> {
             );
             Ok(now)
         };
-        let payload = vec![b'x'; 100];
         let mut at = snapshot(&server)?;
-        for start in (0..n).step_by(b) {
-            let tasks = (start..(start + b).min(n))
-                .map(|i| {
-                    let t = NewTask::new(payload.clone());
-                    if keyed {
-                        t.unique(format!("key-{i}"))
-                    } else {
-                        t
-                    }
-                })
-                .collect();
-            queue.push_batch(tasks).await?;
-        }
+        push_numbered(&queue, n, b, keyed).await?;
         at = phase("push", at)?;
-        let mut leased = Vec::with_capacity(n);
-        loop {
-            let got = queue.lease(b, ttl).await?;
-            if got.is_empty() {
-                break;
-            }
-            leased.extend(got.iter().map(|t| t.lease()));
-        }
+        let leased = lease_all(&queue, b).await?;
         at = phase("lease", at)?;
         for chunk in leased.chunks(b) {
             queue.ack(chunk).await?;
@@ -305,12 +256,11 @@ async fn one_host(a: &BenchRedisArgs, runtime: &Runtime) -> Result<()> {
     let clock = clock::system();
     let store = store(&server, clock.clone())?;
     let queue = store.queue("bench")?;
-    let plugin = load_noop(runtime, &a.plugin, store.clone())?;
+    let plugin = load_noop(runtime, &a.common.plugin, store.clone())?;
     let before = snapshot(&server)?;
     let start = Instant::now();
-    let pool = WorkerPool::start(queue.clone(), Arc::new(plugin), pool_config(a), clock)
-        .map_err(anyhow::Error::msg)?;
-    let n = a.tasks;
+    let pool = a.common.start_pool(queue.clone(), plugin, clock)?;
+    let n = a.common.tasks;
     common::push_hundred_byte_tasks(&queue, n).await?;
     let stats = pool.stats();
     while (stats.done.load(Ordering::Relaxed) as usize) < n {
@@ -347,34 +297,34 @@ enum Drain {
 async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Result<RedisCost> {
     let server = RedisServer::start()?;
     let clock = clock::system();
-    let n = a.executions;
+    let n = a.common.executions;
     let through = match drain {
         Drain::Noop => "the no-op plugin",
         Drain::StatusRefresh => "status-refresh, results pushed to a follow-up queue",
     };
     println!(
         "Harbor scenario, {n} executions marked outdated {}x, {} hosts draining through the Redis queue ({through}):",
-        a.marks, a.hosts
+        a.common.marks, a.common.hosts
     );
     let before = snapshot(&server)?;
     let t = Instant::now();
     let marker = store(&server, clock.clone())?.queue("status-refresh")?;
-    let created = common::harbor::mark(&marker, n, a.marks).await?;
+    let created = common::harbor::mark(&marker, n, a.common.marks).await?;
     let mark_wall = t.elapsed();
     let marked = snapshot(&server)?;
     report(
         "mark (push, unique key)",
         mark_wall,
         marked - before,
-        n * a.marks,
+        n * a.common.marks,
         "mark",
     );
     let t = Instant::now();
     let mut pools = Vec::new();
-    for _ in 0..a.hosts {
+    for _ in 0..a.common.hosts {
         let store = store(&server, clock.clone())?;
         let plugin = match drain {
-            Drain::Noop => load_noop(runtime, &a.plugin, store.clone())?,
+            Drain::Noop => load_noop(runtime, &a.common.plugin, store.clone())?,
             Drain::StatusRefresh => load_built(
                 runtime,
                 &a.status_plugin,
@@ -385,10 +335,7 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
             )?,
         };
         let queue = store.queue("status-refresh")?;
-        pools.push(
-            WorkerPool::start(queue, Arc::new(plugin), pool_config(a), clock.clone())
-                .map_err(anyhow::Error::msg)?,
-        );
+        pools.push(a.common.start_pool(queue, plugin, clock.clone())?);
     }
     let per_host = common::harbor::drain(pools, created).await;
     let wall = t.elapsed();
@@ -427,16 +374,16 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
 /// pass finds none.
 async fn harbor_scan(a: &BenchRedisArgs) -> Result<RedisCost> {
     let server = RedisServer::start()?;
-    let n = a.executions;
+    let n = a.common.executions;
     println!(
         "Harbor scenario, {n} executions marked outdated {}x, {} processes doing SCAN-and-refresh:",
-        a.marks, a.hosts
+        a.common.marks, a.common.hosts
     );
     let client = redis::Client::open(server.url())?;
     let before = snapshot(&server)?;
     let t = Instant::now();
     let mut conn = client.get_multiplexed_async_connection().await?;
-    for _ in 0..a.marks {
+    for _ in 0..a.common.marks {
         for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
             let mut p = redis::pipe();
             for &i in chunk {
@@ -451,13 +398,13 @@ async fn harbor_scan(a: &BenchRedisArgs) -> Result<RedisCost> {
         "mark (SET)",
         mark_wall,
         marked - before,
-        n * a.marks,
+        n * a.common.marks,
         "mark",
     );
     let refreshes = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut scanners = Vec::new();
-    for _ in 0..a.hosts {
+    for _ in 0..a.common.hosts {
         let mut conn = client.get_multiplexed_async_connection().await?;
         let refreshes = refreshes.clone();
         scanners.push(tokio::spawn(async move {

@@ -396,12 +396,15 @@ async fn taskhost(a: &LoadArgs, base: &str, client: Arc<HttpClient>, seen: &Seen
         max_workers: 1,
         ..PoolConfig::default()
     };
-    for r in 0..a.runners {
-        let q: Arc<dyn BaseQueue> = Arc::new(MemoryQueue::new(
-            &format!("log-{r}"),
+    let memory_queue = |name: String| -> Result<Arc<dyn BaseQueue>> {
+        Ok(Arc::new(MemoryQueue::new(
+            &name,
             MemoryOptions::default(),
             clock.clone(),
-        )?);
+        )?))
+    };
+    for r in 0..a.runners {
+        let q = memory_queue(format!("log-{r}"))?;
         let handler = Arc::new(Shipper {
             client: client.clone(),
             url: format!("{base}/report"),
@@ -411,11 +414,7 @@ async fn taskhost(a: &LoadArgs, base: &str, client: Arc<HttpClient>, seen: &Seen
                 .map_err(anyhow::Error::msg)?,
         );
         queues.push(q);
-        let jobs: Arc<dyn BaseQueue> = Arc::new(MemoryQueue::new(
-            &format!("jobs-{r}"),
-            MemoryOptions::default(),
-            clock.clone(),
-        )?);
+        let jobs = memory_queue(format!("jobs-{r}"))?;
         let source = Arc::new(FetchSource {
             client: client.clone(),
             url: format!("{base}/fetch"),

@@ -73,6 +73,43 @@ impl Backoff {
     }
 }
 
+/// The waits of a listener that keeps one connection open (wake-ups, reload
+/// requests): 50 ms after a failure, doubling with each failure in a row up
+/// to 2 s, and the shortest wait again once a connection worked.
+#[derive(Debug)]
+pub(crate) struct Reconnect {
+    policy: Backoff,
+    failures: u32,
+}
+
+impl Reconnect {
+    /// No failure yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            policy: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            failures: 0,
+        }
+    }
+
+    /// A connection worked: the next wait is the shortest.
+    pub(crate) fn connected(&mut self) {
+        self.failures = 0;
+    }
+
+    /// An attempt to connect failed: the next wait is longer.
+    pub(crate) fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Waits before the next attempt; `false` when `stop` came first.
+    pub(crate) async fn wait(&self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(self.policy.delay(self.failures.max(1))) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,16 @@ impl Listening {
     }
 }
 
+/// `host run` of the testkit component at `path` in its no-op mode, its
+/// API on a free port; the caller adds the data directory and store.
+pub(crate) fn noop_host(path: &Path) -> Command {
+    let mut cmd = host();
+    cmd.args(["run", "--plugin"])
+        .arg(path)
+        .args(["--set", "mode=noop", "--listen", "127.0.0.1:0"]);
+    cmd
+}
+
 /// One HTTP/1.1 request; returns the status and the body.
 pub fn http(
     addr: &str,
@@ -133,6 +143,27 @@ pub fn http(
 
 pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// `GET path`, which must answer 200 with JSON.
+pub(crate) fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let (status, body) = http(addr, "GET", path, &[], b"");
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+/// The entry of the array `v[list]` whose `key` is `value`.
+pub(crate) fn entry(
+    v: &serde_json::Value,
+    list: &str,
+    key: &str,
+    value: &str,
+) -> Option<serde_json::Value> {
+    v[list]
+        .as_array()?
+        .iter()
+        .find(|e| e[key] == value)
+        .cloned()
 }
 
 /// `/metrics`, parsed: value by metric name (a counter's `_total` name
@@ -173,16 +204,8 @@ fn b64(bytes: &[u8]) -> String {
 /// testkit host, drains them and checks the answers and `/metrics`.
 fn push_drain_and_count(data: &Path, store: &[String]) {
     let host = Listening::start(
-        host()
-            .args(["run", "--plugin"])
-            .arg(plugin("testkit"))
-            .args([
-                "--set",
-                "mode=noop",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        noop_host(&plugin("testkit"))
+            .arg("--data-dir")
             .arg(data)
             .args(store),
     );
@@ -320,19 +343,12 @@ fn push_drain_and_count(data: &Path, store: &[String]) {
     for (name, labels, want) in expect {
         assert_eq!(metric(&m, name, labels), Some(want), "{name} {labels:?}");
     }
-    let (status, body) = http(a, "GET", "/v1/queues", &[], b"");
-    assert_eq!(status, 200, "{body}");
-    let queues = json(&body);
-    let keys = queues["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "keys")
-        .cloned();
+    let queues = get_json(a, "/v1/queues");
+    let keys = entry(&queues, "queues", "queue", "keys");
     assert_eq!(
         keys.map(|k| k["pending"].clone()),
         Some(10.into()),
-        "{body}"
+        "{queues}"
     );
     host.stop();
 }
@@ -392,16 +408,13 @@ fn api_token_file_makes_requests_without_the_token_401() {
     let tmp = tempfile::tempdir().unwrap();
     let token = tmp.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let cfg = tmp.path().join("host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {}\n[api]\nlisten = \"0.0.0.0:0\"\ntoken_file = {}\n",
-            quoted(tmp.path().join("data").display()),
-            quoted(token.display())
-        ),
-    )
-    .unwrap();
+    let api = format!(
+        r#"{{ listen = "0.0.0.0:0", token_file = {} }}"#,
+        quoted(token.display())
+    );
+    let cfg = HostToml::new(&tmp.path().join("data"))
+        .raw("api", &api)
+        .write(tmp.path().join("host.toml"));
     let host = Listening::start(host().arg("serve").arg("--config").arg(&cfg));
     let a = host.addr.as_str();
     let (status, body) = http(a, "GET", "/v1/queues", &[], b"");
@@ -442,15 +455,12 @@ fn api_token_file_makes_requests_without_the_token_401() {
 #[test]
 fn api_bad_input_gets_json_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {}\n[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 1000\n",
-            quoted(tmp.path().join("data").display())
-        ),
-    )
-    .unwrap();
+    let cfg = HostToml::new(&tmp.path().join("data"))
+        .raw(
+            "api",
+            r#"{ listen = "127.0.0.1:0", max_body_bytes = 1000 }"#,
+        )
+        .write(tmp.path().join("host.toml"));
     let host = Listening::start(host().arg("serve").arg("--config").arg(&cfg));
     let a = host.addr.as_str();
     let error = |status: u16, body: &str, want_status: u16, needle: &str| {
@@ -494,9 +504,8 @@ fn api_bad_input_gets_json_errors() {
     let (s, b) = http(a, "GET", "/v1/nothing-here", &[], b"");
     error(s, &b, 404, "no route");
     // Nothing above was stored.
-    let (s, b) = http(a, "GET", "/v1/queues", &[], b"");
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(json(&b)["queues"], serde_json::json!([]), "{b}");
+    let queues = get_json(a, "/v1/queues");
+    assert_eq!(queues["queues"], serde_json::json!([]), "{queues}");
     // The document and the probes.
     let (s, b) = http(a, "GET", "/v1/openapi.json", &[], b"");
     assert_eq!(s, 200);

@@ -13,16 +13,6 @@ use taskhost_fixtures::redis::RedisServer;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A spawned host, killed if the test fails before it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits for `child` to exit by itself; kills it and panics after `LIMIT`.
 fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
     let mut status = None;
@@ -149,17 +139,8 @@ fn a_closed_stdout_and_stderr_neither_stop_nor_crash_a_run() {
 fn a_missing_dir_is_refused_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("archvie"); // a typo
-    let out = output(
-        host()
-            .arg("run")
-            .arg("--plugin")
-            .arg(plugin("archive"))
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--dir")
-            .arg(format!("{}:/archive", missing.display()))
-            .arg("--exit-when-drained"),
-    );
+    let data = tmp.path().join("data");
+    let out = output(&mut archive_run(&plugin("archive"), &data, &missing));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a missing --dir was accepted: {err}");
     assert!(
@@ -174,11 +155,7 @@ fn status_json_batch_counts_follow_a_running_host() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let payloads = payload_file(tmp.path(), 7);
-    ok(host()
-        .args(["push", "default", "--data-dir"])
-        .arg(&data)
-        .arg("--file")
-        .arg(&payloads));
+    push_file(&data, &payloads);
     let mut child = Running(
         testkit_run(&data, "noop")
             .args(["--batch-size", "1"])
@@ -325,15 +302,7 @@ fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
     let other = archive.join(".notes.tmp");
     std::fs::write(&other, "").unwrap();
 
-    let summary = ok(host()
-        .arg("run")
-        .arg("--plugin")
-        .arg(langs::archive(lang))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--dir")
-        .arg(format!("{}:/archive", archive.display()))
-        .arg("--exit-when-drained"));
+    let summary = ok(&mut archive_run(&langs::archive(lang), &data, &archive));
     assert!(summary.contains("1 done"), "{summary}");
     assert_eq!(archived(&archive).get("one"), Some(&1));
     assert!(

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::api::{Listening, http};
+use crate::api::{Listening, entry, get_json, http};
 use crate::support::host_toml::HostToml;
 use crate::support::*;
 use taskhost_fixtures::browser::{Browser, fantoccini};
@@ -16,13 +16,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The counts `GET /v1/queues` gives for queue `default`.
 fn queue(addr: &str) -> serde_json::Value {
-    let (status, body) = http(addr, "GET", "/v1/queues", &[], b"");
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["queues"]
-        .as_array()
-        .and_then(|qs| qs.iter().find(|q| q["queue"] == "default").cloned())
-        .unwrap_or_default()
+    entry(&get_json(addr, "/v1/queues"), "queues", "queue", "default").unwrap_or_default()
 }
 
 fn push(addr: &str, lines: &[String]) {

@@ -41,21 +41,12 @@ fn host_killed_mid_run_loses_nothing_after_restart() {
     let before = archived(&archive).len();
     assert!(before < 10_000, "killed before the end ({before} archived)");
 
-    let summary = ok(host()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--exit-when-drained"));
+    let summary = run_until_drained(&config);
     let counts = archived(&archive);
     let missing: Vec<_> = (0..10_000)
         .filter(|i| !counts.contains_key(&format!("task-{i}")))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "lost {} tasks, e.g. {:?}; {summary}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_none_lost(&missing, &summary);
     let dups = counts.values().filter(|&&n| n > 1).count();
     // At-least-once: only tasks leased by the killed host may repeat.
     assert!(

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::hotswap::{version_of, with_custom_section};
@@ -18,16 +18,6 @@ use taskhost_fixtures::redis::RedisServer;
 
 const TASKS: usize = 1_000;
 const START: Duration = Duration::from_secs(120);
-
-/// A `host run` child killed when dropped (a failed assertion included).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The keys of every task the journal plugin finished, from its files.
 fn journaled(dir: &Path) -> HashSet<String> {
@@ -121,23 +111,14 @@ fn kill_mid_drain_then_restart(store: Shared) -> f64 {
     assert_eq!(left["leased"], 40, "the killed host's leases: {left}");
 
     let started = Instant::now();
-    let out = ok(host()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--exit-when-drained"));
+    let out = run_until_drained(&config);
     let secs = started.elapsed().as_secs_f64();
     let done = journaled(&journal);
     let lost: Vec<_> = (0..TASKS)
         .map(|i| format!("k{i}"))
         .filter(|k| !done.contains(k))
         .collect();
-    assert!(
-        lost.is_empty(),
-        "lost {} tasks, e.g. {:?}\n{out}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_none_lost(&lost, &out);
     let end = queue_status(&config);
     assert_eq!(end["pending"], 0, "{end}");
     assert_eq!(end["leased"], 0, "{end}");
@@ -252,10 +233,8 @@ fn two_hosts_see_each_other_and_reload_reaches_them(store: (&str, &str)) {
         "--listen",
         "127.0.0.1:0",
     ]));
-    let (code, body) = crate::api::http(&api.addr, "GET", "/v1/hosts", &[], b"");
-    assert_eq!(code, 200, "{body}");
-    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let listed = listed["hosts"]
+    let body = crate::api::get_json(&api.addr, "/v1/hosts");
+    let listed = body["hosts"]
         .as_array()
         .cloned()
         .unwrap_or_else(|| panic!("{body}"));

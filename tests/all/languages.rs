@@ -24,11 +24,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
     let archive = tmp.path().join("archive");
     std::fs::create_dir(&archive).unwrap();
     let payloads = payload_file(tmp.path(), 10_000);
-    let pushed = ok(host()
-        .args(["push", "default", "--data-dir"])
-        .arg(&data)
-        .arg("--file")
-        .arg(&payloads));
+    let pushed = push_file(&data, &payloads);
     assert!(pushed.contains("pushed 10000 tasks"), "{pushed}");
     let status = ok(host().args(["status", "--data-dir"]).arg(&data));
     assert!(
@@ -36,15 +32,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
         "{status}"
     );
 
-    let summary = ok(host()
-        .arg("run")
-        .arg("--plugin")
-        .arg(&plugin)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--dir")
-        .arg(format!("{}:/archive", archive.display()))
-        .arg("--exit-when-drained"));
+    let summary = ok(&mut archive_run(&plugin, &data, &archive));
     assert!(summary.contains("10000 done"), "{lang:?}: {summary}");
     let counts = archived(&archive);
     assert_eq!(counts.len(), 10_000, "{lang:?}: every task archived");

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use taskhost_fixtures::http::CountingServer;
 
-use crate::api::{Listening, http, json, metric, metrics};
+use crate::api::{Listening, entry, get_json, http, metric, metrics, noop_host};
 use crate::support::{self, HostToml, quoted};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -211,16 +211,8 @@ async fn metrics_count_batch_results_durations_waits_polls_and_http() {
         );
     }
     // The plugins page: one version, its calls by result and quantiles.
-    let (status, body) = http(&host.addr, "GET", "/v1/plugins", &[], b"");
-    assert_eq!(status, 200, "{body}");
-    let v = json(&body);
-    let handler = v["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kind"] == "handler")
-        .unwrap()
-        .clone();
+    let v = get_json(&host.addr, "/v1/plugins");
+    let handler = entry(&v, "plugins", "kind", "handler").expect("a handler plugin");
     let version = &handler["versions"][0];
     assert_eq!(
         (&version["batches"], &version["ok"], &version["failed"]),
@@ -292,16 +284,8 @@ fn plugin_swaps_count_and_show_in_the_plugin_history() {
     let a = std::fs::read(support::plugin("testkit")).unwrap();
     std::fs::write(&file, &a).unwrap();
     let host = Listening::start(
-        support::host()
-            .args(["run", "--plugin"])
-            .arg(&file)
-            .args([
-                "--set",
-                "mode=noop",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        noop_host(&file)
+            .arg("--data-dir")
             .arg(tmp.path().join("data")),
     );
     let addr = host.addr.clone();
@@ -324,9 +308,7 @@ fn plugin_swaps_count_and_show_in_the_plugin_history() {
             "{result}"
         );
     }
-    let (status, body) = http(&addr, "GET", "/v1/plugins", &[], b"");
-    assert_eq!(status, 200, "{body}");
-    let v = json(&body);
+    let v = get_json(&addr, "/v1/plugins");
     let p = &v["plugins"][0];
     let history = p["history"].as_array().unwrap();
     let kinds: Vec<_> = history

@@ -30,14 +30,7 @@ fn push_stdin(data: &Path, args: &[&str], input: &[u8]) -> std::process::Output 
 /// archived payload's bytes and how often it was archived.
 fn drain_archived(data: &Path, archive: &Path) -> HashMap<Vec<u8>, usize> {
     std::fs::create_dir_all(archive).unwrap();
-    ok(host()
-        .args(["run", "--plugin"])
-        .arg(plugin("archive"))
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--dir")
-        .arg(format!("{}:/archive", archive.display()))
-        .arg("--exit-when-drained"));
+    ok(&mut archive_run(&plugin("archive"), data, archive));
     let mut out = HashMap::new();
     for e in std::fs::read_dir(archive).unwrap() {
         let e = e.unwrap();

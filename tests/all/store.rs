@@ -18,14 +18,6 @@ fn fails(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn push_file(data: &Path, file: &Path) {
-    ok(host()
-        .args(["push", "default", "--file"])
-        .arg(file)
-        .arg("--data-dir")
-        .arg(data));
-}
-
 fn run_drained(data: &Path) -> Output {
     output(
         host()

@@ -7,6 +7,7 @@
 //! --bench NAME -- OPTIONS`) that includes this module and uses a part of it.
 #![allow(dead_code, reason = "each bench uses a part of the shared code")]
 
+pub mod backend;
 pub mod harbor;
 
 use std::future::Future;
@@ -78,6 +79,13 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// The cores this machine offers (1 when it cannot tell).
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A fresh directory for this run under the system's temporary directory.

@@ -116,6 +116,15 @@ struct Gated {
     started: mpsc::UnboundedSender<usize>,
 }
 
+impl Gated {
+    /// A handler behind `gate`; the receiver hears each batch's size as
+    /// it starts.
+    fn new(gate: Arc<Semaphore>) -> (Arc<Self>, mpsc::UnboundedReceiver<usize>) {
+        let (started, rx) = mpsc::unbounded_channel();
+        (Arc::new(Self { gate, started }), rx)
+    }
+}
+
 #[async_trait]
 impl BatchHandler for Gated {
     async fn handle(&self, batch: &[Task]) -> Result<Vec<Outcome>, BatchError> {
@@ -134,11 +143,7 @@ async fn workers_grow_to_max_under_load_and_shrink_when_idle() {
     let clock = TokioClock::new(1_000);
     let queue = memory_queue(clock.clone());
     let gate = Arc::new(Semaphore::new(0));
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let handler = Arc::new(Gated {
-        gate: gate.clone(),
-        started: started_tx,
-    });
+    let (handler, mut started) = Gated::new(gate.clone());
     let cfg = PoolConfig {
         batch_size: 1,
         max_workers: 4,
@@ -228,11 +233,7 @@ async fn in_flight_tasks_stay_bounded_by_workers_times_batch() {
 async fn partial_batch_waits_for_debounce_then_goes() {
     let clock = TokioClock::new(1_000);
     let queue = memory_queue(clock.clone());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let handler = Arc::new(Gated {
-        gate: Arc::new(Semaphore::new(1_000)),
-        started: tx,
-    });
+    let (handler, mut rx) = Gated::new(Arc::new(Semaphore::new(1_000)));
     let cfg = PoolConfig {
         batch_size: 10,
         max_latency: Duration::from_millis(100),
@@ -317,11 +318,7 @@ async fn shutdown_returns_leased_tasks_and_a_reopened_queue_holds_them() {
         .push_batch((0..20).map(|i| NewTask::new(format!("{i}"))).collect())
         .await
         .unwrap();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let handler = Arc::new(Gated {
-        gate: Arc::new(Semaphore::new(0)),
-        started: tx,
-    });
+    let (handler, mut started) = Gated::new(Arc::new(Semaphore::new(0)));
     let cfg = PoolConfig {
         batch_size: 5,
         max_workers: 2,

@@ -86,6 +86,17 @@ pub struct PeekedTask {
     pub dead: Option<DeadInfo>,
 }
 
+/// One page of a peek, as a backend reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeekPage {
+    /// The state the tasks are in.
+    pub state: TaskState,
+    /// Only ids above this one (0: from the first).
+    pub after: TaskId,
+    /// At most this many, from 1 to [`MAX_PEEK`].
+    pub limit: usize,
+}
+
 /// Which dead letters an action applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Which {
@@ -123,6 +134,25 @@ pub enum AdminError {
     },
 }
 
+impl AdminError {
+    /// Task `id` of `queue` is held by a worker.
+    pub(crate) fn leased(queue: &str, id: TaskId) -> Self {
+        AdminError::Leased {
+            queue: queue.to_owned(),
+            id,
+        }
+    }
+
+    /// `queue` has no task `id` in the `wanted` state(s).
+    pub(crate) fn not_found(queue: &str, id: TaskId, wanted: &'static str) -> Self {
+        AdminError::NotFound {
+            queue: queue.to_owned(),
+            id,
+            wanted,
+        }
+    }
+}
+
 /// Most tasks one peek returns.
 pub const MAX_PEEK: usize = 1_000;
 
@@ -137,7 +167,23 @@ pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
         state: TaskState,
         after: Option<TaskId>,
         limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError>;
+    ) -> Result<Vec<PeekedTask>, AdminError> {
+        let limit = limit.min(MAX_PEEK);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = after.unwrap_or(0);
+        self.peek_page(PeekPage {
+            state,
+            after,
+            limit,
+        })
+        .await
+    }
+
+    /// The backend's part of [`peek`](Self::peek), which has capped the
+    /// page and read the cursor.
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError>;
 
     /// Moves dead letters back to pending with their delivery count reset
     /// to 0; returns how many moved. A dead letter whose unique key a live

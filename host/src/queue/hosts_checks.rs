@@ -2,9 +2,13 @@
 //! body each, run by the backends' registry tests against their servers.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{HostInfo, NewTask, QueueStore};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{HostInfo, HostRegistry, NewTask, QueueStore};
 
 /// A registration named `id`, on no data directory.
 pub(crate) fn me(id: &str) -> HostInfo {
@@ -68,4 +72,22 @@ pub(crate) async fn a_gone_host_loses_its_leases_at_once(
     rb.deregister("host-b").await.unwrap();
     ra.deregister("host-a").await.unwrap();
     assert!(rb.hosts().await.unwrap().is_empty());
+}
+
+/// While `reg` listens for reload requests, `ask` runs; then a reload must
+/// arrive within a minute. Stops the listener.
+pub(crate) async fn a_reload_arrives(reg: &Arc<dyn HostRegistry>, ask: impl Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel(1);
+    let stop = CancellationToken::new();
+    let listener = {
+        let (reg, stop) = (reg.clone(), stop.clone());
+        tokio::spawn(async move { reg.listen_for_reloads(tx, stop).await })
+    };
+    ask.await;
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a reload within a minute")
+        .expect("the listener runs");
+    stop.cancel();
+    listener.await.unwrap();
 }

@@ -27,6 +27,8 @@ mod open;
 pub mod postgres;
 pub mod redis;
 pub(crate) mod util;
+#[cfg(test)]
+mod wake_checks;
 mod wakes;
 
 #[cfg(any(test, feature = "conformance"))]

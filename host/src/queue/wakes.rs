@@ -4,19 +4,31 @@
 //! backends differ only in what that task listens to.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::util::lock;
 
 /// Per-queue wake-ups and the listener task that rings them.
-#[derive(Default)]
 pub(crate) struct Wakes {
     table: Mutex<HashMap<String, Arc<Notify>>>,
     listener: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    /// Whether the listener is connected now.
+    listening: watch::Sender<bool>,
+}
+
+impl Default for Wakes {
+    fn default() -> Self {
+        Self {
+            table: Mutex::default(),
+            listener: Mutex::default(),
+            listening: watch::channel(false).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Wakes {
@@ -34,21 +46,39 @@ impl Wakes {
             .clone()
     }
 
-    /// Wakes one waiter of every queue (after a reconnect: whatever was
-    /// pushed while nobody listened is looked for again).
-    pub(crate) fn all(&self) {
+    /// The listener connected: reports it, and wakes one waiter of every
+    /// queue, so whatever was pushed while nobody listened is looked for.
+    pub(crate) fn connected(&self) {
+        self.listening.send_replace(true);
         for n in lock(&self.table).values() {
             n.notify_one();
         }
     }
 
-    /// Starts the listener with `start` unless one runs; `start` gets the
-    /// token that stops it.
-    pub(crate) fn start_once(&self, start: impl FnOnce(CancellationToken) -> JoinHandle<()>) {
+    /// The listener lost its connection (waiters poll meanwhile).
+    pub(crate) fn disconnected(&self) {
+        self.listening.send_replace(false);
+    }
+
+    /// Whether the listener is connected, as it changes.
+    pub(crate) fn listening(&self) -> watch::Receiver<bool> {
+        self.listening.subscribe()
+    }
+
+    /// Spawns `listen` unless a listener runs. It gets the store's shared
+    /// state weakly (it must not keep a dropped store alive) and the token
+    /// that stops it.
+    pub(crate) fn start_once<S, F>(
+        &self,
+        shared: &Arc<S>,
+        listen: fn(Weak<S>, CancellationToken) -> F,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let mut l = lock(&self.listener);
         if l.is_none() {
             let stop = CancellationToken::new();
-            let task = start(stop.clone());
+            let task = tokio::spawn(listen(Arc::downgrade(shared), stop.clone()));
             *l = Some((stop, task));
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,16 @@ pub fn host() -> Command {
     c
 }
 
+/// A spawned `host`, killed when dropped (a failed assertion included).
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command to completion, returning its output.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output().expect("spawning host")
@@ -84,6 +94,52 @@ pub fn ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pushes the lines of `file` to queue `default` of the disk store in
+/// `data`; returns what `host push` printed.
+pub fn push_file(data: &Path, file: &Path) -> String {
+    ok(host()
+        .args(["push", "default", "--file"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data))
+}
+
+/// `host run` of the archive component at `plugin` on the disk store in
+/// `data`, granted `archive` as `/archive`, until the queue is drained.
+pub fn archive_run(plugin: &Path, data: &Path, archive: &Path) -> Command {
+    let mut cmd = host();
+    cmd.arg("run")
+        .arg("--plugin")
+        .arg(plugin)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--dir")
+        .arg(format!("{}:/archive", archive.display()))
+        .arg("--exit-when-drained");
+    cmd
+}
+
+/// Runs `host run --config CONFIG` until its queues are drained; returns
+/// its standard output.
+pub fn run_until_drained(config: &Path) -> String {
+    ok(host()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--exit-when-drained"))
+}
+
+/// Fails unless no task is `missing`, naming how many are and the first
+/// few; `context` (a summary, logs) follows.
+pub fn assert_none_lost<T: std::fmt::Debug>(missing: &[T], context: &str) {
+    assert!(
+        missing.is_empty(),
+        "lost {} tasks, e.g. {:?}\n{context}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 /// Writes `n` payloads `task-<i>` one per line; returns the file.

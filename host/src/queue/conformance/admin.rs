@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{DEAD_CAPACITY, Fixture, T0, TTL, leases, push_n};
 use crate::queue::admin::{AdminError, QueueAdmin, TaskState, Which};
-use crate::queue::{BaseQueue, NewTask, Pushed, TaskId};
+use crate::queue::{BaseQueue, NewTask, Pushed, Task, TaskId};
 
 fn admin(q: &dyn BaseQueue) -> &dyn QueueAdmin {
     q.admin().expect("every backend has operator actions")
@@ -30,21 +30,29 @@ async fn kill(f: &Fixture, n: usize) -> Vec<TaskId> {
     ids
 }
 
-/// Each state lists its tasks by id with their fields; peeking takes nothing.
-pub async fn peek_states(f: Fixture) {
-    let q = &*f.queue;
-    let a = admin(q);
+/// Pushes three tasks, then one keyed `k` and delayed a minute, then
+/// leases the first: returns the three ids, the delayed id and the leased
+/// task, one task in each live state.
+async fn one_in_each_state(q: &dyn BaseQueue) -> (Vec<TaskId>, TaskId, Vec<Task>) {
     let ids = push_n(q, 3).await;
-    let later = q
+    let delayed = q
         .push(
             NewTask::new("later")
                 .unique("k")
                 .delayed(Duration::from_secs(60)),
         )
         .await
-        .unwrap()
+        .expect("push")
         .id();
-    let held = q.lease(1, TTL).await.unwrap();
+    let held = q.lease(1, TTL).await.expect("lease");
+    (ids, delayed, held)
+}
+
+/// Each state lists its tasks by id with their fields; peeking takes nothing.
+pub async fn peek_states(f: Fixture) {
+    let q = &*f.queue;
+    let a = admin(q);
+    let (ids, later, held) = one_in_each_state(q).await;
     assert_eq!(held[0].id, ids[0]);
 
     let pending = a.peek(TaskState::Pending, None, 10).await.unwrap();
@@ -181,17 +189,7 @@ pub async fn purge_dead(f: Fixture) {
 pub async fn cancel(f: Fixture) {
     let q = &*f.queue;
     let a = admin(q);
-    let ids = push_n(q, 3).await;
-    let delayed = q
-        .push(
-            NewTask::new("d")
-                .unique("k")
-                .delayed(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap()
-        .id();
-    let held = q.lease(1, TTL).await.unwrap();
+    let (ids, delayed, held) = one_in_each_state(q).await;
     a.cancel(ids[1]).await.unwrap();
     a.cancel(delayed).await.unwrap();
     let again = q.push(NewTask::new("d").unique("k")).await.unwrap();

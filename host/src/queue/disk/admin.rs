@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::writer::{Finish, Request, finish};
 use super::{DiskQueue, DiskStore};
 use crate::queue::admin::{
-    AdminError, DeadInfo, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which,
+    AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
 };
 use crate::queue::{QueueError, TaskId};
 
@@ -56,11 +56,14 @@ fn state_filter(state: TaskState) -> &'static str {
 fn peek(
     c: &Connection,
     queue: &str,
-    state: TaskState,
-    after: u64,
-    limit: usize,
+    page: PeekPage,
     now: u64,
 ) -> rusqlite::Result<Vec<PeekedTask>> {
+    let PeekPage {
+        state,
+        after,
+        limit,
+    } = page;
     // Ascending id from the cursor: a range read of the primary key (tasks)
     // or the (queue, id) index (dead), whatever the queue holds.
     if state == TaskState::Dead {
@@ -70,18 +73,11 @@ fn peek(
         )?;
         return st
             .query_map(params![queue, to_i64(after), limit as i64], |r| {
-                Ok(PeekedTask {
-                    id: r.get::<_, i64>(0)? as u64,
-                    unique_key: r.get(1)?,
-                    payload: r.get(2)?,
-                    attempt: r.get(3)?,
-                    enqueued_at_ms: r.get::<_, i64>(4)? as u64,
-                    at_ms: None,
-                    dead: Some(DeadInfo {
-                        failed_at_ms: r.get::<_, i64>(5)? as u64,
-                        reason: r.get(6)?,
-                    }),
-                })
+                let dead = DeadInfo {
+                    failed_at_ms: r.get::<_, i64>(5)? as u64,
+                    reason: r.get(6)?,
+                };
+                peeked(r, None, Some(dead))
             })?
             .collect();
     }
@@ -93,19 +89,27 @@ fn peek(
     let mut st = c.prepare_cached(&sql)?;
     st.query_map(
         params![queue, to_i64(after), to_i64(now), limit as i64],
-        |r| {
-            Ok(PeekedTask {
-                id: r.get::<_, i64>(0)? as u64,
-                unique_key: r.get(1)?,
-                payload: r.get(2)?,
-                attempt: r.get(3)?,
-                enqueued_at_ms: r.get::<_, i64>(4)? as u64,
-                at_ms: Some(r.get::<_, i64>(5)? as u64),
-                dead: None,
-            })
-        },
+        |r| peeked(r, Some(r.get::<_, i64>(5)? as u64), None),
     )?
     .collect()
+}
+
+/// A peeked task from a row whose first columns are `id, unique_key,
+/// payload, attempt, enqueued_at` (both tables start alike).
+fn peeked(
+    r: &rusqlite::Row<'_>,
+    at_ms: Option<u64>,
+    dead: Option<DeadInfo>,
+) -> rusqlite::Result<PeekedTask> {
+    Ok(PeekedTask {
+        id: r.get::<_, i64>(0)? as u64,
+        unique_key: r.get(1)?,
+        payload: r.get(2)?,
+        attempt: r.get(3)?,
+        enqueued_at_ms: r.get::<_, i64>(4)? as u64,
+        at_ms,
+        dead,
+    })
 }
 
 /// The dead ids of `queue` that `which` names.
@@ -185,35 +189,36 @@ fn locate(
 }
 
 impl DiskQueue {
-    fn leased(&self, id: TaskId) -> AdminError {
-        AdminError::Leased {
-            queue: self.name.to_string(),
-            id,
-        }
-    }
-
-    fn not_found(&self, id: TaskId, wanted: &'static str) -> AdminError {
-        AdminError::NotFound {
-            queue: self.name.to_string(),
-            id,
-            wanted,
-        }
+    /// Looks task `id` up and, in the same job, runs `sql` on it (`?1` its
+    /// id, `?2` now) when `applies` to its state; returns its state, `None`
+    /// when the queue has no such live task.
+    async fn on_task(
+        &self,
+        id: TaskId,
+        applies: fn(TaskState) -> bool,
+        sql: &'static str,
+    ) -> Result<Option<TaskState>, QueueError> {
+        let queue: Arc<str> = self.name.clone();
+        self.store
+            .job(move |c, now| {
+                let at = locate(c, &queue, id, now)?;
+                if at.is_some_and(applies) {
+                    c.prepare_cached(sql)?
+                        .execute(params![to_i64(id), to_i64(now)])?;
+                }
+                Ok(at)
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl QueueAdmin for DiskQueue {
-    async fn peek(
-        &self,
-        state: TaskState,
-        after: Option<TaskId>,
-        limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError> {
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError> {
         let queue = self.name.clone();
-        let (after, limit) = (after.unwrap_or(0), limit.min(MAX_PEEK));
         Ok(self
             .store
-            .job(move |c, now| peek(c, &queue, state, after, limit, now))
+            .job(move |c, now| peek(c, &queue, page, now))
             .await?)
     }
 
@@ -238,46 +243,27 @@ impl QueueAdmin for DiskQueue {
     }
 
     async fn cancel(&self, id: TaskId) -> Result<(), AdminError> {
-        let queue: Arc<str> = self.name.clone();
-        let found = self
-            .store
-            .job(move |c, now| {
-                let at = locate(c, &queue, id, now)?;
-                if matches!(at, Some(TaskState::Pending | TaskState::Delayed)) {
-                    c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
-                        .execute([to_i64(id)])?;
-                }
-                Ok(at)
-            })
-            .await?;
-        match found {
-            Some(TaskState::Leased) => Err(self.leased(id)),
+        let cancel = "DELETE FROM tasks WHERE id = ?1 AND ?2 IS NOT NULL";
+        match self
+            .on_task(id, |at| at != TaskState::Leased, cancel)
+            .await?
+        {
+            Some(TaskState::Leased) => Err(AdminError::leased(&self.name, id)),
             Some(_) => Ok(()),
-            None => Err(self.not_found(id, "pending or delayed")),
+            None => Err(AdminError::not_found(&self.name, id, "pending or delayed")),
         }
     }
 
     async fn run_now(&self, id: TaskId) -> Result<(), AdminError> {
-        let queue: Arc<str> = self.name.clone();
-        let found = self
-            .store
-            .job(move |c, now| {
-                let at = locate(c, &queue, id, now)?;
-                if at == Some(TaskState::Delayed) {
-                    c.prepare_cached("UPDATE tasks SET visible_at = ?2 WHERE id = ?1")?
-                        .execute(params![to_i64(id), to_i64(now)])?;
-                }
-                Ok(at)
-            })
-            .await?;
-        match found {
-            Some(TaskState::Leased) => Err(self.leased(id)),
+        let run = "UPDATE tasks SET visible_at = ?2 WHERE id = ?1";
+        match self.on_task(id, |at| at == TaskState::Delayed, run).await? {
+            Some(TaskState::Leased) => Err(AdminError::leased(&self.name, id)),
             Some(TaskState::Delayed) => {
                 self.work.notify_one();
                 Ok(())
             }
             Some(_) => Ok(()),
-            None => Err(self.not_found(id, "delayed")),
+            None => Err(AdminError::not_found(&self.name, id, "delayed")),
         }
     }
 

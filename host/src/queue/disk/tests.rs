@@ -8,12 +8,29 @@ use crate::queue::conformance::{T0, TTL, push_n};
 // A test-only fixture; its path changes when it moves to a dev crate.
 use tempfile::tempdir;
 
+/// Opens the store in `dir` with the default options on `clock`.
+fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<Arc<DiskStore>, QueueError> {
+    DiskStore::open(dir, DiskOptions::default(), clock.clone())
+}
+
+/// Why opening the store in `dir` is refused.
+fn refusal(dir: &Path, clock: &Arc<ManualClock>) -> String {
+    open(dir, clock).unwrap_err().to_string()
+}
+
+/// Leaves `n` tasks in queue `q` of a store in `dir`, closed.
+async fn leave_tasks(dir: &Path, clock: &Arc<ManualClock>, n: usize) {
+    let store = open(dir, clock).unwrap();
+    push_n(&*store.queue("q").unwrap(), n).await;
+    store.close().await;
+}
+
 /// The disk backend keeps everything across a close and reopen, leases included.
 #[tokio::test]
 async fn disk_persists_across_reopen() {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     let q = store.queue("persist").unwrap();
     let ids = push_n(&*q, 10).await;
     q.push(NewTask::new("keyed").unique("key")).await.unwrap();
@@ -23,7 +40,7 @@ async fn disk_persists_across_reopen() {
     store.close().await;
     drop((q, store));
 
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     let q = store.queue("persist").unwrap();
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.leased, s.dead), (7, 3, 1));
@@ -52,8 +69,8 @@ async fn disk_persists_across_reopen() {
 async fn disk_two_openers_share_one_queue() {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
-    let a = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    let b = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let a = open(dir.path(), &clock).unwrap();
+    let b = open(dir.path(), &clock).unwrap();
     let qa = a.queue("shared").unwrap();
     let qb = b.queue("shared").unwrap();
     push_n(&*qa, 4).await;
@@ -72,7 +89,7 @@ async fn a_new_data_dir_and_database_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir().unwrap();
     let data = dir.path().join("new").join("data");
-    let store = DiskStore::open(&data, DiskOptions::default(), ManualClock::new(T0)).unwrap();
+    let store = open(&data, &ManualClock::new(T0)).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join(DB_FILE)), 0o600);
@@ -85,37 +102,28 @@ async fn a_new_data_dir_and_database_are_private() {
 async fn a_vanished_database_is_refused_until_moved_aside() {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    push_n(&*store.queue("q").unwrap(), 5).await;
-    store.close().await;
-    drop(store);
+    leave_tasks(dir.path(), &clock, 5).await;
     let db = dir.path().join(DB_FILE);
     std::fs::File::create(&db).unwrap(); // truncates to 0 bytes
-    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
-        .unwrap_err()
-        .to_string();
+    let e = refusal(dir.path(), &clock);
     assert!(
         e.contains(&db.display().to_string()) && e.contains("empty (0 bytes)"),
         "{e}"
     );
     assert!(e.contains("host init --force"), "{e}");
     std::fs::remove_file(&db).unwrap();
-    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
-        .unwrap_err()
-        .to_string();
+    let e = refusal(dir.path(), &clock);
     assert!(e.contains("is missing"), "{e}");
     // Another store's database in its place is refused too.
     let other = tempdir().unwrap();
-    let s = DiskStore::open(other.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let s = open(other.path(), &clock).unwrap();
     s.close().await;
     std::fs::copy(other.path().join(DB_FILE), &db).unwrap();
-    let e = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone())
-        .unwrap_err()
-        .to_string();
+    let e = refusal(dir.path(), &clock);
     assert!(e.contains("replaced by another file"), "{e}");
     let moved = move_aside(dir.path(), 7).unwrap();
     assert_eq!(moved.len(), 2, "{moved:?}");
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     assert!(store.queue("q").unwrap().is_empty().await.unwrap());
     store.close().await;
 }
@@ -126,12 +134,9 @@ async fn a_vanished_database_is_refused_until_moved_aside() {
 async fn a_store_without_a_marker_is_adopted() {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
-    push_n(&*store.queue("q").unwrap(), 3).await;
-    store.close().await;
-    drop(store);
+    leave_tasks(dir.path(), &clock, 3).await;
     std::fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     assert_eq!(store.queue("q").unwrap().len().await.unwrap(), 3);
     store.close().await;
     assert!(dir.path().join(MARKER_FILE).exists());
@@ -143,7 +148,7 @@ async fn a_store_without_a_marker_is_adopted() {
 async fn damage_found_while_running_fails_the_store_for_good() {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), DiskOptions::default(), clock.clone()).unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     let q = store.queue("q").unwrap();
     push_n(&*q, 3).await;
     // Damage the schema from another connection: the store's connection

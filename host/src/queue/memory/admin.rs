@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::{Entry, MemoryQueue, State};
 use crate::queue::admin::{
-    AdminError, DeadInfo, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which,
+    AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
 };
 use crate::queue::{Task, TaskId};
 
@@ -42,20 +42,13 @@ fn selected(which: &Which, id: TaskId) -> bool {
 
 #[async_trait]
 impl QueueAdmin for MemoryQueue {
-    async fn peek(
-        &self,
-        state: TaskState,
-        after: Option<TaskId>,
-        limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError> {
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError> {
         let now = self.clock.now_ms();
-        let after = after.unwrap_or(0);
-        let limit = limit.min(MAX_PEEK);
         let g = self.lock();
-        let mut out: Vec<PeekedTask> = if state == TaskState::Dead {
+        let mut out: Vec<PeekedTask> = if page.state == TaskState::Dead {
             g.dead
                 .iter()
-                .filter(|d| d.task.id > after)
+                .filter(|d| d.task.id > page.after)
                 .map(|d| {
                     let info = DeadInfo {
                         reason: d.reason.clone(),
@@ -70,22 +63,22 @@ impl QueueAdmin for MemoryQueue {
             let mut hits: Vec<(TaskId, Option<u64>)> = g
                 .tasks
                 .values()
-                .filter(|e| e.task.id > after)
+                .filter(|e| e.task.id > page.after)
                 .filter_map(|e| match state_at(e, now) {
-                    (s, at) if s == state => Some((e.task.id, at)),
+                    (s, at) if s == page.state => Some((e.task.id, at)),
                     _ => None,
                 })
                 .collect();
-            if hits.len() > limit {
-                hits.select_nth_unstable(limit);
-                hits.truncate(limit);
+            if hits.len() > page.limit {
+                hits.select_nth_unstable(page.limit);
+                hits.truncate(page.limit);
             }
             hits.iter()
                 .filter_map(|(id, at)| g.tasks.get(id).map(|e| peeked(&e.task, *at, None)))
                 .collect()
         };
         out.sort_by_key(|t| t.id);
-        out.truncate(limit);
+        out.truncate(page.limit);
         Ok(out)
     }
 
@@ -143,19 +136,12 @@ impl QueueAdmin for MemoryQueue {
                     State::Ready => State::Ready,
                     State::Delayed(at) => State::Delayed(at),
                     State::Leased(until) if until > now => {
-                        return Err(AdminError::Leased {
-                            queue: self.name.to_string(),
-                            id,
-                        });
+                        return Err(AdminError::leased(&self.name, id));
                     }
                     State::Leased(until) => State::Leased(until),
                 },
                 None => {
-                    return Err(AdminError::NotFound {
-                        queue: self.name.to_string(),
-                        id,
-                        wanted: "pending or delayed",
-                    });
+                    return Err(AdminError::not_found(&self.name, id, "pending or delayed"));
                 }
             };
             match state {
@@ -176,19 +162,12 @@ impl QueueAdmin for MemoryQueue {
             let at = match g.tasks.get(&id).map(|e| &e.state) {
                 Some(State::Delayed(at)) => *at,
                 Some(State::Leased(until)) if *until > now => {
-                    return Err(AdminError::Leased {
-                        queue: self.name.to_string(),
-                        id,
-                    });
+                    return Err(AdminError::leased(&self.name, id));
                 }
                 // Already visible: nothing to do.
                 Some(_) => return Ok(()),
                 None => {
-                    return Err(AdminError::NotFound {
-                        queue: self.name.to_string(),
-                        id,
-                        wanted: "delayed",
-                    });
+                    return Err(AdminError::not_found(&self.name, id, "delayed"));
                 }
             };
             g.delayed.remove(&(at, id));

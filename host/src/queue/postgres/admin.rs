@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use super::fill;
 use super::queue::PostgresQueue;
 use crate::queue::admin::{
-    AdminError, DeadInfo, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which,
+    AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
 };
 use crate::queue::{QueueError, TaskId};
 
@@ -114,36 +114,16 @@ impl PostgresQueue {
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(state))
     }
-
-    fn leased(&self, id: TaskId) -> AdminError {
-        AdminError::Leased {
-            queue: self.name.to_string(),
-            id,
-        }
-    }
-
-    fn not_found(&self, id: TaskId, wanted: &'static str) -> AdminError {
-        AdminError::NotFound {
-            queue: self.name.to_string(),
-            id,
-            wanted,
-        }
-    }
 }
 
 #[async_trait]
 impl QueueAdmin for PostgresQueue {
-    async fn peek(
-        &self,
-        state: TaskState,
-        after: Option<TaskId>,
-        limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError> {
-        let limit = limit.min(MAX_PEEK) as i64;
-        let after = sql_i64(after.unwrap_or(0));
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError> {
+        let limit = page.limit as i64;
+        let after = sql_i64(page.after);
         let now = sql_i64(self.shared.clock.now_ms());
         let conn = self.shared.conn().await?;
-        let dead = state == TaskState::Dead;
+        let dead = page.state == TaskState::Dead;
         let rows = if dead {
             let sql = self.sql(
                 "SELECT id, unique_key, payload, attempt, enqueued_at, reason, failed_at \
@@ -151,7 +131,7 @@ impl QueueAdmin for PostgresQueue {
             );
             conn.query(&sql, &[&&*self.name, &after, &limit]).await
         } else {
-            let filter = match state {
+            let filter = match page.state {
                 TaskState::Pending => "visible_at <= $3",
                 TaskState::Delayed => "visible_at > $3 AND nonce IS NULL",
                 _ => "visible_at > $3 AND nonce IS NOT NULL",
@@ -209,18 +189,18 @@ impl QueueAdmin for PostgresQueue {
 
     async fn cancel(&self, id: TaskId) -> Result<(), AdminError> {
         match self.on_task(id, "cancel").await? {
-            Some(TaskState::Leased) => Err(self.leased(id)),
+            Some(TaskState::Leased) => Err(AdminError::leased(&self.name, id)),
             Some(_) => Ok(()),
-            None => Err(self.not_found(id, "pending or delayed")),
+            None => Err(AdminError::not_found(&self.name, id, "pending or delayed")),
         }
     }
 
     async fn run_now(&self, id: TaskId) -> Result<(), AdminError> {
         match self.on_task(id, "run").await? {
-            Some(TaskState::Leased) => Err(self.leased(id)),
+            Some(TaskState::Leased) => Err(AdminError::leased(&self.name, id)),
             Some(TaskState::Delayed) => Ok(self.notify().await?),
             Some(_) => Ok(()),
-            None => Err(self.not_found(id, "delayed")),
+            None => Err(AdminError::not_found(&self.name, id, "delayed")),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::clock;
+use crate::queue::conformance::leases;
 use crate::queue::hosts_checks::me;
 use crate::queue::postgres::{PostgresOptions, PostgresStore};
 use crate::queue::{NewTask, QueueStore, hosts_checks};
@@ -14,6 +15,10 @@ async fn server() -> PostgresServer {
         .await
         .unwrap()
         .unwrap()
+}
+
+fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(url, PostgresOptions::default(), clock::system()).unwrap()
 }
 
 async fn sql(url: &str, statement: &str) {
@@ -33,23 +38,21 @@ async fn sql(url: &str, statement: &str) {
 async fn a_host_whose_registration_expired_loses_its_leases_at_once() {
     let server = server().await;
     let url = server.url();
-    let open = || PostgresStore::open(&url, PostgresOptions::default(), clock::system()).unwrap();
-    let (a, b) = (open(), open());
+    let (a, b) = (open(&url), open(&url));
     let expire = sql(
         &url,
         "UPDATE taskhost.hosts SET expires_at = now() - interval '1 second' WHERE id = 'host-a'",
     );
     hosts_checks::a_gone_host_loses_its_leases_at_once(&a, &b, expire).await;
 
-    let unregistered = open();
+    let unregistered = open(&url);
     let q = unregistered.queue("jobs").unwrap();
     q.push(NewTask::new("x")).await.unwrap();
     let held = q.lease(1, TTL).await.unwrap();
     assert_eq!(b.registry().reclaim_gone().await.unwrap(), 0);
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.leased), (0, 1), "{s:?}");
-    let leases: Vec<_> = held.iter().map(|t| t.lease()).collect();
-    assert_eq!(q.ack(&leases).await.unwrap().applied, 1);
+    assert_eq!(q.ack(&leases(&held)).await.unwrap().applied, 1);
     for s in [a, b, unregistered] {
         s.close().await;
     }
@@ -60,8 +63,7 @@ async fn a_host_whose_registration_expired_loses_its_leases_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_leaves_the_registry_and_gives_back_what_it_held() {
     let server = server().await;
-    let store =
-        PostgresStore::open(&server.url(), PostgresOptions::default(), clock::system()).unwrap();
+    let store = open(&server.url());
     let q = store.queue("jobs").unwrap();
     q.push_batch(vec![NewTask::new("a"), NewTask::new("b")])
         .await
@@ -74,8 +76,7 @@ async fn a_clean_stop_leaves_the_registry_and_gives_back_what_it_held() {
     assert!(reg.hosts().await.unwrap().is_empty());
     let s = q.stats().await.unwrap();
     assert_eq!((s.pending, s.leased), (2, 0), "{s:?}");
-    let leases: Vec<_> = held.iter().map(|t| t.lease()).collect();
-    assert_eq!(q.ack(&leases).await.unwrap().lost, 1);
+    assert_eq!(q.ack(&leases(&held)).await.unwrap().lost, 1);
     store.close().await;
 }
 
@@ -84,23 +85,11 @@ async fn a_clean_stop_leaves_the_registry_and_gives_back_what_it_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_request_reaches_a_registered_host() {
     let server = server().await;
-    let store =
-        PostgresStore::open(&server.url(), PostgresOptions::default(), clock::system()).unwrap();
+    let store = open(&server.url());
     let reg = store.registry();
     assert_eq!(reg.request_reload().await.unwrap(), 0, "no host yet");
     reg.heartbeat(&me("host-a")).await.unwrap();
     assert_eq!(reg.request_reload().await.unwrap(), 1);
-    let (tx, mut rx) = mpsc::channel(1);
-    let stop = CancellationToken::new();
-    let listener = {
-        let (reg, stop) = (reg.clone(), stop.clone());
-        tokio::spawn(async move { reg.listen_for_reloads(tx, stop).await })
-    };
-    tokio::time::timeout(Duration::from_secs(60), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    stop.cancel();
-    listener.await.unwrap();
+    hosts_checks::a_reload_arrives(&reg, async {}).await;
     store.close().await;
 }

@@ -82,8 +82,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{OnceCell, watch};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 pub use self::migrate::SCHEMA_VERSION;
 pub use self::queue::PostgresQueue;
@@ -271,7 +273,6 @@ struct Shared {
     /// Per queue name: woken when Postgres says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
-    listening: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -330,6 +331,30 @@ impl Shared {
             })
             .await?;
         Ok(conn)
+    }
+
+    /// Runs `sql` on `c` as a statement prepared once per connection;
+    /// returns its rows.
+    async fn query_cached(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, QueueError> {
+        let stmt = c.prepare_cached(sql).await.map_err(|e| self.pg_error(e))?;
+        c.query(&stmt, params).await.map_err(|e| self.pg_error(e))
+    }
+
+    /// Runs `sql` on `c` as a statement prepared once per connection;
+    /// returns how many rows it changed.
+    async fn execute_cached(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, QueueError> {
+        let stmt = c.prepare_cached(sql).await.map_err(|e| self.pg_error(e))?;
+        c.execute(&stmt, params).await.map_err(|e| self.pg_error(e))
     }
 }
 
@@ -401,7 +426,6 @@ impl PostgresStore {
                 settled: Default::default(),
                 me: Default::default(),
                 wakes: Default::default(),
-                listening: watch::channel(false).0,
             }),
             queues: Handles::default(),
         })
@@ -415,7 +439,7 @@ impl PostgresStore {
     /// Whether the wake-up listener is listening (starts it if needed).
     pub fn listening(&self) -> watch::Receiver<bool> {
         self.shared.ensure_listening();
-        self.shared.listening.subscribe()
+        self.shared.wakes.listening()
     }
 }
 

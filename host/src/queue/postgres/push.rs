@@ -134,11 +134,9 @@ impl PostgresQueue {
         } else {
             &sh.sql.push_plain
         };
-        let stmt = c.prepare_cached(sql).await.map_err(|e| sh.pg_error(e))?;
-        let rows = c
-            .query(&stmt, &[&&*self.name, &payloads, &keys, &visible, &now])
-            .await
-            .map_err(|e| sh.pg_error(e))?;
+        let rows = sh
+            .query_cached(c, sql, &[&&*self.name, &payloads, &keys, &visible, &now])
+            .await?;
         let mut keyed = HashMap::new();
         let mut plain = Vec::with_capacity(rows.len());
         // Rows come ordered by id, which ascends in input order.
@@ -164,14 +162,9 @@ impl PostgresQueue {
         keys: &[&str],
     ) -> Result<HashMap<String, u64>, QueueError> {
         let sh = &self.shared;
-        let stmt = c
-            .prepare_cached(&sh.sql.holders)
-            .await
-            .map_err(|e| sh.pg_error(e))?;
-        let rows = c
-            .query(&stmt, &[&&*self.name, &keys])
-            .await
-            .map_err(|e| sh.pg_error(e))?;
+        let rows = sh
+            .query_cached(c, &sh.sql.holders, &[&&*self.name, &keys])
+            .await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: i64 = r.try_get(0).map_err(|e| sh.pg_error(e))?;

@@ -75,6 +75,21 @@ impl PostgresQueue {
         sql_ms(self.shared.clock.now_ms())
     }
 
+    /// A task of this queue from a row whose first columns are `id,
+    /// unique_key, payload, attempt, enqueued_at` (lease and dead-letter
+    /// rows alike).
+    fn task(&self, r: &tokio_postgres::Row) -> Result<Task, tokio_postgres::Error> {
+        let attempt: i32 = r.try_get(3)?;
+        Ok(Task {
+            id: unsigned(r.try_get(0)?),
+            queue: self.name.clone(),
+            unique_key: r.try_get(1)?,
+            payload: r.try_get(2)?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            enqueued_at_ms: unsigned(r.try_get(4)?),
+        })
+    }
+
     /// Runs `op` again after connection errors, with back-off, for up to
     /// `retry_for`; `op` must be idempotent.
     async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, QueueError>
@@ -113,20 +128,16 @@ impl PostgresQueue {
         if retry.0.ids.is_empty() && release.ids.is_empty() && dead.0.ids.is_empty() {
             // Only acks (what the pool mostly sends): one statement is
             // atomic on its own, no transaction round trips needed.
-            let stmt = conn.prepare_cached(&sh.sql.ack).await.map_err(e)?;
-            return conn
-                .execute(&stmt, &[&ack.ids, &ack.nonces, &ack.attempts])
-                .await
-                .map_err(e);
+            return sh
+                .execute_cached(&conn, &sh.sql.ack, &[&ack.ids, &ack.nonces, &ack.attempts])
+                .await;
         }
         let tx = conn.transaction().await.map_err(e)?;
         let mut applied = 0;
         if !ack.ids.is_empty() {
-            let stmt = tx.prepare_cached(&sh.sql.ack).await.map_err(e)?;
-            applied += tx
-                .execute(&stmt, &[&ack.ids, &ack.nonces, &ack.attempts])
-                .await
-                .map_err(e)?;
+            applied += sh
+                .execute_cached(&tx, &sh.sql.ack, &[&ack.ids, &ack.nonces, &ack.attempts])
+                .await?;
         }
         let (g, ats) = retry;
         if !g.ids.is_empty() {
@@ -205,13 +216,10 @@ impl BaseQueue for PostgresQueue {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let holder = lock(&sh.holder).clone();
         let conn = sh.conn().await?;
-        let stmt = conn
-            .prepare_cached(&sh.sql.lease)
-            .await
-            .map_err(|e| sh.pg_error(e))?;
-        let rows = conn
-            .query(
-                &stmt,
+        let rows = sh
+            .query_cached(
+                &conn,
+                &sh.sql.lease,
                 &[
                     &&*self.name,
                     &now,
@@ -221,21 +229,11 @@ impl BaseQueue for PostgresQueue {
                     &holder.as_deref(),
                 ],
             )
-            .await
-            .map_err(|e| sh.pg_error(e))?;
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let get = || -> Result<(i64, Task), tokio_postgres::Error> {
-                let attempt: i32 = r.try_get(3)?;
-                let task = Task {
-                    id: unsigned(r.try_get(0)?),
-                    queue: self.name.clone(),
-                    unique_key: r.try_get(1)?,
-                    payload: r.try_get(2)?,
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                    enqueued_at_ms: unsigned(r.try_get(4)?),
-                };
-                Ok((r.try_get(5)?, task))
+                Ok((r.try_get(5)?, self.task(&r)?))
             };
             out.push(get().map_err(|e| sh.pg_error(e))?);
         }
@@ -268,14 +266,13 @@ impl BaseQueue for PostgresQueue {
             let now = self.now();
             let until = now.saturating_add(duration_ms(ttl));
             let conn = sh.conn().await?;
-            let stmt = conn
-                .prepare_cached(&sh.sql.renew)
-                .await
-                .map_err(|e| sh.pg_error(e))?;
-            let n = conn
-                .execute(&stmt, &[&until, &g.ids, &g.nonces, &g.attempts, &now])
-                .await
-                .map_err(|e| sh.pg_error(e))?;
+            let n = sh
+                .execute_cached(
+                    &conn,
+                    &sh.sql.renew,
+                    &[&until, &g.ids, &g.nonces, &g.attempts, &now],
+                )
+                .await?;
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
         .await
@@ -357,16 +354,8 @@ impl BaseQueue for PostgresQueue {
             .map_err(|e| sh.pg_error(e))?;
         rows.iter()
             .map(|r| {
-                let attempt: i32 = r.try_get(3)?;
                 Ok(DeadTask {
-                    task: Task {
-                        id: unsigned(r.try_get(0)?),
-                        queue: self.name.clone(),
-                        unique_key: r.try_get(1)?,
-                        payload: r.try_get(2)?,
-                        attempt: u32::try_from(attempt).unwrap_or(0),
-                        enqueued_at_ms: unsigned(r.try_get(4)?),
-                    },
+                    task: self.task(r)?,
                     reason: r.try_get(5)?,
                     failed_at_ms: unsigned(r.try_get(6)?),
                 })

@@ -1,11 +1,10 @@
 //! PostgreSQL-specific behaviour; the shared checks are in `conformance.rs`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::clock;
-use crate::queue::NewTask;
+use crate::queue::{NewTask, wake_checks};
 use taskhost_fixtures::postgres::PostgresServer;
 
 async fn server() -> PostgresServer {
@@ -144,7 +143,6 @@ async fn a_newer_schema_is_refused() {
 /// `NOTIFY`, long before its time-out, and again after a server restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_on_another_host_wakes_a_waiting_host() {
-    const LONG: Duration = Duration::from_secs(3600);
     let mut server = server().await;
     let (idle, busy) = (open(&server.url()), open(&server.url()));
     let (waiting, pushing) = (idle.queue("jobs").unwrap(), busy.queue("jobs").unwrap());
@@ -153,17 +151,10 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     listening.wait_for(|&on| on).await.unwrap();
     // The first LISTEN wakes every waiter once; use that permit up.
     waiting.wait_for_work(Duration::from_millis(1)).await;
-    let wait = |q: &Arc<dyn BaseQueue>| {
-        let q = q.clone();
-        tokio::spawn(async move { q.wait_for_work(LONG).await })
-    };
 
-    let waiter = wait(&waiting);
+    let waiter = wake_checks::spawn_wait(&waiting);
     pushing.push(NewTask::new("now")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), waiter)
-        .await
-        .expect("the push woke the waiting host")
-        .unwrap();
+    wake_checks::woken(waiter, "the push").await;
 
     // Everything the listener reports from here on is about the restart;
     // wait for it to be listening again, whether or not its "lost" report
@@ -178,17 +169,7 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
             break;
         }
     }
-    waiting.wait_for_work(Duration::from_millis(1)).await;
-    let waiter = wait(&waiting);
-    // The pool replaces its dead connections on use; retry the push until
-    // the server takes it.
-    while pushing.push(NewTask::new("again")).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::timeout(Duration::from_secs(60), waiter)
-        .await
-        .expect("a push after the restart woke the waiting host")
-        .unwrap();
+    wake_checks::a_push_after_the_restart_wakes_the_waiting_host(&waiting, &pushing).await;
     assert_eq!(
         waiting.len().await.unwrap(),
         3,

@@ -8,7 +8,6 @@
 //! worker pool's back-off polling.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -16,22 +15,19 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, channel};
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 
 impl Shared {
     /// Starts the wake-up listener unless it runs.
     pub(super) fn ensure_listening(self: &Arc<Self>) {
-        let shared = Arc::downgrade(self);
-        self.wakes
-            .start_once(|stop| tokio::spawn(listen(shared, stop)));
+        self.wakes.start_once(self, listen);
     }
 }
 
 /// Listens and wakes waiters; reconnects with back-off after a lost
 /// connection, meanwhile waiters fall back to their time-outs.
 async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
-    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut failures = 0u32;
+    let mut reconnect = Reconnect::new();
     loop {
         let Some((config, schema)) = shared
             .upgrade()
@@ -62,11 +58,9 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
                 let sql = format!("LISTEN \"{}\"", channel(&schema));
                 match client.batch_execute(&sql).await {
                     Ok(()) => {
-                        failures = 0;
+                        reconnect.connected();
                         if let Some(s) = shared.upgrade() {
-                            s.listening.send_replace(true);
-                            // Whatever arrived while nobody listened: look again.
-                            s.wakes.all();
+                            s.wakes.connected();
                         }
                         loop {
                             let name = tokio::select! {
@@ -81,24 +75,23 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
                             s.wakes.of(&name).notify_one();
                         }
                         if let Some(s) = shared.upgrade() {
-                            s.listening.send_replace(false);
+                            s.wakes.disconnected();
                         }
                     }
                     Err(e) => {
-                        failures = failures.saturating_add(1);
+                        reconnect.failed();
                         tracing::debug!(error = %e, "postgres wake-up listener cannot LISTEN; waiters poll meanwhile");
                     }
                 }
                 driver.abort();
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
+                reconnect.failed();
                 tracing::debug!(error = %e, "postgres wake-up listener cannot connect; waiters poll meanwhile");
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+        if !reconnect.wait(&stop).await {
+            return;
         }
     }
 }

@@ -18,7 +18,7 @@ use super::queue::RedisQueue;
 use super::script::{array, int};
 use crate::queue::TaskId;
 use crate::queue::admin::{
-    AdminError, DeadInfo, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which,
+    AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
 };
 
 /// The operator scripts, hashed once per process.
@@ -149,15 +149,8 @@ impl RedisQueue {
         let v = self.shared.run(&inv).await?;
         match text(&v).as_deref() {
             Some("ok") => Ok(()),
-            Some("leased") => Err(AdminError::Leased {
-                queue: self.name.to_string(),
-                id,
-            }),
-            Some("none") => Err(AdminError::NotFound {
-                queue: self.name.to_string(),
-                id,
-                wanted,
-            }),
+            Some("leased") => Err(AdminError::leased(&self.name, id)),
+            Some("none") => Err(AdminError::not_found(&self.name, id, wanted)),
             _ => Err(self.bad_reply("task action", &v).into()),
         }
     }
@@ -165,28 +158,19 @@ impl RedisQueue {
 
 #[async_trait]
 impl QueueAdmin for RedisQueue {
-    async fn peek(
-        &self,
-        state: TaskState,
-        after: Option<TaskId>,
-        limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError> {
-        let limit = limit.min(MAX_PEEK);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError> {
         let mut inv = self.shared.call(&scripts().peek, &self.prefix);
         inv.arg(self.shared.clock.now_ms())
-            .arg(state.as_str())
-            .arg(after.unwrap_or(0))
-            .arg(limit);
+            .arg(page.state.as_str())
+            .arg(page.after)
+            .arg(page.limit);
         let v = self.shared.run(&inv).await?;
         let r = array(v).map_err(|v| self.bad_reply("peek", &v))?;
         let mut out = Vec::with_capacity(r.len() / 3);
         let mut it = r.into_iter();
         while let (Some(at), Some(bumped), Some(el)) = (it.next(), it.next(), it.next()) {
             let shown = format!("{el:?}");
-            match self.peeked(&at, &bumped, el, state == TaskState::Dead) {
+            match self.peeked(&at, &bumped, el, page.state == TaskState::Dead) {
                 Some(t) => out.push(t),
                 // Like the lease path: an element this layout cannot read
                 // is reported, never a reason to hide the rest.

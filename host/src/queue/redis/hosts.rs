@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::script::{array, int};
 use super::{Shared, keys};
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 use crate::queue::hosts::{gone_locally, sort_hosts};
 use crate::queue::util::lock;
 use crate::queue::{HostInfo, HostRegistry, QueueError};
@@ -228,8 +228,7 @@ impl HostRegistry for RedisRegistry {
     }
 
     async fn listen_for_reloads(&self, tx: mpsc::Sender<()>, stop: CancellationToken) {
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut failures = 0u32;
+        let mut reconnect = Reconnect::new();
         loop {
             // Each attempt after a failure tries the next node of the URL.
             let nodes = &self.shared.pubsub;
@@ -245,7 +244,7 @@ impl HostRegistry for RedisRegistry {
             };
             match connected {
                 Ok(Ok(mut ps)) => {
-                    failures = 0;
+                    reconnect.connected();
                     let mut messages = ps.on_message();
                     loop {
                         let msg = tokio::select! {
@@ -260,14 +259,13 @@ impl HostRegistry for RedisRegistry {
                     }
                 }
                 Ok(Err(e)) => {
-                    failures = failures.saturating_add(1);
+                    reconnect.failed();
                     tracing::debug!(error = %e, "cannot subscribe to reload requests; retrying");
                 }
-                Err(_) => failures = failures.saturating_add(1),
+                Err(_) => reconnect.failed(),
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+            if !reconnect.wait(&stop).await {
+                return;
             }
         }
     }

@@ -212,7 +212,6 @@ struct Shared {
     /// Per queue name: woken when Redis says work arrived.
     /// Per-queue wake-ups and the listener ringing them.
     wakes: crate::queue::wakes::Wakes,
-    listening: watch::Sender<bool>,
     /// Since when Redis has been unreachable, if it is: its return is logged once.
     outage: Mutex<Option<std::time::Instant>>,
     /// The registered host this process is: its leases name it.
@@ -355,7 +354,6 @@ impl RedisStore {
                 pubsub: opened.pubsub,
                 layouts: Mutex::default(),
                 wakes: Default::default(),
-                listening: watch::channel(false).0,
                 outage: Mutex::new(None),
                 holder: Mutex::new(None),
                 me: Mutex::new(None),
@@ -387,7 +385,7 @@ impl RedisStore {
     /// Whether the wake-up listener is subscribed (starts it if needed).
     pub fn listening(&self) -> watch::Receiver<bool> {
         self.shared.ensure_listening();
-        self.shared.listening.subscribe()
+        self.shared.wakes.listening()
     }
 
     /// Stops the wake-up listener and waits for it.

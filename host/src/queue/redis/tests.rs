@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::codec::{Element, pack, unpack, unpack_dead};
 use super::*;
 use crate::clock::{self, ManualClock};
-use crate::queue::{Action, NewTask, Pushed, Task, settle_all};
+use crate::queue::{Action, NewTask, Pushed, Task, settle_all, wake_checks};
 use taskhost_fixtures::redis::RedisServer;
 
 /// An idle host waiting for work is woken by another host's push (or
@@ -60,17 +60,7 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     listening.wait_for(|&on| !on).await.unwrap();
     server.restart().unwrap();
     listening.wait_for(|&on| on).await.unwrap();
-    waiting.wait_for_work(Duration::from_millis(1)).await;
-    let waiter = wait(&waiting);
-    // The connection manager reconnects on its own; retry the push
-    // until Redis takes it.
-    while pushing.push(NewTask::new("again")).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::timeout(Duration::from_secs(60), waiter)
-        .await
-        .expect("a push after the restart woke the waiting host")
-        .unwrap();
+    wake_checks::a_push_after_the_restart_wakes_the_waiting_host(&waiting, &pushing).await;
     idle.close().await;
     busy.close().await;
 }

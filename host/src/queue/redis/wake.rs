@@ -7,20 +7,17 @@
 //! was down are still found by the worker pool's back-off polling.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, keys};
-use crate::backoff::Backoff;
+use crate::backoff::Reconnect;
 
 impl Shared {
     /// Starts the wake-up listener unless it runs.
     pub(super) fn ensure_listening(self: &Arc<Self>) {
-        let shared = Arc::downgrade(self);
-        self.wakes
-            .start_once(|stop| tokio::spawn(listen(shared, stop)));
+        self.wakes.start_once(self, listen);
     }
 }
 
@@ -29,8 +26,7 @@ impl Shared {
 /// waiters fall back to their time-outs, so a lost wake-up only delays,
 /// never loses, work.
 async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
-    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut failures = 0u32;
+    let mut reconnect = Reconnect::new();
     loop {
         // Each attempt after a failure tries the next node of the URL.
         let Some((client, timeout)) = shared.upgrade().map(|s| {
@@ -52,11 +48,9 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
         };
         match connected {
             Ok(Ok(mut ps)) => {
-                failures = 0;
+                reconnect.connected();
                 if let Some(s) = shared.upgrade() {
-                    s.listening.send_replace(true);
-                    // Whatever arrived while nobody listened: look again.
-                    s.wakes.all();
+                    s.wakes.connected();
                 }
                 let mut messages = ps.on_message();
                 loop {
@@ -71,18 +65,17 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
                     }
                 }
                 if let Some(s) = shared.upgrade() {
-                    s.listening.send_replace(false);
+                    s.wakes.disconnected();
                 }
             }
             Ok(Err(e)) => {
-                failures = failures.saturating_add(1);
+                reconnect.failed();
                 tracing::debug!(error = %e, "redis wake-up listener cannot subscribe; waiters poll meanwhile");
             }
-            Err(_) => failures = failures.saturating_add(1),
+            Err(_) => reconnect.failed(),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff.delay(failures.max(1))) => {}
+        if !reconnect.wait(&stop).await {
+            return;
         }
     }
 }
