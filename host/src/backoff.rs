@@ -96,6 +96,11 @@ impl Reconnect {
         self.failures = 0;
     }
 
+    /// Failed attempts since the last connection.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// An attempt to connect failed: the next wait is longer.
     pub(crate) fn failed(&mut self) {
         self.failures = self.failures.saturating_add(1);

@@ -55,9 +55,29 @@ fn hosts_carry_on_when_a_master_dies_and_its_replica_takes_over() {
     let url = cluster.url();
     let store = sharded(&url);
     let tmp = tempfile::tempdir().unwrap();
-    let hosts = multihost::archive_hosts(tmp.path(), store);
-    multihost::push_tasks(tmp.path(), &url, TASKS);
+    // Pushed (into the 3 shards the config names) and replicated while
+    // the queue is paused; resumed once every host serves, so the drain,
+    // which takes seconds, is surely under way at the kill.
+    let config = HostToml::new(&tmp.path().join("push-data"))
+        .backend("redis")
+        .string("queue_url", &url)
+        .raw(SHARDED.0, SHARDED.1)
+        .write(tmp.path().join("push.toml"));
+    let cli = |cmd: &str| ok(host().arg(cmd).arg("--config").arg(&config).arg("default"));
+    cli("pause");
+    let pushed = ok(host()
+        .arg("push")
+        .arg("--config")
+        .arg(&config)
+        .args(["default", "--file"])
+        .arg(payload_file(tmp.path(), TASKS)));
+    assert!(
+        pushed.contains(&format!("pushed {TASKS} tasks")),
+        "{pushed}"
+    );
     cluster.wait_replicated(Duration::from_secs(60)).unwrap();
+    let hosts = multihost::archive_hosts(tmp.path(), store);
+    cli("resume");
     multihost::first_host_with(tmp.path(), store.hosts, 10);
     let shard0 = format!("{}ready", shard_prefix("default", 0, 3));
     let victim = cluster.master_of(&shard0).unwrap();

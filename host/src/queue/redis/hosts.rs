@@ -232,7 +232,7 @@ impl HostRegistry for RedisRegistry {
         loop {
             // Each attempt after a failure tries the next node of the URL.
             let nodes = &self.shared.pubsub;
-            let client = nodes[failures as usize % nodes.len()].clone();
+            let client = nodes[reconnect.failures() as usize % nodes.len()].clone();
             let connect = async {
                 let mut ps = client.get_async_pubsub().await?;
                 ps.subscribe(keys::RELOAD).await?;

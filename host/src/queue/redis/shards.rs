@@ -33,7 +33,7 @@ use tokio::sync::{Notify, OnceCell};
 
 use super::queue::RedisQueue;
 use super::{Shared, keys};
-use crate::queue::admin::{AdminError, MAX_PEEK, PeekedTask, QueueAdmin, TaskState, Which};
+use crate::queue::admin::{AdminError, PeekPage, PeekedTask, QueueAdmin, Which};
 use crate::queue::util::lock;
 use crate::queue::{
     BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, Settle, Settled, Task,
@@ -355,32 +355,24 @@ impl BaseQueue for ShardedQueue {
 
 #[async_trait]
 impl QueueAdmin for ShardedQueue {
-    async fn peek(
-        &self,
-        state: TaskState,
-        after: Option<TaskId>,
-        limit: usize,
-    ) -> Result<Vec<PeekedTask>, AdminError> {
+    async fn peek_page(&self, page: PeekPage) -> Result<Vec<PeekedTask>, AdminError> {
         let shards = self.shards().await?;
         let n = shards.len();
-        let limit = limit.min(MAX_PEEK);
         let pages = shards.iter().enumerate().map(|(i, s)| async move {
             // Local ids whose queue id is above `after`: above this one.
-            let local_after = after
-                .and_then(|a| a.checked_sub(i as u64))
-                .map(|a| a / n as u64);
-            let page = s
-                .peek(state, local_after, limit)
+            let after = page.after.checked_sub(i as u64).map_or(0, |a| a / n as u64);
+            let got = s
+                .peek_page(PeekPage { after, ..page })
                 .await
                 .map_err(|e| admin_error(e, i, n))?;
-            Ok::<_, AdminError>(page.into_iter().map(move |mut t| {
+            Ok::<_, AdminError>(got.into_iter().map(move |mut t| {
                 t.id = global(t.id, i, n);
                 t
             }))
         });
         let mut out: Vec<PeekedTask> = try_join_all(pages).await?.into_iter().flatten().collect();
         out.sort_by_key(|t| t.id);
-        out.truncate(limit);
+        out.truncate(page.limit);
         Ok(out)
     }
 

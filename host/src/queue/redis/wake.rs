@@ -31,7 +31,7 @@ async fn listen(shared: Weak<Shared>, stop: CancellationToken) {
         // Each attempt after a failure tries the next node of the URL.
         let Some((client, timeout)) = shared.upgrade().map(|s| {
             (
-                s.pubsub[failures as usize % s.pubsub.len()].clone(),
+                s.pubsub[reconnect.failures() as usize % s.pubsub.len()].clone(),
                 s.opts.connect_timeout,
             )
         }) else {
