@@ -385,21 +385,11 @@ impl QueueAdmin for ShardedQueue {
     }
 
     async fn cancel(&self, id: TaskId) -> Result<(), AdminError> {
-        let shards = self.shards().await?;
-        let (i, local) = split(id, shards.len());
-        shards[i]
-            .cancel(local)
-            .await
-            .map_err(|e| admin_error(e, i, shards.len()))
+        self.on_task(id, TaskOp::Cancel).await
     }
 
     async fn run_now(&self, id: TaskId) -> Result<(), AdminError> {
-        let shards = self.shards().await?;
-        let (i, local) = split(id, shards.len());
-        shards[i]
-            .run_now(local)
-            .await
-            .map_err(|e| admin_error(e, i, shards.len()))
+        self.on_task(id, TaskOp::RunNow).await
     }
 
     async fn set_paused(&self, paused: bool) -> Result<(), AdminError> {
@@ -415,6 +405,26 @@ impl QueueAdmin for ShardedQueue {
     async fn is_paused(&self) -> Result<bool, AdminError> {
         let shards = self.shards().await?;
         shards[0].is_paused().await
+    }
+}
+
+/// An action on one pending or delayed task.
+#[derive(Clone, Copy)]
+enum TaskOp {
+    Cancel,
+    RunNow,
+}
+
+impl ShardedQueue {
+    /// Runs `op` on task `id` in the shard its id names.
+    async fn on_task(&self, id: TaskId, op: TaskOp) -> Result<(), AdminError> {
+        let shards = self.shards().await?;
+        let (i, local) = split(id, shards.len());
+        let r = match op {
+            TaskOp::Cancel => shards[i].cancel(local).await,
+            TaskOp::RunNow => shards[i].run_now(local).await,
+        };
+        r.map_err(|e| admin_error(e, i, shards.len()))
     }
 }
 
