@@ -80,10 +80,11 @@ pub(super) struct Opened {
 ///
 /// Must be called inside a tokio runtime.
 pub(super) fn open(url: &str, opts: &RedisOptions) -> Result<Opened, ConnError> {
-    let ca = opts.ca_file.as_deref().map(read_ca).transpose()?;
+    let pem = opts.ca_file.as_deref().map(read_ca).transpose()?;
+    let ca = opts.ca_file.as_deref().zip(pem.as_deref());
     match cluster_nodes(url)? {
         None => {
-            let client = client(url, ca.clone(), opts.ca_file.as_deref())?;
+            let client = client(url, ca)?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(opts.connect_timeout))
                 .set_response_timeout(Some(opts.response_timeout))
@@ -99,7 +100,7 @@ pub(super) fn open(url: &str, opts: &RedisOptions) -> Result<Opened, ConnError> 
         Some(nodes) => {
             let pubsub = nodes
                 .iter()
-                .map(|n| client(n, ca.clone(), opts.ca_file.as_deref()))
+                .map(|n| client(n, ca))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                 .connection_timeout(opts.connect_timeout)
@@ -109,10 +110,10 @@ pub(super) fn open(url: &str, opts: &RedisOptions) -> Result<Opened, ConnError> 
                 .retries(3)
                 .min_retry_wait(50)
                 .max_retry_wait(2_000);
-            if let Some(pem) = ca {
+            if let Some((_, pem)) = ca {
                 builder = builder.certs(redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(pem),
+                    root_cert: Some(pem.to_vec()),
                 });
             }
             let client = builder.build()?;
@@ -176,14 +177,11 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ConnError> {
 }
 
 /// A client for one server's `url`: `rediss://` speaks TLS (rustls)
-/// trusting the CA in `ca` (read from `ca_file`), or the bundled Mozilla
-/// roots without one; ACL users log in with `redis[s]://USER:PASSWORD@host`.
-fn client(
-    url: &str,
-    ca: Option<Vec<u8>>,
-    ca_file: Option<&Path>,
-) -> Result<redis::Client, ConnError> {
-    let (Some(pem), Some(file)) = (ca, ca_file) else {
+/// trusting `ca` (the `ca_file` path and its PEM text), or the bundled
+/// Mozilla roots without one; ACL users log in with
+/// `redis[s]://USER:PASSWORD@host`.
+fn client(url: &str, ca: Option<(&Path, &[u8])>) -> Result<redis::Client, ConnError> {
+    let Some((file, pem)) = ca else {
         return Ok(redis::Client::open(url)?);
     };
     if !url.starts_with("rediss://") {
@@ -197,7 +195,7 @@ fn client(
         url,
         redis::TlsCertificates {
             client_tls: None,
-            root_cert: Some(pem),
+            root_cert: Some(pem.to_vec()),
         },
     )?)
 }

@@ -311,6 +311,18 @@ fn percent_decoded(k: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Checks a queue name for this backend: braces are its hash tag and `#`
+/// comes before a shard number.
+fn check_name(name: &str) -> Result<(), QueueError> {
+    validate_name(name)?;
+    if name.contains(['{', '}', '#']) {
+        return Err(QueueError::Config(format!(
+            "queue name {name:?}: the redis backend uses {{ }} as its hash tag and # before a shard number; pick a name without them"
+        )));
+    }
+    Ok(())
+}
+
 /// Named queues in one Redis database.
 #[derive(Debug)]
 pub struct RedisStore {
@@ -332,7 +344,7 @@ impl RedisStore {
             ));
         }
         for (queue, &n) in &opts.shards {
-            validate_name(queue)?;
+            check_name(queue)?;
             if n == 0 || n > shards::MAX_SHARDS {
                 return Err(QueueError::Config(format!(
                     "redis.shards.{queue} = {n}: a queue has 1 to {} shards",
@@ -404,12 +416,7 @@ impl Drop for RedisStore {
 #[async_trait]
 impl QueueStore for RedisStore {
     fn queue(&self, name: &str) -> Result<Arc<dyn BaseQueue>, QueueError> {
-        validate_name(name)?;
-        if name.contains(['{', '}', '#']) {
-            return Err(QueueError::Config(format!(
-                "queue name {name:?}: the redis backend uses {{ }} as its hash tag and # before a shard number; pick a name without them"
-            )));
-        }
+        check_name(name)?;
         let q = self
             .queues
             .get_or_open(name, || Ok(ShardedQueue::new(name, self.shared.clone())))?;

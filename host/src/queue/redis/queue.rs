@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use tokio::sync::Notify;
 
 use super::codec::{Element, pack, unpack, unpack_dead};
 use super::script::{array, int};
@@ -38,9 +37,6 @@ pub struct RedisQueue {
     /// The leases this handle holds: only their holder can settle or renew
     /// them, as only it knows their batch.
     held: Mutex<HashMap<Lease, Held>>,
-    /// Woken by the store's listener when a push or release on any host
-    /// made tasks ready here.
-    pub(super) wake: Arc<Notify>,
 }
 
 /// What a handle keeps of a lease it holds until it settles it.
@@ -63,7 +59,6 @@ impl RedisQueue {
         shared: Arc<Shared>,
     ) -> Self {
         Self {
-            wake: shared.wakes.of(name),
             name: name.into(),
             prefix,
             capacity,
@@ -138,13 +133,6 @@ impl RedisQueue {
 
 #[async_trait]
 impl BaseQueue for RedisQueue {
-    async fn wait_for_work(&self, timeout: Duration) {
-        self.shared.ensure_listening();
-        // A wake that came while nobody waited is kept (one permit), so a
-        // push between a failed lease and this wait is not missed.
-        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
-    }
-
     fn admin(&self) -> Option<&dyn crate::queue::QueueAdmin> {
         Some(self)
     }

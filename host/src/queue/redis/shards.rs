@@ -193,7 +193,9 @@ impl ShardedQueue {
 impl BaseQueue for ShardedQueue {
     async fn wait_for_work(&self, timeout: Duration) {
         self.shared.ensure_listening();
-        // Every shard's wake channel rings this queue's one waiter.
+        // Every shard's wake channel rings this queue's one waiter. A wake
+        // that came while nobody waited is kept (one permit), so a push
+        // between a failed lease and this wait is not missed.
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
     }
 
