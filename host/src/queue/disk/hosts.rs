@@ -170,28 +170,33 @@ mod tests {
         store.close().await;
     }
 
+    /// The `tasks` table as versions before leases recorded a holder made it.
+    const TASKS_WITHOUT_HOLDER: &str = "CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, unique_key TEXT,
+        payload BLOB NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+        enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+        leased INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+        INSERT INTO queues (name) VALUES ('q');";
+
+    /// Makes a database in `dir` with an older version's `schema` and `rows`.
+    fn old_database(dir: &std::path::Path, schema: &str, rows: &str) {
+        let c = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
+        c.execute_batch(schema).unwrap();
+        c.execute_batch(rows).unwrap();
+    }
+
     /// A database made before leases recorded a holder is migrated in
     /// place: its tasks and leases are kept, and new leases record one.
     #[tokio::test]
     async fn a_database_without_the_holder_column_is_migrated_in_place() {
         let clock = ManualClock::new(T0);
         let dir = tempfile::tempdir().unwrap();
-        {
-            let c = Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
-            let old = super::super::SCHEMA.replace(
-                "leased INTEGER NOT NULL DEFAULT 0,\n    -- The host holding the lease (its registry id), if it registered.\n    holder TEXT\n",
-                "leased INTEGER NOT NULL DEFAULT 0\n",
-            );
-            assert!(!old.contains("holder"), "the old schema has no holder");
-            c.execute_batch(&old).unwrap();
-            c.execute(
-                "INSERT INTO tasks (queue, payload, enqueued_at, visible_at) VALUES ('q', x'01', 1, 1)",
-                [],
-            )
-            .unwrap();
-            c.execute("INSERT INTO queues (name) VALUES ('q')", [])
-                .unwrap();
-        }
+        old_database(
+            dir.path(),
+            TASKS_WITHOUT_HOLDER,
+            "INSERT INTO tasks (queue, payload, enqueued_at, visible_at) VALUES ('q', x'01', 1, 1)",
+        );
         let store = DiskStore::open(dir.path(), Default::default(), clock.clone()).unwrap();
         let q = store.queue("q").unwrap();
         assert_eq!(q.stats().await.unwrap().pending, 1);
@@ -201,6 +206,40 @@ mod tests {
         // Its holder leaves without a run file: gone, so the lease comes back.
         store.registry().deregister("gone").await.unwrap();
         assert_eq!(store.registry().reclaim_gone().await.unwrap(), 1);
+        store.close().await;
+    }
+
+    /// A database whose leases name their holder (a text column, as versions
+    /// before holder numbers wrote it) is migrated in place: a gone
+    /// holder's leases still come back, and new leases mix with them.
+    #[tokio::test]
+    async fn holder_names_from_an_older_version_become_numbers() {
+        let clock = ManualClock::new(T0);
+        let dir = tempfile::tempdir().unwrap();
+        let far = T0 + 3_600_000;
+        old_database(
+            dir.path(),
+            &format!("{TASKS_WITHOUT_HOLDER} ALTER TABLE tasks ADD COLUMN holder TEXT;"),
+            &format!(
+                "INSERT INTO tasks (queue, payload, attempt, enqueued_at, visible_at, leased, holder) \
+                 VALUES ('q', x'01', 1, 1, {far}, 1, 'gone-host'), \
+                        ('q', x'02', 1, 1, {far}, 1, 'gone-host'), \
+                        ('q', x'03', 0, 1, 1, 0, NULL)"
+            ),
+        );
+        let store = DiskStore::open(dir.path(), Default::default(), clock.clone()).unwrap();
+        let q = store.queue("q").unwrap();
+        let reg = store.registry();
+        reg.heartbeat(&me("new-host")).await.unwrap();
+        let mine = q.lease(1, TTL).await.unwrap();
+        assert_eq!(mine.len(), 1);
+        // The old host has no run file: gone. This process is not.
+        assert_eq!(reg.reclaim_gone().await.unwrap(), 2);
+        let s = q.stats().await.unwrap();
+        assert_eq!((s.pending, s.leased), (2, 1), "{s:?}");
+        assert_eq!(reg.reclaim_gone().await.unwrap(), 0, "once");
+        let held: Vec<_> = mine.iter().map(|t| t.lease()).collect();
+        assert_eq!(q.ack(&held).await.unwrap().applied, 1);
         store.close().await;
     }
 }

@@ -7,8 +7,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     enqueued_at INTEGER NOT NULL,
     visible_at INTEGER NOT NULL,
     leased INTEGER NOT NULL DEFAULT 0,
-    -- The host holding the lease (its registry id), if it registered.
-    holder TEXT
+    -- The host holding the lease (its number in `holders`), if it
+    -- registered: a number keeps a leased row about as long as a waiting
+    -- one, so leasing rewrites rows in place.
+    holder INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_visible ON tasks(queue, visible_at, id);
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(queue, unique_key) WHERE unique_key IS NOT NULL;
@@ -28,3 +30,5 @@ CREATE INDEX IF NOT EXISTS dead_newest ON dead(queue, failed_at, id);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
 -- Queues an operator paused (host pause); hosts stop leasing from them.
 CREATE TABLE IF NOT EXISTS paused (queue TEXT PRIMARY KEY) WITHOUT ROWID;
+-- The registered hosts holding leases, by registry id.
+CREATE TABLE IF NOT EXISTS holders (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);

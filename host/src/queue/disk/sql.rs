@@ -68,20 +68,46 @@ pub(super) fn push(
     Ok(Some(out))
 }
 
-/// Brings a database made before leases recorded their holder up to date
-/// (in place: the column is added, no row is rewritten).
+/// Brings a database made by an older version up to date, in place.
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     let has_holder: bool = c
         .prepare("SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'holder'")?
         .query_row([], |r| r.get::<_, i64>(0))?
         > 0;
     if !has_holder {
+        // Adding a column rewrites no row.
         c.execute_batch("ALTER TABLE tasks ADD COLUMN holder TEXT")?;
     }
     // Only held leases carry a holder, so the index stays small.
     c.execute_batch(
         "CREATE INDEX IF NOT EXISTS tasks_holder ON tasks(holder) WHERE holder IS NOT NULL",
-    )
+    )?;
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        // Holders were names; they are numbers in `holders` now.
+        c.execute_batch(
+            "INSERT OR IGNORE INTO holders (name) \
+               SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL; \
+             UPDATE tasks SET holder = (SELECT id FROM holders WHERE name = tasks.holder) \
+               WHERE holder IS NOT NULL; \
+             PRAGMA user_version = 1;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The number that stands for `holder` in `tasks`, made on first use.
+fn holder_number(c: &Connection, holder: &str) -> rusqlite::Result<i64> {
+    let found = c
+        .prepare_cached("SELECT id FROM holders WHERE name = ?1")?
+        .query_row([holder], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    c.prepare_cached("INSERT INTO holders (name) VALUES (?1)")?
+        .execute([holder])?;
+    Ok(c.last_insert_rowid())
 }
 
 /// Leases up to `max` visible tasks until `until`, oldest first, for `holder`.
@@ -93,8 +119,11 @@ pub(super) fn lease(
     now: u64,
     holder: Option<&str>,
 ) -> rusqlite::Result<Vec<Task>> {
+    let holder = holder.map(|h| holder_number(c, h)).transpose()?;
+    // `OR FAIL`: a failing lease is rolled back whole by the writer, so
+    // SQLite need not keep a statement journal of the rows it changed.
     let mut st = c.prepare_cached(
-        "UPDATE tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3, holder = ?5 \
+        "UPDATE OR FAIL tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3, holder = ?5 \
          WHERE id IN (SELECT id FROM tasks WHERE queue = ?1 AND visible_at <= ?2 \
                       ORDER BY visible_at, id LIMIT ?4) \
          RETURNING id, unique_key, payload, attempt, enqueued_at",
@@ -251,10 +280,17 @@ pub(super) fn queues(c: &Connection) -> rusqlite::Result<Vec<String>> {
     st.query_map([], |r| r.get(0))?.collect()
 }
 
-/// The hosts holding leases now (expired ones included).
+/// The hosts holding leases now (expired ones included). Forgets the
+/// numbers of hosts that hold none: a host that leases again gets a new one.
 pub(super) fn holders(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached(
+        "DELETE FROM holders WHERE id NOT IN \
+           (SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL)",
+    )?
+    .execute([])?;
     let mut st = c.prepare_cached(
-        "SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL AND leased = 1",
+        "SELECT name FROM holders WHERE id IN \
+           (SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL AND leased = 1)",
     )?;
     st.query_map([], |r| r.get(0))?.collect()
 }
@@ -266,7 +302,7 @@ pub(super) fn holders(c: &Connection) -> rusqlite::Result<Vec<String>> {
 pub(super) fn reclaim(c: &Connection, holders: &[String], now: u64) -> rusqlite::Result<u64> {
     let mut st = c.prepare_cached(
         "UPDATE tasks SET leased = 0, holder = NULL, visible_at = min(visible_at, ?2) \
-         WHERE holder = ?1 AND leased = 1",
+         WHERE holder = (SELECT id FROM holders WHERE name = ?1) AND leased = 1",
     )?;
     let mut n = 0;
     for h in holders {

@@ -12,7 +12,14 @@
 //! loses nothing at all (the OS still holds the write). The next group
 //! that pushes or settles fsyncs the log, earlier frames included. This
 //! halves the fsyncs of a drain, whose every batch is one lease and one ack.
+//!
+//! The connection therefore runs with SQLite's `synchronous=NORMAL` (no
+//! fsync at commit in WAL mode) and the writer fsyncs the log itself after
+//! a commit that needs it, which is what `FULL` does. Switching the pragma
+//! per group instead made SQLite re-prepare every cached statement.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -90,18 +97,21 @@ pub(super) enum Request {
 
 /// Starts the writer thread on `conn`; it stops after a [`Request::Close`]
 /// or when every sender is gone.
+/// `wal` is the database's log when every commit that changes tasks must
+/// reach the disk (`sync = "full"`); the connection runs with
+/// `synchronous=NORMAL`.
 pub(super) fn start(
     conn: Connection,
     clock: Arc<dyn Clock>,
     max_group: usize,
-    full_sync: bool,
+    wal: Option<WalFile>,
 ) -> std::io::Result<(mpsc::UnboundedSender<Request>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = Writer {
         conn,
         clock,
         max_group: max_group.max(1),
-        full_sync,
+        wal,
     };
     let thread = std::thread::Builder::new()
         .name("taskhost-disk".into())
@@ -114,8 +124,36 @@ struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
     max_group: usize,
-    /// `synchronous=FULL` is configured (relaxed for lease-only groups).
-    full_sync: bool,
+    /// The log to fsync after commits that change tasks (`sync = "full"`).
+    wal: Option<WalFile>,
+}
+
+/// The database's write-ahead log (SQLite keeps the file while a
+/// connection is open), opened at its first fsync.
+pub(super) struct WalFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl WalFile {
+    /// The log of the database at `db`.
+    pub(super) fn of(db: &Path) -> Self {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-wal");
+        Self {
+            path: name.into(),
+            file: None,
+        }
+    }
+
+    /// Flushes the log's committed frames to the disk.
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(File::open(&self.path)?),
+        };
+        file.sync_data()
+    }
 }
 
 /// A reply to send once the group's transaction has committed.
@@ -168,26 +206,13 @@ impl Writer {
             return;
         }
         let now = self.clock.now_ms();
-        let relax = self.full_sync && !group.iter().any(needs_fsync);
-        if relax {
-            self.set_sync("NORMAL");
-        }
-        self.commit_group(group, now);
-        if relax {
-            self.set_sync("FULL");
-        }
+        let durable = group.iter().any(needs_fsync);
+        self.commit_group(group, now, durable);
     }
 
-    fn set_sync(&self, level: &str) {
-        if let Err(e) = self
-            .conn
-            .execute_batch(&format!("PRAGMA synchronous={level}"))
-        {
-            tracing::error!(error = %e, level, "disk queue: cannot set synchronous");
-        }
-    }
-
-    fn commit_group(&mut self, group: Vec<Request>, now: u64) {
+    /// Runs `group` in one transaction; `durable` groups reach the disk
+    /// before they are answered.
+    fn commit_group(&mut self, mut group: Vec<Request>, now: u64, durable: bool) {
         let tx = match self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -201,6 +226,19 @@ impl Writer {
                 return;
             }
         };
+        let wal = self.wal.as_mut().filter(|_| durable);
+        // A lone request needs no savepoint (the transaction is its own),
+        // and the page copies a savepoint keeps cost as much as the work.
+        if group.len() == 1
+            && let Some(r) = group.pop()
+        {
+            let (f, ok) = apply(&tx, r, now);
+            if !ok {
+                drop(tx.rollback());
+                return f(None);
+            }
+            return finish_group(tx, vec![f], wal);
+        }
         let mut finishes: Vec<Finish> = Vec::with_capacity(group.len());
         let mut tx = tx;
         for r in group {
@@ -222,10 +260,21 @@ impl Writer {
             };
             finishes.push(f);
         }
-        let commit = tx.commit().err().map(|e| e.to_string());
-        for f in finishes {
-            f(commit.as_deref());
-        }
+        finish_group(tx, finishes, wal);
+    }
+}
+
+/// Commits, fsyncs the log when given one, then answers.
+fn finish_group(tx: rusqlite::Transaction<'_>, finishes: Vec<Finish>, wal: Option<&mut WalFile>) {
+    let mut commit = tx.commit().err().map(|e| e.to_string());
+    if commit.is_none()
+        && let Some(wal) = wal
+        && let Err(e) = wal.sync()
+    {
+        commit = Some(format!("cannot fsync {}: {e}", wal.path.display()));
+    }
+    for f in finishes {
+        f(commit.as_deref());
     }
 }
 
