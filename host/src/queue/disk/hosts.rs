@@ -219,7 +219,11 @@ mod tests {
         let far = T0 + 3_600_000;
         old_database(
             dir.path(),
-            &format!("{TASKS_WITHOUT_HOLDER} ALTER TABLE tasks ADD COLUMN holder TEXT;"),
+            &format!(
+                "{TASKS_WITHOUT_HOLDER} ALTER TABLE tasks ADD COLUMN holder TEXT;
+                 CREATE INDEX tasks_visible ON tasks(queue, visible_at, id);
+                 CREATE INDEX tasks_holder ON tasks(holder) WHERE holder IS NOT NULL;"
+            ),
             &format!(
                 "INSERT INTO tasks (queue, payload, attempt, enqueued_at, visible_at, leased, holder) \
                  VALUES ('q', x'01', 1, 1, {far}, 1, 'gone-host'), \
@@ -241,5 +245,16 @@ mod tests {
         let held: Vec<_> = mine.iter().map(|t| t.lease()).collect();
         assert_eq!(q.ack(&held).await.unwrap().applied, 1);
         store.close().await;
+        // The old indexes gave way to the two partial ones.
+        let c = Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_schema WHERE tbl_name = 'tasks' AND type = 'index' ORDER BY 1")
+            .unwrap();
+        let names: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["tasks_leased", "tasks_unique", "tasks_waiting"]);
     }
 }

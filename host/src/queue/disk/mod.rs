@@ -17,11 +17,12 @@
 //!
 //! # Invariants
 //!
-//! `tasks` holds every task still to do. A waiting task is visible when
-//! `visible_at <= now`; leasing sets `leased = 1`, increments `attempt` and
-//! moves `visible_at` to the lease expiry, so an expired lease is simply
-//! visible again, and a lease is held while `(id, attempt, leased = 1)`
-//! matches. `dead` holds the newest `dead_capacity` dead letters of each
+//! `tasks` holds every task still to do. A waiting task (`leased = 0`) is
+//! visible when `visible_at <= now`; leasing sets `leased = 1`, increments
+//! `attempt`, records the holder and moves `visible_at` to the lease expiry.
+//! The next lease on the queue makes expired leases wait again, and a lease
+//! is held while `(id, attempt, leased = 1)` matches. Only leased rows carry
+//! a holder. `dead` holds the newest `dead_capacity` dead letters of each
 //! queue (trimmed whenever a settlement adds one); `queues` names every queue ever
 //! pushed to, for `host status`; `paused` names the queues an operator paused.
 //! All statements run on the writer thread (`admin.rs`: the operator actions).
@@ -222,6 +223,7 @@ impl DiskStore {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(|e| disk_err(e.to_string()))?;
         identity::quick_check(&conn, path)?;
+        sql::add_missing_columns(&conn).map_err(|e| disk_err(e.to_string()))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| disk_err(e.to_string()))?;
         sql::migrate(&conn).map_err(|e| disk_err(e.to_string()))?;

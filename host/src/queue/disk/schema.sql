@@ -12,7 +12,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     -- one, so leasing rewrites rows in place.
     holder INTEGER
 );
-CREATE INDEX IF NOT EXISTS tasks_visible ON tasks(queue, visible_at, id);
+-- Waiting tasks in the order they are leased (`visible_at`: when due).
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(queue, visible_at, id) WHERE leased = 0;
+-- Leased tasks by expiry (`visible_at`: when the lease ends), with their holder.
+-- Two partial indexes: a lease moves a task from one to the other and an
+-- ack deletes one entry, where one index over both (and one of holders)
+-- cost an index entry moved and two more written and deleted.
+CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(queue, visible_at, holder) WHERE leased = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY,

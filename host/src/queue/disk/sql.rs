@@ -35,7 +35,10 @@ pub(super) fn push(
 ) -> rusqlite::Result<Option<Vec<Pushed>>> {
     if let Some(cap) = capacity {
         let n: i64 = c
-            .prepare_cached("SELECT count(*) FROM tasks WHERE queue = ?1")?
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM tasks WHERE queue = ?1 AND leased = 0) \
+                      + (SELECT count(*) FROM tasks WHERE queue = ?1 AND leased = 1)",
+            )?
             .query_row([queue], |r| r.get(0))?;
         if n as usize + tasks.len() > cap {
             return Ok(None);
@@ -68,20 +71,23 @@ pub(super) fn push(
     Ok(Some(out))
 }
 
-/// Brings a database made by an older version up to date, in place.
-pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let has_holder: bool = c
-        .prepare("SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'holder'")?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_holder {
-        // Adding a column rewrites no row.
+/// Adds the columns a database made by an older version lacks (before the
+/// schema, whose indexes name them); adding a column rewrites no row.
+pub(super) fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
+    let (columns, has_holder): (i64, bool) = c.query_row(
+        "SELECT count(*), coalesce(sum(name = 'holder'), 0) FROM pragma_table_info('tasks')",
+        [],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? > 0)),
+    )?;
+    if columns > 0 && !has_holder {
         c.execute_batch("ALTER TABLE tasks ADD COLUMN holder TEXT")?;
     }
-    // Only held leases carry a holder, so the index stays small.
-    c.execute_batch(
-        "CREATE INDEX IF NOT EXISTS tasks_holder ON tasks(holder) WHERE holder IS NOT NULL",
-    )?;
+    Ok(())
+}
+
+/// Brings the rows and indexes of a database made by an older version up
+/// to date, in place (after the schema).
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
         // Holders were names; they are numbers in `holders` now.
@@ -91,6 +97,14 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
              UPDATE tasks SET holder = (SELECT id FROM holders WHERE name = tasks.holder) \
                WHERE holder IS NOT NULL; \
              PRAGMA user_version = 1;",
+        )?;
+    }
+    if version < 2 {
+        // One index over waiting and leased tasks, and one of holders, gave
+        // way to `tasks_waiting` and `tasks_leased` (made by the schema).
+        c.execute_batch(
+            "DROP INDEX IF EXISTS tasks_visible; DROP INDEX IF EXISTS tasks_holder; \
+             PRAGMA user_version = 2;",
         )?;
     }
     Ok(())
@@ -120,11 +134,19 @@ pub(super) fn lease(
     holder: Option<&str>,
 ) -> rusqlite::Result<Vec<Task>> {
     let holder = holder.map(|h| holder_number(c, h)).transpose()?;
-    // `OR FAIL`: a failing lease is rolled back whole by the writer, so
-    // SQLite need not keep a statement journal of the rows it changed.
+    // Expired leases wait again, in their place (their expiry is old).
+    c.prepare_cached(
+        "UPDATE tasks INDEXED BY tasks_leased SET leased = 0, holder = NULL \
+         WHERE queue = ?1 AND leased = 1 AND visible_at <= ?2",
+    )?
+    .execute(params![&**queue, to_i64(now)])?;
+    // `INDEXED BY`: the hot path never falls back to a scan. `OR FAIL`: a
+    // failing lease is rolled back whole by the writer, so SQLite need not
+    // keep a statement journal of the rows it changed.
     let mut st = c.prepare_cached(
         "UPDATE OR FAIL tasks SET leased = 1, attempt = attempt + 1, visible_at = ?3, holder = ?5 \
-         WHERE id IN (SELECT id FROM tasks WHERE queue = ?1 AND visible_at <= ?2 \
+         WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_waiting \
+                      WHERE queue = ?1 AND leased = 0 AND visible_at <= ?2 \
                       ORDER BY visible_at, id LIMIT ?4) \
          RETURNING id, unique_key, payload, attempt, enqueued_at",
     )?;
@@ -224,16 +246,18 @@ pub(super) fn settle(
 
 /// Counts of a queue's tasks by state at `now`.
 pub(super) fn stats(c: &Connection, queue: &str, now: u64) -> rusqlite::Result<QueueStats> {
-    let (pending, delayed, leased): (i64, i64, i64) = c
-        .prepare_cached(
-            "SELECT coalesce(sum(visible_at <= ?2), 0), \
-                    coalesce(sum(visible_at > ?2 AND leased = 0), 0), \
-                    coalesce(sum(visible_at > ?2 AND leased = 1), 0) \
-             FROM tasks WHERE queue = ?1",
-        )?
-        .query_row(params![queue, to_i64(now)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    // Per index: due and not yet due, waiting (pending, delayed) and
+    // leased (expired, so pending again; held).
+    let count = |leased: &str| -> rusqlite::Result<(i64, i64)> {
+        c.prepare_cached(&format!(
+            "SELECT coalesce(sum(visible_at <= ?2), 0), coalesce(sum(visible_at > ?2), 0) \
+             FROM tasks WHERE queue = ?1 AND leased = {leased}"
+        ))?
+        .query_row(params![queue, to_i64(now)], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    let (due, delayed) = count("0")?;
+    let (expired, leased) = count("1")?;
+    let pending = due + expired;
     let dead: i64 = c
         .prepare_cached("SELECT count(*) FROM dead WHERE queue = ?1")?
         .query_row([queue], |r| r.get(0))?;
@@ -245,11 +269,14 @@ pub(super) fn stats(c: &Connection, queue: &str, now: u64) -> rusqlite::Result<Q
     })
 }
 
-/// True when the queue holds no pending, delayed or leased task: one probe
-/// of the `(queue, visible_at, id)` index, however long the queue.
+/// True when the queue holds no pending, delayed or leased task: a probe
+/// of each task index, however long the queue.
 pub(super) fn empty(c: &Connection, queue: &str) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1)")?
-        .query_row([queue], |r| r.get(0))
+    c.prepare_cached(
+        "SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1 AND leased = 0) \
+            AND NOT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1 AND leased = 1)",
+    )?
+    .query_row([queue], |r| r.get(0))
 }
 
 /// The newest dead letters of a queue.
@@ -283,14 +310,15 @@ pub(super) fn queues(c: &Connection) -> rusqlite::Result<Vec<String>> {
 /// The hosts holding leases now (expired ones included). Forgets the
 /// numbers of hosts that hold none: a host that leases again gets a new one.
 pub(super) fn holders(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    // Only leased rows carry a holder: both read `tasks_leased` alone.
     c.prepare_cached(
         "DELETE FROM holders WHERE id NOT IN \
-           (SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL)",
+           (SELECT holder FROM tasks WHERE leased = 1 AND holder IS NOT NULL)",
     )?
     .execute([])?;
     let mut st = c.prepare_cached(
         "SELECT name FROM holders WHERE id IN \
-           (SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL AND leased = 1)",
+           (SELECT holder FROM tasks WHERE leased = 1 AND holder IS NOT NULL)",
     )?;
     st.query_map([], |r| r.get(0))?.collect()
 }
@@ -302,7 +330,7 @@ pub(super) fn holders(c: &Connection) -> rusqlite::Result<Vec<String>> {
 pub(super) fn reclaim(c: &Connection, holders: &[String], now: u64) -> rusqlite::Result<u64> {
     let mut st = c.prepare_cached(
         "UPDATE tasks SET leased = 0, holder = NULL, visible_at = min(visible_at, ?2) \
-         WHERE holder = (SELECT id FROM holders WHERE name = ?1) AND leased = 1",
+         WHERE leased = 1 AND holder = (SELECT id FROM holders WHERE name = ?1)",
     )?;
     let mut n = 0;
     for h in holders {

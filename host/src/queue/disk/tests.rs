@@ -160,7 +160,7 @@ async fn damage_found_while_running_fails_the_store_for_good() {
     other
         .execute_batch(&format!(
             "PRAGMA writable_schema = ON;
-             UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_visible';
+             UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_waiting';
              PRAGMA schema_version = {};",
             version + 1
         ))
