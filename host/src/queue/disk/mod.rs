@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `mod.rs` | [`DiskOptions`], [`DiskStore`], [`DiskQueue`]: requests to the writer |
 //! | `writer.rs` | the one writer thread per store and its group commit |
+//! | `syncer.rs` | the thread that fsyncs the log and answers durable groups |
 //! | `sql.rs` | the statements each request runs |
 //! | `schema.sql` | the tables, created on open |
 //! | `identity.rs` | the store marker, damage checks, the read-only message |
@@ -31,6 +32,7 @@ mod admin;
 mod hosts;
 mod identity;
 mod sql;
+mod syncer;
 mod writer;
 
 #[cfg(test)]
@@ -175,7 +177,7 @@ impl DiskStore {
         let wal = match opts.sync {
             // The store's identity, just committed, reaches the disk first.
             Sync::Full => {
-                let mut wal = writer::WalFile::of(&path);
+                let mut wal = syncer::WalFile::of(&path);
                 wal.sync().map_err(|e| QueueError::Disk {
                     path: path.display().to_string(),
                     message: format!("cannot fsync its log: {e}"),

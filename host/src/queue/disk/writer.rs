@@ -14,12 +14,12 @@
 //! halves the fsyncs of a drain, whose every batch is one lease and one ack.
 //!
 //! The connection therefore runs with SQLite's `synchronous=NORMAL` (no
-//! fsync at commit in WAL mode) and the writer fsyncs the log itself after
-//! a commit that needs it, which is what `FULL` does. Switching the pragma
-//! per group instead made SQLite re-prepare every cached statement.
+//! fsync at commit in WAL mode), and after a commit that needs it the
+//! fsync thread (`syncer.rs`) fsyncs the log before the group is answered,
+//! which is what `FULL` does, while the writer runs the next group.
+//! Switching the pragma per group instead made SQLite re-prepare every
+//! cached statement.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::syncer::{Syncer, WalFile, answer};
 use super::sql::{dead, empty, holders, lease, push, queues, reclaim, renew, settle, stats};
 use crate::clock::{self, Clock};
 use crate::queue::{DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
@@ -111,7 +112,7 @@ pub(super) fn start(
         conn,
         clock,
         max_group: max_group.max(1),
-        wal,
+        syncer: wal.map(Syncer::start).transpose()?,
     };
     let thread = std::thread::Builder::new()
         .name("taskhost-disk".into())
@@ -124,36 +125,8 @@ struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
     max_group: usize,
-    /// The log to fsync after commits that change tasks (`sync = "full"`).
-    wal: Option<WalFile>,
-}
-
-/// The database's write-ahead log (SQLite keeps the file while a
-/// connection is open), opened at its first fsync.
-pub(super) struct WalFile {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl WalFile {
-    /// The log of the database at `db`.
-    pub(super) fn of(db: &Path) -> Self {
-        let mut name = db.as_os_str().to_owned();
-        name.push("-wal");
-        Self {
-            path: name.into(),
-            file: None,
-        }
-    }
-
-    /// Flushes the log's committed frames to the disk.
-    pub(super) fn sync(&mut self) -> std::io::Result<()> {
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(File::open(&self.path)?),
-        };
-        file.sync_data()
-    }
+    /// Fsyncs the log after commits that change tasks (`sync = "full"`).
+    syncer: Option<Syncer>,
 }
 
 /// A reply to send once the group's transaction has committed.
@@ -195,6 +168,9 @@ impl Writer {
             let group = work;
             self.run_group(group);
             if let Some(reply) = close {
+                if let Some(s) = &mut self.syncer {
+                    s.stop();
+                }
                 let _ = reply.send(());
                 return;
             }
@@ -226,7 +202,7 @@ impl Writer {
                 return;
             }
         };
-        let wal = self.wal.as_mut().filter(|_| durable);
+        let syncer = self.syncer.as_ref().filter(|_| durable);
         // A lone request needs no savepoint (the transaction is its own),
         // and the page copies a savepoint keeps cost as much as the work.
         if group.len() == 1
@@ -237,7 +213,7 @@ impl Writer {
                 drop(tx.rollback());
                 return f(None);
             }
-            return finish_group(tx, vec![f], wal);
+            return finish_group(tx, vec![f], syncer);
         }
         let mut finishes: Vec<Finish> = Vec::with_capacity(group.len());
         let mut tx = tx;
@@ -260,21 +236,16 @@ impl Writer {
             };
             finishes.push(f);
         }
-        finish_group(tx, finishes, wal);
+        finish_group(tx, finishes, syncer);
     }
 }
 
-/// Commits, fsyncs the log when given one, then answers.
-fn finish_group(tx: rusqlite::Transaction<'_>, finishes: Vec<Finish>, wal: Option<&mut WalFile>) {
-    let mut commit = tx.commit().err().map(|e| e.to_string());
-    if commit.is_none()
-        && let Some(wal) = wal
-        && let Err(e) = wal.sync()
-    {
-        commit = Some(format!("cannot fsync {}: {e}", wal.path.display()));
-    }
-    for f in finishes {
-        f(commit.as_deref());
+/// Commits, then answers: through the fsync thread when given one.
+fn finish_group(tx: rusqlite::Transaction<'_>, finishes: Vec<Finish>, syncer: Option<&Syncer>) {
+    match (tx.commit(), syncer) {
+        (Ok(()), Some(s)) => s.answer_when_synced(finishes),
+        (Ok(()), None) => answer(finishes, None),
+        (Err(e), _) => answer(finishes, Some(&e.to_string())),
     }
 }
 
