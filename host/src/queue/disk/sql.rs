@@ -180,14 +180,15 @@ pub(super) fn settle(
     dead_capacity: usize,
     now: u64,
 ) -> rusqlite::Result<Settled> {
-    let mut out = Settled::default();
+    let (acks, others): (Vec<Settle>, Vec<Settle>) = settlements
+        .into_iter()
+        .partition(|s| matches!(s.action, Action::Ack));
+    let mut out = ack(c, &acks)?;
     let mut died: Vec<String> = Vec::new();
-    for s in settlements {
+    for s in others {
         let (id, attempt) = (s.lease.id as i64, s.lease.attempt);
         let n = match s.action {
-            Action::Ack => c
-                .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1")?
-                .execute(params![id, attempt])?,
+            Action::Ack => 0,
             Action::RetryAt(at) => c
                 .prepare_cached(
                     "UPDATE tasks SET leased = 0, holder = NULL, visible_at = ?3 \
@@ -242,6 +243,21 @@ pub(super) fn settle(
         .execute(params![q, dead_capacity as i64])?;
     }
     Ok(out)
+}
+
+/// Deletes the acked tasks whose lease is still held. (One statement over
+/// a JSON list of leases measured slower than this loop.)
+fn ack(c: &Connection, acks: &[Settle]) -> rusqlite::Result<Settled> {
+    let mut st =
+        c.prepare_cached("DELETE FROM tasks WHERE id = ?1 AND attempt = ?2 AND leased = 1")?;
+    let mut applied = 0;
+    for s in acks {
+        applied += st.execute(params![s.lease.id as i64, s.lease.attempt])?;
+    }
+    Ok(Settled {
+        applied,
+        lost: acks.len() - applied,
+    })
 }
 
 /// Counts of a queue's tasks by state at `now`.

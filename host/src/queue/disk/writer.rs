@@ -27,8 +27,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::syncer::{Syncer, WalFile, answer};
 use super::sql::{dead, empty, holders, lease, push, queues, reclaim, renew, settle, stats};
+use super::syncer::{Syncer, WalFile, answer};
 use crate::clock::{self, Clock};
 use crate::queue::{DeadTask, Lease, NewTask, Pushed, QueueStats, Settle, Settled, Task};
 
