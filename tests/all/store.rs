@@ -149,7 +149,7 @@ fn damage_found_while_serving_stops_host_run_with_the_cause() {
         .unwrap();
     c.execute_batch(&format!(
         "PRAGMA writable_schema = ON;
-         UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_visible';
+         UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_waiting';
          PRAGMA schema_version = {};",
         v + 1
     ))

@@ -62,7 +62,8 @@ use crate::clock::Clock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sync {
-    /// fsync the log at every commit: survives power loss (SQLite `FULL`).
+    /// Every commit that changes tasks is fsynced before it is answered:
+    /// survives power loss (what SQLite's `FULL` does).
     #[default]
     Full,
     /// fsync only at checkpoints: survives a process crash, may lose the last

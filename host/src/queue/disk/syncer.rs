@@ -102,3 +102,49 @@ pub(super) fn answer(finishes: Vec<Finish>, error: Option<&str>) {
         f(error);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands three groups to a syncer whose log is `db`'s; answers what each
+    /// was told, in the order told.
+    fn three_groups(db: &Path) -> Vec<(usize, Option<String>)> {
+        let mut syncer = Syncer::start(WalFile::of(db)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            syncer.answer_when_synced(vec![Box::new(move |e: Option<&str>| {
+                tx.send((i, e.map(str::to_owned))).unwrap()
+            })]);
+        }
+        // Stopping answers everything handed over first.
+        syncer.stop();
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn groups_are_answered_in_order_once_the_log_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite3");
+        std::fs::write(dir.path().join("queue.sqlite3-wal"), b"frames").unwrap();
+        assert_eq!(three_groups(&db), [(0, None), (1, None), (2, None)]);
+    }
+
+    /// A log that cannot be fsynced fails every group waiting on it, naming
+    /// the file, instead of answering it as durable.
+    #[test]
+    fn a_failed_fsync_fails_the_groups_with_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let got = three_groups(&dir.path().join("gone.sqlite3"));
+        assert_eq!(got.len(), 3);
+        for (i, (n, e)) in got.into_iter().enumerate() {
+            assert_eq!(n, i);
+            let e = e.expect("an error");
+            assert!(
+                e.starts_with("cannot fsync ") && e.contains("gone.sqlite3-wal"),
+                "{e}"
+            );
+        }
+    }
+}
