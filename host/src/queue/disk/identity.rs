@@ -218,7 +218,12 @@ pub(super) fn settle(
 /// first is fine, a different one is not.
 fn write_marker(dir: &Path, m: &Marker) -> Result<(), QueueError> {
     let path = dir.join(MARKER_FILE);
-    let tmp = dir.join(format!(".{MARKER_FILE}.{}.tmp", std::process::id()));
+    // Unique per call: threads of one process may open a store at once too.
+    let tmp = dir.join(format!(
+        ".{MARKER_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     let io = |e: std::io::Error| disk_error(&path, format!("cannot write the store marker: {e}"));
     let mut text = serde_json::to_vec_pretty(m).map_err(|e| io(std::io::Error::other(e)))?;
     text.push(b'\n');

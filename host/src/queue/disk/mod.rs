@@ -124,6 +124,25 @@ pub struct DiskStore {
     holder: Mutex<Option<Arc<str>>>,
 }
 
+/// Puts the database in WAL mode. A new database starts in rollback mode,
+/// where two processes switching it at once can deadlock on its locks:
+/// SQLite then answers one "database is locked" at once instead of waiting,
+/// so that one tries again (the other's switch is done by then).
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let mut tries = 0;
+    loop {
+        match conn.execute_batch("PRAGMA journal_mode=WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Creates `dir` and any missing parents with mode 0700.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     let mut b = std::fs::DirBuilder::new();
@@ -215,7 +234,7 @@ impl DiskStore {
             }
         };
         private_file(path).map_err(|e| disk_err(e.to_string()))?;
-        let conn = Connection::open(path).map_err(|e| disk_err(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| disk_err(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(|e| disk_err(e.to_string()))?;
         // Plans that do not depend on bound values: without this SQLite
@@ -223,13 +242,11 @@ impl DiskStore {
         // planned with (the lease's `LIMIT ?`), about a fifth of a lease.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(|e| disk_err(e.to_string()))?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        wal_mode(&conn).map_err(|e| disk_err(e.to_string()))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(|e| disk_err(e.to_string()))?;
         identity::quick_check(&conn, path)?;
-        sql::add_missing_columns(&conn).map_err(|e| disk_err(e.to_string()))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| disk_err(e.to_string()))?;
-        sql::migrate(&conn).map_err(|e| disk_err(e.to_string()))?;
+        sql::create_or_migrate(&mut conn, SCHEMA).map_err(|e| disk_err(e.to_string()))?;
         Ok(conn)
     }
 

@@ -1,3 +1,5 @@
+-- The tables of a new store. A change here raises `LAYOUT` in sql.rs, with
+-- the steps that bring older databases to it in `migrate`.
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,

@@ -71,9 +71,34 @@ pub(super) fn push(
     Ok(Some(out))
 }
 
+/// The layout `schema.sql` and [`migrate`] make, recorded in the
+/// database's `user_version`: a change to either raises it.
+const LAYOUT: i64 = 2;
+
+/// Creates the tables of a new database, or brings an older version's up to
+/// date; nothing to do (and nothing written) when it is current. One write
+/// transaction: statements that each upgrade a read to a write fail with
+/// "database is locked" when another process creating the same new store
+/// commits between the two.
+pub(super) fn create_or_migrate(c: &mut Connection, schema: &str) -> rusqlite::Result<()> {
+    let layout = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    if layout(c)? >= LAYOUT {
+        return Ok(());
+    }
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have done it while this one waited.
+    let version = layout(&tx)?;
+    if version < LAYOUT {
+        add_missing_columns(&tx)?;
+        tx.execute_batch(schema)?;
+        migrate(&tx, version)?;
+    }
+    tx.commit()
+}
+
 /// Adds the columns a database made by an older version lacks (before the
 /// schema, whose indexes name them); adding a column rewrites no row.
-pub(super) fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
+fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
     let (columns, has_holder): (i64, bool) = c.query_row(
         "SELECT count(*), coalesce(sum(name = 'holder'), 0) FROM pragma_table_info('tasks')",
         [],
@@ -85,29 +110,24 @@ pub(super) fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Brings the rows and indexes of a database made by an older version up
-/// to date, in place (after the schema).
-pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+/// Brings the rows and indexes of a database at layout `version` up to
+/// date, in place (after the schema).
+fn migrate(c: &Connection, version: i64) -> rusqlite::Result<()> {
     if version < 1 {
         // Holders were names; they are numbers in `holders` now.
         c.execute_batch(
             "INSERT OR IGNORE INTO holders (name) \
                SELECT DISTINCT holder FROM tasks WHERE holder IS NOT NULL; \
              UPDATE tasks SET holder = (SELECT id FROM holders WHERE name = tasks.holder) \
-               WHERE holder IS NOT NULL; \
-             PRAGMA user_version = 1;",
+               WHERE holder IS NOT NULL;",
         )?;
     }
     if version < 2 {
         // One index over waiting and leased tasks, and one of holders, gave
         // way to `tasks_waiting` and `tasks_leased` (made by the schema).
-        c.execute_batch(
-            "DROP INDEX IF EXISTS tasks_visible; DROP INDEX IF EXISTS tasks_holder; \
-             PRAGMA user_version = 2;",
-        )?;
+        c.execute_batch("DROP INDEX IF EXISTS tasks_visible; DROP INDEX IF EXISTS tasks_holder;")?;
     }
-    Ok(())
+    c.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
 }
 
 /// The number that stands for `holder` in `tasks`, made on first use.

@@ -177,3 +177,28 @@ async fn damage_found_while_running_fails_the_store_for_good() {
     assert!(e.contains("damaged") && e.contains(DB_FILE), "{e}");
     store.close().await;
 }
+
+/// Processes that open a new store at the same moment (`host run` beside
+/// `host hosts`) all open it: creating the tables is one write transaction,
+/// not statements that each upgrade a read to a write and can find the
+/// database changed under them ("database is locked").
+#[tokio::test]
+async fn a_new_store_opened_at_once_by_many_opens_for_all() {
+    for _ in 0..5 {
+        let dir = tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (dir, clock, barrier) = (dir.path().to_owned(), clock.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    DiskStore::open(&dir, DiskOptions::default(), clock).map(|_| ())
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().unwrap();
+        }
+    }
+}
