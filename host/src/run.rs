@@ -119,16 +119,37 @@ pub async fn run(
         bail!("no plugin to run: pass --plugin FILE.wasm or list [[plugins]] in the config file");
     }
     let clock = clock::system();
-    let queues = open_queues(&cfg, clock.clone())?;
-    let result = run_with(&cfg, &opts, &queues, clock, shutdown).await;
+    let runtime = Runtime::with_options(cfg.runtime_options())?;
+    // Compiling the plugins and opening the store (whose integrity check
+    // reads the whole database) both take a while: run them side by side.
+    let warm = {
+        let (rt, paths) = (runtime.clone(), plugin_paths(&cfg));
+        tokio::task::spawn_blocking(move || paths.iter().for_each(|p| rt.precompile(p)))
+    };
+    let opened = {
+        let (cfg, clock) = (cfg.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || open_queues(&cfg, clock)).await
+    };
+    // A failed warm-up leaves the compile to the load, which reports it.
+    let _ = warm.await;
+    let queues = opened.context("opening the queue store")??;
+    let result = run_with(&cfg, &opts, &queues, runtime, clock, shutdown).await;
     queues.close().await;
     result
+}
+
+/// The component files of every plugin and source in `cfg`.
+fn plugin_paths(cfg: &HostConfig) -> Vec<PathBuf> {
+    let handlers = cfg.plugins.iter().map(|p| p.spec().path);
+    let sources = cfg.sources.iter().map(|s| s.spec().path);
+    handlers.chain(sources).collect()
 }
 
 async fn run_with(
     cfg: &HostConfig,
     opts: &RunOptions,
     queues: &Arc<dyn QueueStore>,
+    runtime: Runtime,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary> {
@@ -144,7 +165,6 @@ async fn run_with(
         }
         Ok(()) => {}
     }
-    let runtime = Runtime::with_options(cfg.runtime_options())?;
     // Load every plugin before starting any pool: a broken file stops the
     // host at start, naming the file, before a task is leased.
     let mut loaded = Vec::new();

@@ -38,6 +38,11 @@ pub(super) struct RuntimeInner {
     pub(super) cache: Option<CodeCache>,
     pub(super) max_memory_mib: u64,
     pub(super) http: Arc<HttpClient>,
+    /// Components compiled ahead of their load ([`Runtime::precompile`]),
+    /// by content hash, with where their code came from.
+    pub(super) warm: std::sync::Mutex<
+        std::collections::HashMap<String, (wasmtime::component::Component, super::cache::Source)>,
+    >,
     stop: Arc<AtomicBool>,
     ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -76,6 +81,7 @@ impl Runtime {
                 cache,
                 max_memory_mib: opts.max_memory_mib,
                 http,
+                warm: Default::default(),
                 stop,
                 ticker: std::sync::Mutex::new(Some(ticker)),
             }),

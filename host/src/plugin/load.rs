@@ -16,6 +16,7 @@ use super::store::{CallState, PluginContext};
 use super::swap;
 use crate::http::{AllowedHosts, PluginHttp};
 use crate::queue::QueueStore;
+use crate::queue::util::lock;
 
 /// A loaded plugin of world `W` (a handler unless said otherwise); every
 /// call runs in a fresh instance.
@@ -111,6 +112,29 @@ impl Runtime {
         Ok(Plugin { world, ctx, info })
     }
 
+    /// Compiles the component at `path` (or takes it from the cache) ahead
+    /// of its load, so that the work runs beside other start-up work; the
+    /// next load of the same bytes uses it. Failures are left for the load
+    /// to report.
+    pub fn precompile(&self, path: &std::path::Path) {
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        if check_component_header(&bytes).is_err() {
+            return;
+        }
+        let sha = cache::sha256_hex(&bytes);
+        let engine = &self.inner.engine;
+        let found = match self.inner.cache.as_ref().and_then(|c| c.get(engine, &sha)) {
+            Some(c) => (c, cache::Source::Cached),
+            None => match Component::new(engine, &bytes) {
+                Ok(c) => (c, cache::Source::Compiled),
+                Err(_) => return,
+            },
+        };
+        lock(&self.inner.warm).insert(sha, found);
+    }
+
     fn prepare<W>(
         &self,
         spec: &PluginSpec,
@@ -140,9 +164,13 @@ impl Runtime {
         })?;
         let sha = cache::sha256_hex(&bytes);
         let engine = &self.inner.engine;
-        let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, &sha));
+        let warm = lock(&self.inner.warm).remove(&sha);
+        let cached = warm.or_else(|| {
+            let c = self.inner.cache.as_ref()?.get(engine, &sha)?;
+            Some((c, cache::Source::Cached))
+        });
         let (component, source) = match cached {
-            Some(c) => (c, cache::Source::Cached),
+            Some(found) => found,
             None => {
                 let c = Component::new(engine, &bytes).map_err(|e| PluginError::Compile {
                     path: path.clone(),
