@@ -124,15 +124,19 @@ impl Runtime {
             return;
         }
         let sha = cache::sha256_hex(&bytes);
+        if let Ok(found) = self.component(&sha, &bytes) {
+            lock(&self.inner.warm).insert(sha, found);
+        }
+    }
+
+    /// The component of `bytes` (hash `sha`): from the code cache, or
+    /// compiled now.
+    fn component(&self, sha: &str, bytes: &[u8]) -> wasmtime::Result<(Component, cache::Source)> {
         let engine = &self.inner.engine;
-        let found = match self.inner.cache.as_ref().and_then(|c| c.get(engine, &sha)) {
-            Some(c) => (c, cache::Source::Cached),
-            None => match Component::new(engine, &bytes) {
-                Ok(c) => (c, cache::Source::Compiled),
-                Err(_) => return,
-            },
-        };
-        lock(&self.inner.warm).insert(sha, found);
+        if let Some(c) = self.inner.cache.as_ref().and_then(|c| c.get(engine, sha)) {
+            return Ok((c, cache::Source::Cached));
+        }
+        Ok((Component::new(engine, bytes)?, cache::Source::Compiled))
     }
 
     fn prepare<W>(
@@ -163,21 +167,15 @@ impl Runtime {
             reason,
         })?;
         let sha = cache::sha256_hex(&bytes);
-        let engine = &self.inner.engine;
         let warm = lock(&self.inner.warm).remove(&sha);
-        let cached = warm.or_else(|| {
-            let c = self.inner.cache.as_ref()?.get(engine, &sha)?;
-            Some((c, cache::Source::Cached))
-        });
-        let (component, source) = match cached {
+        let (component, source) = match warm {
             Some(found) => found,
-            None => {
-                let c = Component::new(engine, &bytes).map_err(|e| PluginError::Compile {
+            None => self
+                .component(&sha, &bytes)
+                .map_err(|e| PluginError::Compile {
                     path: path.clone(),
                     reason: format!("{e:#}"),
-                })?;
-                (c, cache::Source::Compiled)
-            }
+                })?,
         };
         let linked = link(&self.inner.linker, &component).map_err(|e| PluginError::WrongWorld {
             path: path.clone(),

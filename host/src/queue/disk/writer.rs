@@ -2,9 +2,9 @@
 //!
 //! It takes every request that queued up while the previous transaction
 //! committed and runs them in one transaction (group commit), so a busy
-//! queue pays one fsync per group, not one per task. Each request gets a
-//! savepoint, so one failing request leaves the rest of its group intact;
-//! replies are sent only after the group's commit.
+//! queue pays one fsync per group, not one per task. In a group of several,
+//! each request gets a savepoint, so one failing request leaves the rest
+//! intact; replies are sent only after the group's commit.
 //!
 //! With `sync = "full"`, a group that only leases or reads commits without
 //! an fsync: losing a lease to a power cut only makes its tasks pending
