@@ -206,10 +206,12 @@ fn two_hosts_see_each_other_and_reload_reaches_them(store: (&str, &str)) {
     let (c0, _h0) = shared_host(tmp.path(), 0, Some(store), &path);
     let (c1, _h1) = shared_host(tmp.path(), 1, Some(store), &path);
 
-    // Each sees both, from its own data directory.
+    // Each sees both, from its own data directory. A host registers before
+    // its pools start (with no workers yet) and beats again once they run.
     for config in [&c0, &c1] {
-        wait_until("both hosts registered", START, || {
-            hosts_json(config).len() == 2
+        wait_until("both hosts registered and serving", START, || {
+            let hosts = hosts_json(config);
+            hosts.len() == 2 && hosts.iter().all(|h| h["plugins"][0]["max_workers"] != 0)
         });
     }
     let hosts = hosts_json(&c0);
