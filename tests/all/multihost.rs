@@ -173,7 +173,13 @@ pub(crate) fn drained(url: &str) -> bool {
 }
 
 pub(crate) fn push_tasks(tmp: &Path, url: &str, n: usize) {
-    let payloads = payload_file(tmp, n);
+    push_range(tmp, url, 0..n);
+}
+
+/// Pushes the tasks `task-<i>` for each `i` of `range`.
+pub(crate) fn push_range(tmp: &Path, url: &str, range: std::ops::Range<usize>) {
+    let n = range.len();
+    let payloads = payload_range_file(tmp, range);
     let pushed = ok(host()
         .args(["push", "default", "--queue-url", url, "--file"])
         .arg(&payloads));
@@ -248,7 +254,11 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
     let _g = heavy();
     let tmp = tempfile::tempdir().unwrap();
     let mut hosts = archive_hosts(tmp.path(), store);
-    push_tasks(tmp.path(), store.url, TASKS);
+    // Half the tasks go in before the kill and half after it. Pushing all
+    // of them first let a slow push finish with the queue nearly drained
+    // (the hosts drain while it runs), so the kill came after the end.
+    let half = TASKS / 2;
+    push_tasks(tmp.path(), store.url, half);
     // The victim is the first host with 20 batches done: a host that the
     // others outran (SKIP LOCKED on a busy machine) could reach 20 only when
     // the queue is nearly drained, and the kill would no longer be mid-run.
@@ -259,7 +269,12 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
     let at_kill: usize = (0..store.hosts)
         .map(|n| archived(&out_dir(tmp.path(), n)).len())
         .sum();
-    assert!(at_kill < TASKS, "killed mid-run ({at_kill} archived)");
+    // Fewer archived than pushed: the queue still held tasks at the kill.
+    assert!(
+        at_kill < half,
+        "killed mid-run ({at_kill} of {half} archived)"
+    );
+    push_range(tmp.path(), store.url, half..TASKS);
     wait_until("the queue drained", LONG, || drained(store.url));
     for h in hosts {
         h.stop();

@@ -144,8 +144,19 @@ pub fn assert_none_lost<T: std::fmt::Debug>(missing: &[T], context: &str) {
 
 /// Writes `n` payloads `task-<i>` one per line; returns the file.
 pub fn payload_file(dir: &Path, n: usize) -> PathBuf {
-    let path = dir.join("payloads.txt");
-    let text: String = (0..n).map(|i| format!("task-{i}\n")).collect();
+    payload_range_file(dir, 0..n)
+}
+
+/// Writes the payloads `task-<i>` for each `i` of `range`, one per line;
+/// returns the file (named by the range, so several can coexist).
+pub fn payload_range_file(dir: &Path, range: std::ops::Range<usize>) -> PathBuf {
+    let name = if range.start == 0 {
+        "payloads.txt".to_owned()
+    } else {
+        format!("payloads-{}-{}.txt", range.start, range.end)
+    };
+    let path = dir.join(name);
+    let text: String = range.map(|i| format!("task-{i}\n")).collect();
     std::fs::write(&path, text).expect("writing payloads");
     path
 }
