@@ -292,7 +292,10 @@ pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dy
     let _g = heavy();
     let tmp = tempfile::tempdir().unwrap();
     let hosts = archive_hosts(tmp.path(), store);
-    push_tasks(tmp.path(), store.url, TASKS);
+    // As in the kill test, half goes in after the outage, so the hosts are
+    // busy when the server goes and still have work when it is back.
+    let half = TASKS / 2;
+    push_tasks(tmp.path(), store.url, half);
     first_host_with(tmp.path(), store.hosts, 10);
     server.down();
     let down = output(host().args(["status", "--queue-url", store.url]));
@@ -300,6 +303,7 @@ pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dy
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("unreachable") && err.contains(shown), "{err}");
     server.up();
+    push_range(tmp.path(), store.url, half..TASKS);
     wait_until("the queue drained", LONG, || drained(store.url));
     for h in hosts {
         let log = h.log();
