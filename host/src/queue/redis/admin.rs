@@ -10,12 +10,12 @@
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
-use redis::{Script, Value};
+use redis::Value;
 
 use super::codec::{unpack, unpack_dead};
 use super::keys;
 use super::queue::RedisQueue;
-use super::script::{array, int};
+use super::script::{Program, array, int};
 use crate::queue::TaskId;
 use crate::queue::admin::{
     AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
@@ -23,25 +23,38 @@ use crate::queue::admin::{
 
 /// The operator scripts, hashed once per process.
 struct AdminScripts {
-    peek: Script,
-    dead: Script,
-    task: Script,
+    peek: Program,
+    dead: Program,
+    task: Program,
 }
 
 fn scripts() -> &'static AdminScripts {
     static SCRIPTS: OnceLock<AdminScripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| {
-        let with_helpers = |body: &str| {
-            Script::new(&format!(
-                "{}{}{body}",
-                include_str!("scripts/helpers.lua"),
-                include_str!("scripts/admin_helpers.lua")
-            ))
+        use keys::*;
+        let program = |keys, body| {
+            Program::new(
+                keys,
+                &[
+                    include_str!("scripts/helpers.lua"),
+                    include_str!("scripts/admin_helpers.lua"),
+                ],
+                body,
+            )
         };
         AdminScripts {
-            peek: with_helpers(include_str!("scripts/admin_peek.lua")),
-            dead: with_helpers(include_str!("scripts/admin_dead.lua")),
-            task: with_helpers(include_str!("scripts/admin_task.lua")),
+            peek: program(
+                &[LEASED, BATCHES, READY, DELAYED, DEAD],
+                include_str!("scripts/admin_peek.lua"),
+            ),
+            dead: program(
+                &[DEAD, UNIQUE, READY],
+                include_str!("scripts/admin_dead.lua"),
+            ),
+            task: program(
+                &[READY, DELAYED, UNIQUE, LEASED, BATCHES, HOLDERS, HELD],
+                include_str!("scripts/admin_task.lua"),
+            ),
         }
     })
 }

@@ -2,10 +2,10 @@
 //!
 //! A queue's keys share the prefix `taskhost:{<queue>}:` (one shard) or
 //! `taskhost:{<queue>#<i>[.<k>]}:` (shard `i` of several, see
-//! [`shard_prefix`]); the `{ }` hash tag
-//! puts each shard's keys in one Redis Cluster slot, so each script may
-//! touch any of them. The scripts get the prefix as their one `KEYS` entry
-//! and append the suffixes listed in the module doc of [`super`].
+//! [`shard_prefix`]); the `{ }` hash tag puts each shard's keys in one
+//! Redis Cluster slot. Each script declares in `KEYS` every one of them it
+//! touches, built from the suffixes below (see `script.rs`); the key table
+//! is in the module doc of [`super`].
 
 /// The set naming every queue ever pushed to (for `host status`).
 pub(super) const QUEUES: &str = "taskhost:queues";
@@ -26,11 +26,51 @@ pub(super) fn host(id: &str) -> String {
     format!("taskhost:host:{id}")
 }
 
-/// Suffix of the dead-letter sorted set (scored by task id) under a queue's prefix.
+/// Suffix of the last task id.
+pub(super) const SEQ: &str = "seq";
+
+/// Suffix of the list of elements visible now.
+pub(super) const READY: &str = "ready";
+
+/// Suffix of the sorted set of delayed elements, scored by visible-at.
+pub(super) const DELAYED: &str = "delayed";
+
+/// Suffix of the hash unique key -> task id.
+pub(super) const UNIQUE: &str = "unique";
+
+/// Suffix of the count of leased elements.
+pub(super) const HELD: &str = "held";
+
+/// Suffix of the last lease batch number.
+pub(super) const BSEQ: &str = "bseq";
+
+/// Suffix of the sorted set of leased batches, scored by expiry.
+pub(super) const LEASED: &str = "leased";
+
+/// Suffix of the hash batch -> its elements (a MessagePack array).
+pub(super) const BATCHES: &str = "batches";
+
+/// Suffix of the sorted set `<host>\0<batch>` of batches registered hosts hold.
+pub(super) const HOLDERS: &str = "holders";
+
+/// Suffix of the dead-letter sorted set (scored by task id).
 pub(super) const DEAD: &str = "deadz";
 
 /// Suffix of the key that, while it exists, marks the queue paused.
 pub(super) const PAUSED: &str = "paused";
+
+/// Suffix of the pub/sub channel pushes and releases wake idle hosts on.
+pub(super) const WAKE: &str = "wake";
+
+/// Suffix of a batch's list in layout 1 (before [`BATCHES`]); read once,
+/// when a queue of that layout is first used (see `migrate.rs`).
+pub(super) const OLD_BATCH: &str = "l:";
+
+/// Suffix of a host's set of batches in layout 1 (before [`HOLDERS`]).
+pub(super) const OLD_HOLDS: &str = "h:";
+
+/// The hash queue name -> the layout its keys have (see `migrate.rs`).
+pub(super) const LAYOUTS: &str = "taskhost:layouts";
 
 /// The hash of every queue's shard count (see `shards.rs`).
 pub(super) const SHARDS: &str = "taskhost:shards";

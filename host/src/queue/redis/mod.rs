@@ -13,6 +13,7 @@
 //! | `scripts/*.lua` | one Lua program per state change, each documenting its `ARGV` and reply |
 //! | `script.rs` | loading, calling and retrying the scripts |
 //! | `keys.rs` | every key and channel name |
+//! | `migrate.rs` | bringing a queue written by an older layout to this one |
 //! | `codec.rs` | the element: one task as one string |
 //! | `wake.rs` | the pub/sub listener that wakes idle hosts |
 //! | `hosts.rs` | the host registry: heartbeats, reclaiming a gone host's leases, reload messages |
@@ -28,26 +29,26 @@
 //! | `taskhost:{q}:seq` | string | last task id (read and set once per push batch) |
 //! | `taskhost:{q}:ready` | list | elements visible now, oldest first |
 //! | `taskhost:{q}:bseq` | string | last lease batch number |
-//! | `taskhost:{q}:l:<batch>` | list | the elements one lease call handed out and not yet settled; `<batch>` is `<number>.<nonce>` |
+//! | `taskhost:{q}:batches` | hash | batch -> the elements one lease call handed out and not yet settled, as one MessagePack array; a batch is `<number>.<nonce>` |
 //! | `taskhost:{q}:leased` | sorted set | batches, scored by lease expiry (ms) |
-//! | `taskhost:{q}:held` | string | how many elements the `l:` lists hold (for capacity and stats) |
+//! | `taskhost:{q}:held` | string | how many elements the batches hold (for capacity and stats) |
 //! | `taskhost:{q}:delayed` | sorted set | elements of delayed pushes and retries, scored by visible-at (ms) |
 //! | `taskhost:{q}:unique` | hash | unique key -> id of the pending/delayed/leased task |
 //! | `taskhost:{q}:deadz` | sorted set | `<failed_at>:<reason length>:<reason><element>` scored by task id (paged by id), trimmed to the highest ids |
 //! | `taskhost:{q}:paused` | string | exists while an operator has paused the queue |
-//! | `taskhost:{q}:h:<host>` | set | the batches registered host `<host>` holds (batch names end `@<host>`) |
+//! | `taskhost:{q}:holders` | sorted set | `<host>\0<batch>` (all scored 0, so one host's sort together) for each batch a registered host holds (batch names end `@<host>`) |
 //! | `taskhost:queues` | set | names of queues ever pushed to (for `host status`) |
 //! | `taskhost:shards` | hash | queue name -> its shard count (see `shards.rs`) |
+//! | `taskhost:layouts` | hash | queue name -> the layout of its keys (see `migrate.rs`) |
 //! | `taskhost:hosts` | set | ids of registered hosts (see `hosts.rs`) |
 //! | `taskhost:host:<id>` | string | a host's registration as JSON; its TTL is the heartbeat |
 //! | `taskhost:reload` | pub/sub channel | `host reload` asks every host to reload its plugins |
 //! | `taskhost:{q}:wake` | pub/sub channel | an empty message whenever a push or release made tasks ready |
 //!
-//! The `{q}` hash tag puts all of a queue's keys in one Redis Cluster slot,
-//! so each script may touch any of them (it gets the prefix as its one
-//! `KEYS` entry, by which the cluster client routes it, and derives the
-//! rest; the per-batch keys a script creates cannot be named in advance,
-//! and Redis Cluster accepts them because they hash to the declared slot).
+//! The `{q}` hash tag puts all of a queue's keys in one Redis Cluster slot.
+//! Each script declares in `KEYS` every key it touches (the first routes
+//! it; see `script.rs`), so no key name is built inside a script: a batch
+//! is a field of `batches`, not a key of its own.
 //! A queue of N > 1 shards has the keys above once per shard, under
 //! `taskhost:{q#i}:` for shard `i` (or `{q#i.k}`: see [`shard_prefix`]).
 //!
@@ -57,7 +58,7 @@
 //!   unique keys, ids, elements to `ready` or `delayed`), lease (promote due
 //!   retries, reclaim expired batches, pop, record the batch), renew, settle
 //!   (a whole batch of acks, retries, dead letters and releases).
-//! - A leased task stays in Redis (in its batch's `l:` list) until its holder
+//! - A leased task stays in Redis (in its batch's field of `batches`) until its holder
 //!   settles it, so a host that dies loses nothing: its leases expire and the
 //!   next lease call of any host moves them back to `ready`. Reclaiming reads
 //!   only the expired head of `leased`, bounded per call, never all keys.
@@ -67,8 +68,8 @@
 //! - Leases are kept per *batch*, not per task, because Redis's CPU per task
 //!   limits throughput (one core serves every host) and per-task hash or
 //!   sorted-set entries cost cache misses. Acking a whole batch deletes its
-//!   list unread; settling part of one reads it and keeps the rest held;
-//!   renewing is one `ZADD` per batch.
+//!   field without unpacking it; settling part of one reads it and keeps
+//!   the rest held; renewing is one `ZADD` per batch.
 //! - A lease proves itself by its batch: an expired batch is reclaimed and
 //!   its name never used again, so a host whose lease was taken over is
 //!   refused. The name is the batch number plus a random nonce the lease
@@ -116,6 +117,7 @@ mod codec;
 mod conn;
 mod hosts;
 mod keys;
+mod migrate;
 mod queue;
 mod script;
 mod shards;

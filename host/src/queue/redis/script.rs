@@ -6,39 +6,95 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::Shared;
+use super::{Shared, keys};
 use crate::backoff::Backoff;
 use crate::queue::QueueError;
 
 /// Lua helpers prepended to the scripts that use them.
 const HELPERS: &str = include_str!("scripts/helpers.lua");
 
-/// The scripts, hashed once per store.
+/// A Lua program and the keys of its queue it touches, which every call
+/// declares in `KEYS` in this order (the suffixes under the queue's prefix,
+/// see `keys.rs`).
 #[derive(Debug)]
-pub(super) struct Scripts {
-    pub(super) push: Script,
-    pub(super) lease: Script,
-    pub(super) renew: Script,
-    pub(super) settle: Script,
-    pub(super) stats: Script,
-    pub(super) reclaim: Script,
+pub(super) struct Program {
+    script: Script,
+    keys: &'static [&'static str],
 }
 
-impl Scripts {
-    pub(super) fn new() -> Self {
-        let with_helpers = |body: &str| Script::new(&format!("{HELPERS}{body}"));
+impl Program {
+    /// The program `body` (after `before`, helpers it uses) touching `keys`.
+    ///
+    /// It reads its keys from the table `K` (`K.ready`, ...) that a header
+    /// builds from `KEYS`; naming one it did not declare is an error, so no
+    /// script can touch a key its callers cannot see. The header also sets
+    /// `WAKE`, the queue's wake channel (a channel is not a key).
+    pub(super) fn new(keys: &'static [&'static str], before: &[&str], body: &str) -> Self {
+        let first = keys.first().map_or(0, |k| k.len());
+        let mut src = String::from("local K = setmetatable({");
+        for (i, k) in keys.iter().enumerate() {
+            src.push_str(&format!("{k} = KEYS[{}], ", i + 1));
+        }
+        src.push_str(
+            "}, {__index = function(_, k) error('key ' .. k .. ' is not declared by this script') end})\n",
+        );
+        src.push_str(&format!(
+            "local WAKE = string.sub(KEYS[1], 1, #KEYS[1] - {first}) .. '{}'\n",
+            keys::WAKE
+        ));
+        for b in before {
+            src.push_str(b);
+        }
+        src.push_str(body);
         Self {
-            push: with_helpers(include_str!("scripts/push.lua")),
-            lease: with_helpers(include_str!("scripts/lease.lua")),
-            renew: with_helpers(include_str!("scripts/renew.lua")),
-            settle: with_helpers(include_str!("scripts/settle.lua")),
-            stats: Script::new(include_str!("scripts/stats.lua")),
-            reclaim: with_helpers(include_str!("scripts/reclaim.lua")),
+            script: Script::new(&src),
+            keys,
         }
     }
 }
 
-/// One script call being built: `EVALSHA <sha> 1 <prefix> <args>` in one
+/// The scripts, hashed once per store.
+#[derive(Debug)]
+pub(super) struct Scripts {
+    pub(super) push: Program,
+    pub(super) lease: Program,
+    pub(super) renew: Program,
+    pub(super) settle: Program,
+    pub(super) stats: Program,
+    pub(super) reclaim: Program,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        use keys::*;
+        let program = |keys, body| Program::new(keys, &[HELPERS], body);
+        Self {
+            push: program(
+                &[SEQ, READY, DELAYED, UNIQUE, HELD],
+                include_str!("scripts/push.lua"),
+            ),
+            lease: program(
+                &[READY, DELAYED, LEASED, BATCHES, HOLDERS, HELD, BSEQ],
+                include_str!("scripts/lease.lua"),
+            ),
+            renew: program(&[LEASED], include_str!("scripts/renew.lua")),
+            settle: program(
+                &[LEASED, BATCHES, HOLDERS, HELD, UNIQUE, DELAYED, READY, DEAD],
+                include_str!("scripts/settle.lua"),
+            ),
+            stats: program(
+                &[READY, DELAYED, LEASED, BATCHES, HELD, DEAD],
+                include_str!("scripts/stats.lua"),
+            ),
+            reclaim: program(
+                &[HOLDERS, LEASED, BATCHES, READY, HELD],
+                include_str!("scripts/reclaim.lua"),
+            ),
+        }
+    }
+}
+
+/// One script call being built: `EVALSHA <sha> <n> <keys> <args>` in one
 /// buffer (a `ScriptInvocation` allocates per argument).
 pub(super) struct Call<'a> {
     script: &'a Script,
@@ -53,11 +109,22 @@ impl Call<'_> {
 }
 
 impl Shared {
-    /// Starts a call of `script` on the queue with key prefix `prefix`.
-    pub(super) fn call<'a>(&self, script: &'a Script, prefix: &str) -> Call<'a> {
+    /// Starts a call of `program` on the queue with key prefix `prefix`,
+    /// declaring each of its keys.
+    pub(super) fn call<'a>(&self, program: &'a Program, prefix: &str) -> Call<'a> {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(1).arg(prefix);
-        Call { script, cmd }
+        cmd.arg(program.script.get_hash()).arg(program.keys.len());
+        let mut key = String::with_capacity(prefix.len() + 8);
+        for k in program.keys {
+            key.clear();
+            key.push_str(prefix);
+            key.push_str(k);
+            cmd.arg(key.as_str());
+        }
+        Call {
+            script: &program.script,
+            cmd,
+        }
     }
 
     /// Runs a script call once, loading the script if Redis lost it
@@ -153,5 +220,84 @@ pub(super) fn array(v: Value) -> Result<Vec<Value>, Value> {
         Value::Array(a) => Ok(a),
         Value::Nil => Ok(Vec::new()),
         v => Err(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskhost_fixtures::redis::RedisServer;
+
+    /// Every `.lua` file of the backend, by name.
+    const SOURCES: &[(&str, &str)] = &[
+        ("helpers.lua", include_str!("scripts/helpers.lua")),
+        ("push.lua", include_str!("scripts/push.lua")),
+        ("lease.lua", include_str!("scripts/lease.lua")),
+        ("renew.lua", include_str!("scripts/renew.lua")),
+        ("settle.lua", include_str!("scripts/settle.lua")),
+        ("stats.lua", include_str!("scripts/stats.lua")),
+        ("reclaim.lua", include_str!("scripts/reclaim.lua")),
+        (
+            "admin_helpers.lua",
+            include_str!("scripts/admin_helpers.lua"),
+        ),
+        ("admin_peek.lua", include_str!("scripts/admin_peek.lua")),
+        ("admin_dead.lua", include_str!("scripts/admin_dead.lua")),
+        ("admin_task.lua", include_str!("scripts/admin_task.lua")),
+    ];
+
+    /// A script reaches its queue's keys only through `K`: it never reads
+    /// `KEYS` itself, spells a key name, or builds one from a declared key.
+    /// (`migrate.lua`, whose keys vary per call, reads `KEYS` by position.)
+    #[test]
+    fn scripts_name_keys_only_through_their_declared_table() {
+        for (name, src) in SOURCES {
+            for (n, line) in src.lines().enumerate() {
+                let code = line.split("--").next().unwrap_or_default();
+                let at = format!("{name}:{}: {line}", n + 1);
+                assert!(!code.contains("KEYS["), "{at}");
+                assert!(!code.contains("'taskhost:"), "{at}");
+                let built = code.match_indices("K.").any(|(i, _)| {
+                    let rest = &code[i + 2..];
+                    let name_end = rest
+                        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                        .unwrap_or(rest.len());
+                    rest[name_end..].trim_start().starts_with("..")
+                });
+                assert!(!built, "{at}");
+            }
+        }
+    }
+
+    /// A script naming a key it did not declare fails with that name,
+    /// instead of touching a key the cluster cannot route.
+    #[tokio::test]
+    async fn an_undeclared_key_is_an_error_naming_it() {
+        let server = RedisServer::start().unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let p = Program::new(
+            &[keys::READY],
+            &[],
+            "return {redis.call('LLEN', K.ready), WAKE, redis.call('LLEN', K.leased)}",
+        );
+        let err = p
+            .script
+            .key("taskhost:{q}:ready")
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("key leased is not declared"),
+            "{err}"
+        );
+        let p = Program::new(&[keys::READY], &[], "return WAKE");
+        let wake: String = p
+            .script
+            .key("taskhost:{q}:ready")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(wake, "taskhost:{q}:wake");
     }
 }

@@ -46,6 +46,7 @@ pub(super) const MAX_SHARDS: usize = 64;
 impl Shared {
     /// The shard count of queue `name`, as recorded in Redis (recording
     /// this host's when none is); refused when the configuration disagrees.
+    /// The queue's keys are brought to this version's layout first.
     pub(super) async fn layout(&self, name: &str) -> Result<usize, QueueError> {
         if let Some(&n) = lock(&self.layouts).get(name) {
             return Ok(n);
@@ -84,6 +85,7 @@ impl Shared {
                 keys::SHARDS
             )));
         }
+        self.migrate(name, n).await?;
         lock(&self.layouts).insert(name.to_owned(), n);
         Ok(n)
     }

@@ -4,9 +4,8 @@
 -- its unique key taken again (one a live task holds stays dead); purge
 -- deletes it. Returns {done, last id read, read}; for `all` the caller
 -- calls again from the last id while a full page was read.
-local pre = KEYS[1]
 local op, now, mode = ARGV[1], ARGV[2], ARGV[3]
-local dz = pre .. 'deadz'
+local dz = K.deadz
 local picked = {}
 local last, read = 0, 0
 if mode == 'all' then
@@ -29,8 +28,8 @@ for _, d in ipairs(picked) do
   else
     local e = undead(d)
     local key = e and keyof(e)
-    if e and not (key and redis.call('HEXISTS', pre .. 'unique', key) == 1) then
-      if key then redis.call('HSET', pre .. 'unique', key, idof(e)) end
+    if e and not (key and redis.call('HEXISTS', K.unique, key) == 1) then
+      if key then redis.call('HSET', K.unique, key, idof(e)) end
       redis.call('ZREM', dz, d)
       back[#back + 1] = fresh(e)
       done = done + 1
@@ -38,7 +37,7 @@ for _, d in ipairs(picked) do
   end
 end
 if #back > 0 then
-  chunked('RPUSH', pre .. 'ready', back)
-  redis.call('PUBLISH', pre .. 'wake', '')
+  chunked('RPUSH', K.ready, back)
+  redis.call('PUBLISH', WAKE, '')
 end
 return {done, tostring(last), read}

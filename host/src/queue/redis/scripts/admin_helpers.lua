@@ -52,14 +52,15 @@ local function in_zset(key, id)
     at = at + 1000
   end
 end
--- Finds the element with id `id` in a lease batch; returns it, its batch
--- list and the lease expiry.
-local function in_leases(pre, id)
-  local batches = redis.call('ZRANGE', pre .. 'leased', 0, -1, 'WITHSCORES')
+-- Finds the element with id `id` in a lease batch; returns it, its batch,
+-- the batch's elements and the lease expiry.
+local function in_leases(id)
+  local batches = redis.call('ZRANGE', K.leased, 0, -1, 'WITHSCORES')
   for i = 1, #batches, 2 do
-    local l = pre .. 'l:' .. batches[i]
-    local e = in_list(l, id)
-    if e then return e, l, tonumber(batches[i + 1]) end
+    local els = elements(batches[i])
+    for _, e in ipairs(els) do
+      if idof(e) == id then return e, batches[i], els, tonumber(batches[i + 1]) end
+    end
   end
   return nil
 end

@@ -5,11 +5,10 @@
 -- letter for state dead). Ascending by id, ids above `after`, at most
 -- `limit`. Dead letters are a range read of their id-scored set; the
 -- other states are collected and sorted (cost grows with that state's size).
-local pre = KEYS[1]
 local now, state, after, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 if state == 'dead' then
   local out = {}
-  for _, d in ipairs(redis.call('ZRANGEBYSCORE', pre .. 'deadz', '(' .. ARGV[3], '+inf', 'LIMIT', 0, limit)) do
+  for _, d in ipairs(redis.call('ZRANGEBYSCORE', K.deadz, '(' .. ARGV[3], '+inf', 'LIMIT', 0, limit)) do
     out[#out + 1] = ''
     out[#out + 1] = 0
     out[#out + 1] = d
@@ -22,18 +21,18 @@ local function add(e, at, bumped)
   if id and id > after then found[#found + 1] = {id, at, bumped, e} end
 end
 local function batches(min, max)
-  local b = redis.call('ZRANGEBYSCORE', pre .. 'leased', min, max, 'WITHSCORES')
+  local b = redis.call('ZRANGEBYSCORE', K.leased, min, max, 'WITHSCORES')
   for i = 1, #b, 2 do
-    for _, e in ipairs(redis.call('LRANGE', pre .. 'l:' .. b[i], 0, -1)) do add(e, b[i + 1], 1) end
+    for _, e in ipairs(elements(b[i])) do add(e, b[i + 1], 1) end
   end
 end
 if state == 'pending' then
-  for _, e in ipairs(redis.call('LRANGE', pre .. 'ready', 0, -1)) do add(e, '', 0) end
-  local d = redis.call('ZRANGEBYSCORE', pre .. 'delayed', '-inf', ARGV[1], 'WITHSCORES')
+  for _, e in ipairs(redis.call('LRANGE', K.ready, 0, -1)) do add(e, '', 0) end
+  local d = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', ARGV[1], 'WITHSCORES')
   for i = 1, #d, 2 do add(d[i], d[i + 1], 0) end
   batches('-inf', ARGV[1])
 elseif state == 'delayed' then
-  local d = redis.call('ZRANGEBYSCORE', pre .. 'delayed', '(' .. ARGV[1], '+inf', 'WITHSCORES')
+  local d = redis.call('ZRANGEBYSCORE', K.delayed, '(' .. ARGV[1], '+inf', 'WITHSCORES')
   for i = 1, #d, 2 do add(d[i], d[i + 1], 0) end
 elseif state == 'leased' then
   batches('(' .. ARGV[1], '+inf')

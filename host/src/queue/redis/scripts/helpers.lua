@@ -21,11 +21,36 @@ local function idof(e)
   return p and string.sub(e, 1, p - 1) or e
 end
 -- A batch leased by a registered host is named `<n>.<nonce>@<host>` and
--- listed in the host's set `h:<host>` until it is gone; `unhold` takes it
--- off that list.
-local function unhold(pre, batch)
+-- listed in `holders` as `<host>\0<batch>` until it is gone; `hold` lists
+-- it, `unhold` takes it off.
+local function holding(batch)
   local at = string.find(batch, '@', 1, true)
-  if at then redis.call('SREM', pre .. 'h:' .. string.sub(batch, at + 1), batch) end
+  return at and (string.sub(batch, at + 1) .. '\0' .. batch)
+end
+local function hold(batch)
+  local m = holding(batch)
+  if m then redis.call('ZADD', K.holders, 0, m) end
+end
+local function unhold(batch)
+  local m = holding(batch)
+  if m then redis.call('ZREM', K.holders, m) end
+end
+-- A batch's elements are one MessagePack array in `batches`. `elements`
+-- reads them ({} when the batch has none); `count` reads only the array's
+-- length from its header.
+local function elements(batch)
+  local rec = redis.call('HGET', K.batches, batch)
+  if not rec then return {} end
+  return cmsgpack.unpack(rec)
+end
+local function count(batch)
+  local rec = redis.call('HGET', K.batches, batch)
+  if not rec then return 0 end
+  local b1, b2, b3, b4, b5 = string.byte(rec, 1, 5)
+  if b1 >= 0x90 and b1 <= 0x9f then return b1 - 0x90 end
+  if b1 == 0xdc then return b2 * 256 + b3 end
+  if b1 == 0xdd then return ((b2 * 256 + b3) * 256 + b4) * 256 + b5 end
+  return #cmsgpack.unpack(rec)
 end
 -- An element this layout did not write is moved as it is, never an error
 -- that would stop every lease of the queue.
@@ -74,4 +99,24 @@ local function take(key)
     end
   end
   return out, true
+end
+-- Takes from batch `batch` what fits the budget, oldest first: returns
+-- the elements and whether they were all it held (then its record is
+-- gone; else the rest stays in it).
+local function take_batch(batch)
+  local els = elements(batch)
+  local out = {}
+  for _, e in ipairs(els) do
+    if not fits(e) then break end
+    out[#out + 1] = e
+  end
+  if #out == #els then
+    redis.call('HDEL', K.batches, batch)
+    return out, true
+  end
+  if #out == 0 then return out, false end
+  local rest = {}
+  for i = #out + 1, #els do rest[#rest + 1] = els[i] end
+  redis.call('HSET', K.batches, batch, cmsgpack.pack(rest))
+  return out, false
 end

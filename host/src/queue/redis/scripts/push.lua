@@ -9,7 +9,6 @@
 -- id2, ...}: created tasks get consecutive ids from first_id in batch
 -- order, and task i (0-based) of each pair is a duplicate of the existing
 -- task id.
-local pre = KEYS[1]
 local cap, now, shape = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local stride = (shape == 'p' and 1) or (shape == 'k' and 2) or 4
 local known = {}
@@ -23,13 +22,13 @@ if shape ~= 'p' then
     end
   end
   if #keys > 0 then
-    local ids = mget('HMGET', pre .. 'unique', keys)
+    local ids = mget('HMGET', K.unique, keys)
     for j, k in ipairs(keys) do
       if ids[j] then known[k] = ids[j] end
     end
   end
 end
-local id = tonumber(redis.call('GET', pre .. 'seq') or 0)
+local id = tonumber(redis.call('GET', K.seq) or 0)
 local first = id + 1
 local out, uniq, ready, delayed = {1, first}, {}, {}, {}
 if shape == 'p' then
@@ -69,14 +68,14 @@ end
 local fresh = id - first + 1
 if fresh == 0 then return out end
 if cap > 0 then
-  local count = redis.call('LLEN', pre .. 'ready') + redis.call('ZCARD', pre .. 'delayed')
-    + tonumber(redis.call('GET', pre .. 'held') or 0)
+  local count = redis.call('LLEN', K.ready) + redis.call('ZCARD', K.delayed)
+    + tonumber(redis.call('GET', K.held) or 0)
   if count + fresh > cap then return {0} end
 end
-redis.call('SET', pre .. 'seq', id)
-chunked('HSET', pre .. 'unique', uniq)
-chunked('ZADD', pre .. 'delayed', delayed)
-chunked('RPUSH', pre .. 'ready', ready)
+redis.call('SET', K.seq, id)
+chunked('HSET', K.unique, uniq)
+chunked('ZADD', K.delayed, delayed)
+chunked('RPUSH', K.ready, ready)
 -- Idle hosts wait on this channel instead of polling.
-if #ready > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
+if #ready > 0 then redis.call('PUBLISH', WAKE, '') end
 return out

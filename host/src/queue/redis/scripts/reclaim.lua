@@ -5,38 +5,37 @@
 -- A batch too big for this call's budget moves in parts; what is left of
 -- it is marked expired (score 0), so its holder cannot renew it meanwhile.
 -- Returns {moved, batches left}; call again while batches are left.
-local pre = KEYS[1]
-local hk = pre .. 'h:' .. ARGV[1]
+local host = ARGV[1]
 budget(tonumber(ARGV[2]), tonumber(ARGV[3]))
 local moved, left = 0, 0
-for _, batch in ipairs(redis.call('SMEMBERS', hk)) do
-  if not redis.call('ZSCORE', pre .. 'leased', batch) then
+-- The host's entries `<host>\0<batch>` sort together in `holders`.
+local from, to = '[' .. host .. '\0', '(' .. host .. '\1'
+for _, m in ipairs(redis.call('ZRANGEBYLEX', K.holders, from, to)) do
+  local batch = string.sub(m, #host + 2)
+  if not redis.call('ZSCORE', K.leased, batch) then
     -- Settled or reclaimed by expiry already.
-    redis.call('SREM', hk, batch)
+    redis.call('ZREM', K.holders, m)
   elseif span() == 0 then
     left = left + 1
   else
-    local l = pre .. 'l:' .. batch
-    local els, all = take(l)
+    local els, all = take_batch(batch)
     if #els > 0 then
       local back = {}
       for i, e in ipairs(els) do back[i] = bump(e) end
-      chunked('RPUSH', pre .. 'ready', back)
+      chunked('RPUSH', K.ready, back)
       moved = moved + #els
     end
     if all then
-      redis.call('DEL', l)
-      redis.call('ZREM', pre .. 'leased', batch)
-      redis.call('SREM', hk, batch)
+      redis.call('ZREM', K.leased, batch)
+      redis.call('ZREM', K.holders, m)
     else
-      if #els > 0 then redis.call('LTRIM', l, #els, -1) end
-      redis.call('ZADD', pre .. 'leased', 0, batch)
+      redis.call('ZADD', K.leased, 0, batch)
       left = left + 1
     end
   end
 end
 if moved > 0 then
-  redis.call('DECRBY', pre .. 'held', moved)
-  redis.call('PUBLISH', pre .. 'wake', '')
+  redis.call('DECRBY', K.held, moved)
+  redis.call('PUBLISH', WAKE, '')
 end
 return {moved, left}

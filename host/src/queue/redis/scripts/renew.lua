@@ -1,11 +1,10 @@
 -- Renew: ARGV = now, until, then batches. Extends those still held and not
 -- expired (an expired batch may be partly reclaimed already) and returns
 -- a 1 (held) or 0 per batch.
-local pre = KEYS[1]
 local now = tonumber(ARGV[1])
 local batches = {}
 for i = 3, #ARGV do batches[#batches + 1] = ARGV[i] end
-local held = mget('ZMSCORE', pre .. 'leased', batches)
+local held = mget('ZMSCORE', K.leased, batches)
 local z, out = {}, {}
 for i, b in ipairs(batches) do
   local ok = held[i] and tonumber(held[i]) > now
@@ -15,5 +14,5 @@ for i, b in ipairs(batches) do
     z[#z + 1] = b
   end
 end
-chunked('ZADD', pre .. 'leased', z)
+chunked('ZADD', K.leased, z)
 return out

@@ -4,9 +4,8 @@
 -- freeing the key, `r<at ms>` retry, `l` release. Returns {applied, lost}.
 --
 -- When a batch is acked whole (the common case) its record is deleted
--- without being read; otherwise its elements are matched by id, and those
+-- without being unpacked; otherwise its elements are matched by id, and those
 -- not settled stay in the record.
-local pre = KEYS[1]
 local now, deadcap = ARGV[1], tonumber(ARGV[2])
 local applied, lost = 0, 0
 local gone, uniq, delayed, back, dead = {}, {}, {}, {}, {}
@@ -15,11 +14,10 @@ while b <= #ARGV do
   local batch, n = ARGV[b], tonumber(ARGV[b + 1])
   local first = b + 2
   b = first + 3 * n
-  local l = pre .. 'l:' .. batch
-  if not redis.call('ZSCORE', pre .. 'leased', batch) then
+  if not redis.call('ZSCORE', K.leased, batch) then
     lost = lost + n
   else
-    local whole = redis.call('LLEN', l) == n
+    local whole = count(batch) == n
     if whole then
       for j = first, b - 1, 3 do
         local c = string.byte(ARGV[j + 1], 1)
@@ -31,11 +29,11 @@ while b <= #ARGV do
         if string.byte(ARGV[j + 1], 1) == 107 then uniq[#uniq + 1] = ARGV[j + 2] end
       end
       applied = applied + n
-      redis.call('DEL', l)
-      unhold(pre, batch)
+      redis.call('HDEL', K.batches, batch)
+      unhold(batch)
       gone[#gone + 1] = batch
     else
-      local els = redis.call('LRANGE', l, 0, -1)
+      local els = elements(batch)
       local at, taken = {}, {}
       for i, e in ipairs(els) do at[idof(e)] = i end
       for j = first, b - 1, 3 do
@@ -64,29 +62,29 @@ while b <= #ARGV do
       for i, e in ipairs(els) do
         if not taken[i] then rest[#rest + 1] = e end
       end
-      redis.call('DEL', l)
       if #rest > 0 then
-        chunked('RPUSH', l, rest)
+        redis.call('HSET', K.batches, batch, cmsgpack.pack(rest))
       else
-        unhold(pre, batch)
+        redis.call('HDEL', K.batches, batch)
+        unhold(batch)
         gone[#gone + 1] = batch
       end
     end
   end
 end
-if applied > 0 then redis.call('DECRBY', pre .. 'held', applied) end
-chunked('ZREM', pre .. 'leased', gone)
-chunked('HDEL', pre .. 'unique', uniq)
-chunked('ZADD', pre .. 'delayed', delayed)
+if applied > 0 then redis.call('DECRBY', K.held, applied) end
+chunked('ZREM', K.leased, gone)
+chunked('HDEL', K.unique, uniq)
+chunked('ZADD', K.delayed, delayed)
 -- Released tasks go back to the head of the line in their order: LPUSH
 -- prepends one at a time, so push them last first.
 local rev = {}
 for i = #back, 1, -1 do rev[#rev + 1] = back[i] end
-chunked('LPUSH', pre .. 'ready', rev)
-if #back > 0 then redis.call('PUBLISH', pre .. 'wake', '') end
+chunked('LPUSH', K.ready, rev)
+if #back > 0 then redis.call('PUBLISH', WAKE, '') end
 if #dead > 0 then
-  chunked('ZADD', pre .. 'deadz', dead)
-  local over = redis.call('ZCARD', pre .. 'deadz') - deadcap
-  if over > 0 then redis.call('ZREMRANGEBYRANK', pre .. 'deadz', 0, over - 1) end
+  chunked('ZADD', K.deadz, dead)
+  local over = redis.call('ZCARD', K.deadz) - deadcap
+  if over > 0 then redis.call('ZREMRANGEBYRANK', K.deadz, 0, over - 1) end
 end
 return {applied, lost}
