@@ -52,7 +52,9 @@ fn scripts() -> &'static AdminScripts {
                 include_str!("scripts/admin_dead.lua"),
             ),
             task: program(
-                &[READY, DELAYED, UNIQUE, LEASED, BATCHES, HOLDERS, HELD],
+                &[
+                    READY, DELAYED, UNIQUE, LEASED, BATCHES, SIZES, HOLDERS, HELD,
+                ],
                 include_str!("scripts/admin_task.lua"),
             ),
         }

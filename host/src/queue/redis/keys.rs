@@ -50,6 +50,9 @@ pub(super) const LEASED: &str = "leased";
 /// Suffix of the hash batch -> its elements (a MessagePack array).
 pub(super) const BATCHES: &str = "batches";
 
+/// Suffix of the hash batch -> how many elements it holds.
+pub(super) const SIZES: &str = "sizes";
+
 /// Suffix of the sorted set `<host>\0<batch>` of batches registered hosts hold.
 pub(super) const HOLDERS: &str = "holders";
 

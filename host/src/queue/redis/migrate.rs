@@ -4,7 +4,7 @@
 //! kept each leased batch in a list `l:<batch>` and each host's batches in
 //! a set `h:<host>`: keys the scripts built from names, which Redis Cluster
 //! cannot see in a script's `KEYS`. Layout 2 keeps them in the hashes
-//! `batches` and `holders`, so every script declares every key it touches.
+//! `batches`, `sizes` and `holders`, so every script declares every key it touches.
 //! The first host of this version to use a layout-1 queue moves its leased
 //! batches over (each move is idempotent, so hosts starting together are
 //! safe), then records layout 2. Hosts of an older version must be stopped
@@ -80,6 +80,7 @@ impl Shared {
         for part in batches.chunks(CHUNK) {
             let mut call = script.prepare_invoke();
             call.key(format!("{prefix}{}", keys::BATCHES))
+                .key(format!("{prefix}{}", keys::SIZES))
                 .key(format!("{prefix}{}", keys::HOLDERS));
             for b in part {
                 let list = format!("{prefix}{}{b}", keys::OLD_BATCH);

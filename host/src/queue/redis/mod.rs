@@ -30,6 +30,7 @@
 //! | `taskhost:{q}:ready` | list | elements visible now, oldest first |
 //! | `taskhost:{q}:bseq` | string | last lease batch number |
 //! | `taskhost:{q}:batches` | hash | batch -> the elements one lease call handed out and not yet settled, as one MessagePack array; a batch is `<number>.<nonce>` |
+//! | `taskhost:{q}:sizes` | hash | batch -> how many elements it holds |
 //! | `taskhost:{q}:leased` | sorted set | batches, scored by lease expiry (ms) |
 //! | `taskhost:{q}:held` | string | how many elements the batches hold (for capacity and stats) |
 //! | `taskhost:{q}:delayed` | sorted set | elements of delayed pushes and retries, scored by visible-at (ms) |

@@ -74,20 +74,22 @@ impl Scripts {
                 include_str!("scripts/push.lua"),
             ),
             lease: program(
-                &[READY, DELAYED, LEASED, BATCHES, HOLDERS, HELD, BSEQ],
+                &[READY, DELAYED, LEASED, BATCHES, SIZES, HOLDERS, HELD, BSEQ],
                 include_str!("scripts/lease.lua"),
             ),
             renew: program(&[LEASED], include_str!("scripts/renew.lua")),
             settle: program(
-                &[LEASED, BATCHES, HOLDERS, HELD, UNIQUE, DELAYED, READY, DEAD],
+                &[
+                    LEASED, BATCHES, SIZES, HOLDERS, HELD, UNIQUE, DELAYED, READY, DEAD,
+                ],
                 include_str!("scripts/settle.lua"),
             ),
             stats: program(
-                &[READY, DELAYED, LEASED, BATCHES, HELD, DEAD],
+                &[READY, DELAYED, LEASED, SIZES, HELD, DEAD],
                 include_str!("scripts/stats.lua"),
             ),
             reclaim: program(
-                &[HOLDERS, LEASED, BATCHES, READY, HELD],
+                &[HOLDERS, LEASED, BATCHES, SIZES, READY, HELD],
                 include_str!("scripts/reclaim.lua"),
             ),
         }

@@ -40,9 +40,9 @@ if op == 'cancel' then
     if x ~= e then rest[#rest + 1] = x end
   end
   if #rest > 0 then
-    redis.call('HSET', K.batches, batch, cmsgpack.pack(rest))
+    put(batch, rest)
   else
-    redis.call('HDEL', K.batches, batch)
+    drop(batch)
     redis.call('ZREM', K.leased, batch)
     unhold(batch)
   end

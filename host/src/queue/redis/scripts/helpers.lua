@@ -35,22 +35,25 @@ local function unhold(batch)
   local m = holding(batch)
   if m then redis.call('ZREM', K.holders, m) end
 end
--- A batch's elements are one MessagePack array in `batches`. `elements`
--- reads them ({} when the batch has none); `count` reads only the array's
--- length from its header.
+-- A batch's elements are one MessagePack array in `batches` and their
+-- count is in `sizes` (so a whole ack need not read the array). `put`
+-- writes both, `drop` deletes both, `elements` reads the array ({} when
+-- the batch has none) and `count` the count.
+local function put(batch, els)
+  redis.call('HSET', K.batches, batch, cmsgpack.pack(els))
+  redis.call('HSET', K.sizes, batch, #els)
+end
+local function drop(batch)
+  redis.call('HDEL', K.batches, batch)
+  redis.call('HDEL', K.sizes, batch)
+end
 local function elements(batch)
   local rec = redis.call('HGET', K.batches, batch)
   if not rec then return {} end
   return cmsgpack.unpack(rec)
 end
 local function count(batch)
-  local rec = redis.call('HGET', K.batches, batch)
-  if not rec then return 0 end
-  local b1, b2, b3, b4, b5 = string.byte(rec, 1, 5)
-  if b1 >= 0x90 and b1 <= 0x9f then return b1 - 0x90 end
-  if b1 == 0xdc then return b2 * 256 + b3 end
-  if b1 == 0xdd then return ((b2 * 256 + b3) * 256 + b4) * 256 + b5 end
-  return #cmsgpack.unpack(rec)
+  return tonumber(redis.call('HGET', K.sizes, batch) or 0)
 end
 -- An element this layout did not write is moved as it is, never an error
 -- that would stop every lease of the queue.
@@ -111,12 +114,12 @@ local function take_batch(batch)
     out[#out + 1] = e
   end
   if #out == #els then
-    redis.call('HDEL', K.batches, batch)
+    drop(batch)
     return out, true
   end
   if #out == 0 then return out, false end
   local rest = {}
   for i = #out + 1, #els do rest[#rest + 1] = els[i] end
-  redis.call('HSET', K.batches, batch, cmsgpack.pack(rest))
+  put(batch, rest)
   return out, false
 end

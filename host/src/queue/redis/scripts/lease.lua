@@ -57,7 +57,7 @@ local got = take(ready)
 if #got == 0 then return {} end
 redis.call('LTRIM', ready, #got, -1)
 local batch = redis.call('INCR', K.bseq) .. '.' .. nonce
-redis.call('HSET', K.batches, batch, cmsgpack.pack(got))
+put(batch, got)
 redis.call('ZADD', K.leased, untl, batch)
 hold(batch)
 redis.call('INCRBY', K.held, #got)

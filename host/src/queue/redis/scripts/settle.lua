@@ -29,7 +29,7 @@ while b <= #ARGV do
         if string.byte(ARGV[j + 1], 1) == 107 then uniq[#uniq + 1] = ARGV[j + 2] end
       end
       applied = applied + n
-      redis.call('HDEL', K.batches, batch)
+      drop(batch)
       unhold(batch)
       gone[#gone + 1] = batch
     else
@@ -63,9 +63,9 @@ while b <= #ARGV do
         if not taken[i] then rest[#rest + 1] = e end
       end
       if #rest > 0 then
-        redis.call('HSET', K.batches, batch, cmsgpack.pack(rest))
+        put(batch, rest)
       else
-        redis.call('HDEL', K.batches, batch)
+        drop(batch)
         unhold(batch)
         gone[#gone + 1] = batch
       end
