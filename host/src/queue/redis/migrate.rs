@@ -24,13 +24,7 @@ const CHUNK: usize = 100;
 impl Shared {
     /// Brings queue `name` (`n` shards) to [`LAYOUT`], refusing a newer one.
     pub(super) async fn migrate(&self, name: &str, n: usize) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let recorded: Option<String> = redis::cmd("HGET")
-            .arg(keys::LAYOUTS)
-            .arg(name)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let recorded = self.hget(keys::LAYOUTS, name).await?;
         match recorded.as_deref().map(str::parse::<u32>) {
             Some(Ok(LAYOUT)) => return Ok(()),
             Some(Ok(v)) if v > LAYOUT => {
@@ -57,7 +51,7 @@ impl Shared {
             .arg(keys::LAYOUTS)
             .arg(name)
             .arg(LAYOUT)
-            .query_async::<()>(&mut conn)
+            .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(|e| self.error(e))
     }

@@ -256,6 +256,16 @@ impl Shared {
             },
         }
     }
+
+    /// The value of `field` in hash `key`.
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, QueueError> {
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.error(e))
+    }
 }
 
 /// The URL without a password, for messages: the userinfo of

@@ -60,12 +60,7 @@ impl Shared {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
-        let recorded: Option<String> = redis::cmd("HGET")
-            .arg(keys::SHARDS)
-            .arg(name)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let recorded = self.hget(keys::SHARDS, name).await?;
         let n = recorded
             .as_deref()
             .and_then(|r| r.parse::<usize>().ok())
