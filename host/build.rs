@@ -33,7 +33,10 @@ fn main() {
     for rel in FILES {
         let file = pkg.join(rel);
         assert!(file.is_file(), "wit-bindgen-go ships no {}", file.display());
-        list.push_str(&format!("    (\"witpkg/{rel}\", include_str!({:?})),\n", file));
+        list.push_str(&format!(
+            "    (\"witpkg/{rel}\", include_str!({:?})),\n",
+            file
+        ));
     }
     list.push_str("]\n");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -44,13 +47,18 @@ fn main() {
 /// cargo documents for a dependency's sources: `cargo metadata`.
 fn go_pkg_dir() -> PathBuf {
     let cargo = env::var_os("CARGO").expect("cargo sets CARGO");
-    let manifest = Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"))
-        .join("Cargo.toml");
+    let manifest =
+        Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("Cargo.toml");
     // Only this target's packages: cargo has fetched those for this build
     // (the others would be downloaded just to be listed).
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version=1", "--locked", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version=1",
+            "--locked",
+            "--filter-platform",
+        ])
         .arg(&target)
         .arg("--manifest-path")
         .arg(&manifest)

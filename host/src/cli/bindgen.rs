@@ -128,7 +128,11 @@ mod tests {
             let go = generate(BindgenLang::Go, world).unwrap();
             assert!(go.iter().any(|(n, _)| n == "wit_exports.go"), "{world}");
             assert!(!go.iter().any(|(n, _)| n == "go.mod"));
-            for runtime in ["witpkg/go.mod", "witpkg/LICENSE", "witpkg/wit/types/option.go"] {
+            for runtime in [
+                "witpkg/go.mod",
+                "witpkg/LICENSE",
+                "witpkg/wit/types/option.go",
+            ] {
                 assert!(go.iter().any(|(n, _)| n == runtime), "{world}: {runtime}");
             }
         }

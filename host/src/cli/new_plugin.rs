@@ -108,7 +108,11 @@ fn go_files() -> Vec<(&'static str, &'static str)> {
             vec![$(($path, include_str!(concat!("../../../plugins/templates/go/", $path)))),*]
         };
     }
-    let mut files = go!["go.mod", "Makefile", "export_taskhost_plugin_handler/handler.go"];
+    let mut files = go![
+        "go.mod",
+        "Makefile",
+        "export_taskhost_plugin_handler/handler.go"
+    ];
     files.push((
         ".gitignore",
         include_str!("../../../plugins/templates/go/gitignore"),

@@ -439,96 +439,54 @@ macro_rules! backend_suite {
             use super::*;
             use $crate::queue::conformance as c;
 
-            #[tokio::test]
-            async fn fifo_order() {
-                c::fifo_order($make(None).await).await
+            $crate::conformance_tests! {
+                $make;
+                fifo_order => c::fifo_order,
+                ack_removes => c::ack_removes,
+                unique_keys => c::unique_keys,
+                lease_expiry => c::lease_expiry,
+                renew_extends => c::renew_extends,
+                retry_delay => c::retry_delay,
+                delayed_push => c::delayed_push,
+                dead_letter => c::dead_letter,
+                release_returns => c::release_returns,
+                release_keeps_order => c::release_keeps_order,
+                dead_letters_are_trimmed => c::dead_letters_are_trimmed,
+                full_queue(Some(3)) => c::full_queue,
+                admin_peek_states => c::admin::peek_states,
+                admin_peek_pages => c::admin::peek_pages,
+                admin_peek_dead => c::admin::peek_dead,
+                admin_retry_dead => c::admin::retry_dead,
+                admin_retry_dead_respects_unique_keys => c::admin::retry_dead_respects_unique_keys,
+                admin_purge_dead => c::admin::purge_dead,
+                admin_cancel => c::admin::cancel,
+                admin_run_now => c::admin::run_now,
+                admin_pause_flag => c::admin::pause_flag,
             }
-            #[tokio::test]
-            async fn ack_removes() {
-                c::ack_removes($make(None).await).await
-            }
-            #[tokio::test]
-            async fn unique_keys() {
-                c::unique_keys($make(None).await).await
-            }
-            #[tokio::test]
-            async fn lease_expiry() {
-                c::lease_expiry($make(None).await).await
-            }
-            #[tokio::test]
-            async fn renew_extends() {
-                c::renew_extends($make(None).await).await
-            }
-            #[tokio::test]
-            async fn retry_delay() {
-                c::retry_delay($make(None).await).await
-            }
-            #[tokio::test]
-            async fn delayed_push() {
-                c::delayed_push($make(None).await).await
-            }
-            #[tokio::test]
-            async fn dead_letter() {
-                c::dead_letter($make(None).await).await
-            }
-            #[tokio::test]
-            async fn release_returns() {
-                c::release_returns($make(None).await).await
-            }
-            #[tokio::test]
-            async fn release_keeps_order() {
-                c::release_keeps_order($make(None).await).await
-            }
-            #[tokio::test]
-            async fn dead_letters_are_trimmed() {
-                c::dead_letters_are_trimmed($make(None).await).await
-            }
-            #[tokio::test]
-            async fn full_queue() {
-                c::full_queue($make(Some(3)).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_states() {
-                c::admin::peek_states($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_pages() {
-                c::admin::peek_pages($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_dead() {
-                c::admin::peek_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_retry_dead() {
-                c::admin::retry_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_retry_dead_respects_unique_keys() {
-                c::admin::retry_dead_respects_unique_keys($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_purge_dead() {
-                c::admin::purge_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_cancel() {
-                c::admin::cancel($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_run_now() {
-                c::admin::run_now($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_pause_flag() {
-                c::admin::pause_flag($make(None).await).await
-            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_leases_are_disjoint() {
                 c::concurrent_leases_are_disjoint($make(None).await).await
             }
         }
     };
+}
+
+/// One `#[tokio::test]` per `test => check` row of [`backend_suite!`](crate::backend_suite), on
+/// `$make(capacity)`: `None` unless the row names a capacity.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path; $($test:ident $(($cap:expr))? => $check:path),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $check($make($crate::conformance_tests!(@capacity $($cap)?)).await).await
+            }
+        )*
+    };
+    (@capacity) => { None };
+    (@capacity $cap:expr) => { $cap };
 }
 
 #[cfg(test)]

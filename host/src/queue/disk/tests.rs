@@ -6,7 +6,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::queue::conformance::{T0, TTL, push_n};
 // A test-only fixture; its path changes when it moves to a dev crate.
-use tempfile::tempdir;
+use tempfile::{TempDir, tempdir};
 
 /// Opens the store in `dir` with the default options on `clock`.
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<Arc<DiskStore>, QueueError> {
@@ -18,11 +18,15 @@ fn refusal(dir: &Path, clock: &Arc<ManualClock>) -> String {
     open(dir, clock).unwrap_err().to_string()
 }
 
-/// Leaves `n` tasks in queue `q` of a store in `dir`, closed.
-async fn leave_tasks(dir: &Path, clock: &Arc<ManualClock>, n: usize) {
-    let store = open(dir, clock).unwrap();
+/// A closed store in a new directory holding `n` tasks in queue `q`, and
+/// the clock it was written with.
+async fn closed_store_with(n: usize) -> (TempDir, Arc<ManualClock>) {
+    let clock = ManualClock::new(T0);
+    let dir = tempdir().unwrap();
+    let store = open(dir.path(), &clock).unwrap();
     push_n(&*store.queue("q").unwrap(), n).await;
     store.close().await;
+    (dir, clock)
 }
 
 /// The disk backend keeps everything across a close and reopen, leases included.
@@ -100,9 +104,7 @@ async fn a_new_data_dir_and_database_are_private() {
 /// instead of being served as a new empty queue; moving it aside starts over.
 #[tokio::test]
 async fn a_vanished_database_is_refused_until_moved_aside() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    leave_tasks(dir.path(), &clock, 5).await;
+    let (dir, clock) = closed_store_with(5).await;
     let db = dir.path().join(DB_FILE);
     std::fs::File::create(&db).unwrap(); // truncates to 0 bytes
     let e = refusal(dir.path(), &clock);
@@ -132,9 +134,7 @@ async fn a_vanished_database_is_refused_until_moved_aside() {
 /// from the id it is given, and its tasks stay.
 #[tokio::test]
 async fn a_store_without_a_marker_is_adopted() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    leave_tasks(dir.path(), &clock, 3).await;
+    let (dir, clock) = closed_store_with(3).await;
     std::fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
     let store = open(dir.path(), &clock).unwrap();
     assert_eq!(store.queue("q").unwrap().len().await.unwrap(), 3);
@@ -153,19 +153,7 @@ async fn damage_found_while_running_fails_the_store_for_good() {
     push_n(&*q, 3).await;
     // Damage the schema from another connection: the store's connection
     // rereads it at its next statement and SQLite reports it malformed.
-    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let version: i64 = other
-        .query_row("PRAGMA schema_version", [], |r| r.get(0))
-        .unwrap();
-    other
-        .execute_batch(&format!(
-            "PRAGMA writable_schema = ON;
-             UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_waiting';
-             PRAGMA schema_version = {};",
-            version + 1
-        ))
-        .unwrap();
-    drop(other);
+    taskhost_fixtures::sqlite::damage_schema(&dir.path().join(DB_FILE));
     let e = q.lease(10, TTL).await.unwrap_err();
     assert!(matches!(e, QueueError::Corrupt { .. }), "{e}");
     let failed = tokio::time::timeout(Duration::from_secs(30), store.failed())
