@@ -193,8 +193,14 @@ pub(crate) fn metric(
         })
 }
 
-/// A metric's labels as name/value pairs.
-type Labels<'a> = &'a [(&'a str, &'a str)];
+/// [`metric`] with the labels written `k=v,k=v` (or `""` for none).
+pub(crate) fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &str) -> Option<f64> {
+    let labels: Vec<_> = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    metric(s, name, &labels)
+}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -277,71 +283,37 @@ fn push_drain_and_count(data: &Path, store: &[String]) {
         assert_eq!(x["id"], y["id"]);
     }
 
-    let labels_done = [("queue", "default"), ("outcome", "done")];
     let mut last = None;
     wait_until("10,000 tasks done", LIMIT, || {
         let m = metrics(a);
-        let drained = metric(&m, "taskhost_tasks_settled", &labels_done) == Some(10_000.0)
-            && metric(
-                &m,
-                "taskhost_queue_tasks",
-                &[("queue", "default"), ("state", "pending")],
-            )
-            .unwrap_or(0.0)
-                == 0.0
-            && metric(
-                &m,
-                "taskhost_queue_tasks",
-                &[("queue", "default"), ("state", "leased")],
-            )
-            .unwrap_or(0.0)
-                == 0.0;
+        let drained = sample(&m, "taskhost_tasks_settled", "queue=default,outcome=done")
+            == Some(10_000.0)
+            && ["pending", "leased"].iter().all(|state| {
+                let labels = format!("queue=default,state={state}");
+                sample(&m, "taskhost_queue_tasks", &labels).unwrap_or(0.0) == 0.0
+            });
         last = Some(m);
         drained
     });
     let m = last.unwrap();
-    let expect: [(&str, Labels, f64); 10] = [
+    let expect = [
         (
             "taskhost_tasks_pushed",
-            &[("queue", "default"), ("result", "created")],
+            "queue=default,result=created",
             10_000.0,
         ),
-        (
-            "taskhost_tasks_pushed",
-            &[("queue", "keys"), ("result", "created")],
-            10.0,
-        ),
-        (
-            "taskhost_tasks_pushed",
-            &[("queue", "keys"), ("result", "duplicate")],
-            10.0,
-        ),
-        (
-            "taskhost_tasks_settled",
-            &[("queue", "default"), ("outcome", "dead")],
-            0.0,
-        ),
-        (
-            "taskhost_tasks_settled",
-            &[("queue", "default"), ("outcome", "retry")],
-            0.0,
-        ),
-        (
-            "taskhost_queue_tasks",
-            &[("queue", "keys"), ("state", "pending")],
-            10.0,
-        ),
-        (
-            "taskhost_queue_tasks",
-            &[("queue", "default"), ("state", "dead")],
-            0.0,
-        ),
-        ("taskhost_backend_up", &[], 1.0),
-        ("taskhost_workers_max", &[("queue", "default")], 4.0),
-        ("taskhost_plugin_info", &[("plugin", "testkit")], 1.0),
+        ("taskhost_tasks_pushed", "queue=keys,result=created", 10.0),
+        ("taskhost_tasks_pushed", "queue=keys,result=duplicate", 10.0),
+        ("taskhost_tasks_settled", "queue=default,outcome=dead", 0.0),
+        ("taskhost_tasks_settled", "queue=default,outcome=retry", 0.0),
+        ("taskhost_queue_tasks", "queue=keys,state=pending", 10.0),
+        ("taskhost_queue_tasks", "queue=default,state=dead", 0.0),
+        ("taskhost_backend_up", "", 1.0),
+        ("taskhost_workers_max", "queue=default", 4.0),
+        ("taskhost_plugin_info", "plugin=testkit", 1.0),
     ];
     for (name, labels, want) in expect {
-        assert_eq!(metric(&m, name, labels), Some(want), "{name} {labels:?}");
+        assert_eq!(sample(&m, name, labels), Some(want), "{name} {labels}");
     }
     let queues = get_json(a, "/v1/queues");
     let keys = entry(&queues, "queues", "queue", "keys");

@@ -55,10 +55,28 @@ pub(crate) trait Outage {
 }
 
 /// The scenarios as `#[test]`s in the calling module, each on a fresh
-/// private server from `$start` (`$durable` where the server is crashed and
-/// must keep what it acknowledged), with `$backend` as the config names it.
+/// private `$server` from `$start` (`$durable` where the server is crashed
+/// and must keep what it acknowledged), with `$backend` as the config names
+/// it; `$server` crashes with its method `$crash` and comes back with
+/// `$recover`.
 macro_rules! every_scenario {
-    ($backend:literal, start: $start:expr, durable: $durable:expr) => {
+    (
+        $server:ty as $backend:literal,
+        start: $start:expr,
+        durable: $durable:expr,
+        crash: $crash:ident,
+        recover: $recover:ident $(,)?
+    ) => {
+        impl $crate::multihost::Outage for $server {
+            fn down(&mut self) {
+                self.$crash();
+            }
+
+            fn up(&mut self) {
+                self.$recover().unwrap();
+            }
+        }
+
         $crate::multihost::every_scenario!(@test $backend, hosts_drain_each_task_exactly_once, $start);
         $crate::multihost::every_scenario!(@test $backend, a_killed_host_loses_nothing, $start);
         $crate::multihost::every_scenario!(@test $backend, a_unique_key_is_never_handled_twice_at_once, $start);

@@ -2,25 +2,17 @@
 //! `redis-server` started by the test (never the machine's default one).
 //! The scenarios are the shared ones of `multihost.rs`.
 
-use crate::multihost::{self, Outage};
+use crate::multihost;
 use crate::support::*;
 use taskhost_fixtures::redis::RedisServer;
 
-impl Outage for RedisServer {
-    fn down(&mut self) {
-        self.kill();
-    }
-
-    fn up(&mut self) {
-        self.restart().unwrap();
-    }
-}
-
 multihost::every_scenario!(
-    "redis",
+    RedisServer as "redis",
     start: RedisServer::start().unwrap(),
     // Append-only file on: what was acknowledged survives the kill.
-    durable: RedisServer::start_with(true).unwrap()
+    durable: RedisServer::start_with(true).unwrap(),
+    crash: kill,
+    recover: restart,
 );
 
 #[test]

@@ -62,6 +62,18 @@ impl std::fmt::Debug for PoolSource {
     }
 }
 
+/// The per-queue worker gauges, in the order of a row's `[busy, max]`.
+const WORKER_GAUGES: [(&str, &str); 2] = [
+    (
+        "taskhost_workers_busy",
+        "Workers of the queue's pool running a batch now",
+    ),
+    (
+        "taskhost_workers_max",
+        "Most workers the queue's pool runs at once (max_workers)",
+    ),
+];
+
 /// Collector over every registered pool.
 #[derive(Debug, Default)]
 pub struct PoolMetrics {
@@ -95,8 +107,7 @@ impl Collector for PoolMetrics {
                     p.slot.spec().name.clone(),
                     p.slot.version(),
                     p.stats.snapshot(),
-                    (p.load)().0,
-                    p.max_workers,
+                    [(p.load)().0, p.max_workers],
                 )
             })
             .collect();
@@ -122,7 +133,7 @@ impl Collector for PoolMetrics {
             &mut encoder,
             "taskhost_tasks_settled",
             "Tasks settled by this host's pools, by outcome (done, retry, dead, released, lost)",
-            rows.iter().flat_map(|(queue, plugin, version, s, _, _)| {
+            rows.iter().flat_map(|(queue, plugin, version, s, _)| {
                 [
                     ("done", s.done),
                     ("retry", s.retried),
@@ -188,7 +199,7 @@ impl Collector for PoolMetrics {
             &mut encoder,
             "taskhost_batch_flushes",
             "Batches sent by the dispatcher, by what sent them (size, latency, interval, urgent)",
-            rows.iter().flat_map(|(queue, _, _, s, _, _)| {
+            rows.iter().flat_map(|(queue, _, _, s, _)| {
                 [
                     ("size", s.flush_full),
                     ("latency", s.flush_latency),
@@ -201,27 +212,20 @@ impl Collector for PoolMetrics {
                 })
             }),
         )?;
-        family(
-            &mut encoder,
-            "taskhost_workers_busy",
-            "Workers of the queue's pool running a batch now",
-            rows.iter().map(|(queue, _, _, _, busy, _)| {
-                ([("queue", queue.as_str())], ConstGauge::new(*busy as i64))
-            }),
-        )?;
-        family(
-            &mut encoder,
-            "taskhost_workers_max",
-            "Most workers the queue's pool runs at once (max_workers)",
-            rows.iter().map(|(queue, _, _, _, _, max)| {
-                ([("queue", queue.as_str())], ConstGauge::new(*max as i64))
-            }),
-        )?;
+        for (i, (name, help)) in WORKER_GAUGES.into_iter().enumerate() {
+            let samples = rows.iter().map(|(queue, _, _, _, workers)| {
+                (
+                    [("queue", queue.as_str())],
+                    ConstGauge::new(workers[i] as i64),
+                )
+            });
+            family(&mut encoder, name, help, samples)?;
+        }
         family(
             &mut encoder,
             "taskhost_plugin_info",
             "1 per served plugin, labelled with its live version",
-            rows.iter().map(|(_, plugin, version, _, _, _)| {
+            rows.iter().map(|(_, plugin, version, _, _)| {
                 let labels = [("plugin", plugin.as_str()), ("version", version.as_str())];
                 (labels, ConstGauge::new(1i64))
             }),

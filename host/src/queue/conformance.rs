@@ -232,6 +232,17 @@ pub async fn lease_expiry(f: Fixture) {
     assert_eq!(q.len().await.unwrap(), 0);
 }
 
+/// Advances the clock by `early`, when nothing may be leased yet (`why`),
+/// then by `rest`; answers the one task a lease gets then.
+async fn leased_only_after(f: &Fixture, early: Duration, rest: Duration, why: &str) -> Vec<Task> {
+    f.clock.advance(early);
+    assert!(f.queue.lease(1, TTL).await.unwrap().is_empty(), "{why}");
+    f.clock.advance(rest);
+    let again = f.queue.lease(1, TTL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    again
+}
+
 /// Renewing extends a held lease; a lost lease cannot be renewed.
 pub async fn renew_extends(f: Fixture) {
     let q = &*f.queue;
@@ -239,14 +250,8 @@ pub async fn renew_extends(f: Fixture) {
     let got = q.lease(1, TTL).await.unwrap();
     f.clock.advance(Duration::from_secs(8));
     assert_eq!(q.renew(&leases(&got), TTL).await.unwrap(), 1);
-    f.clock.advance(Duration::from_secs(8));
-    assert!(
-        q.lease(1, TTL).await.unwrap().is_empty(),
-        "renewed lease holds"
-    );
-    f.clock.advance(Duration::from_secs(3));
-    let again = q.lease(1, TTL).await.unwrap();
-    assert_eq!(again.len(), 1);
+    let secs = Duration::from_secs;
+    leased_only_after(&f, secs(8), secs(3), "renewed lease holds").await;
     assert_eq!(
         q.renew(&leases(&got), TTL).await.unwrap(),
         0,
@@ -263,14 +268,8 @@ pub async fn retry_delay(f: Fixture) {
     assert_eq!(q.retry(got[0].lease(), at).await.unwrap().applied, 1);
     let s = q.stats().await.unwrap();
     assert_eq!((s.delayed, s.pending, s.leased), (1, 0, 0));
-    f.clock.advance(Duration::from_millis(4_999));
-    assert!(
-        q.lease(1, TTL).await.unwrap().is_empty(),
-        "not before its time"
-    );
-    f.clock.advance(Duration::from_millis(1));
-    let again = q.lease(1, TTL).await.unwrap();
-    assert_eq!(again.len(), 1);
+    let ms = Duration::from_millis;
+    let again = leased_only_after(&f, ms(4_999), ms(1), "not before its time").await;
     assert_eq!(again[0].id, got[0].id);
     assert_eq!(again[0].attempt, 2);
 }
@@ -318,13 +317,19 @@ pub async fn dead_letter(f: Fixture) {
     );
 }
 
-/// Released tasks are visible at once and the delivery is not counted.
-pub async fn release_returns(f: Fixture) {
-    let q = &*f.queue;
-    let ids = push_n(q, 3).await;
+/// Pushes `n` tasks, leases three and releases them; answers the pushed
+/// ids and what a lease of `n` gets next.
+async fn release_three_of(q: &dyn BaseQueue, n: usize) -> (Vec<TaskId>, Vec<Task>) {
+    let ids = push_n(q, n).await;
     let got = q.lease(3, TTL).await.unwrap();
     assert_eq!(q.release(&leases(&got)).await.unwrap().applied, 3);
-    let again = q.lease(3, TTL).await.unwrap();
+    let again = q.lease(n, TTL).await.unwrap();
+    (ids, again)
+}
+
+/// Released tasks are visible at once and the delivery is not counted.
+pub async fn release_returns(f: Fixture) {
+    let (ids, again) = release_three_of(&*f.queue, 3).await;
     let mut got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
     got_ids.sort();
     assert_eq!(got_ids, ids, "released tasks are visible at once");
@@ -337,11 +342,7 @@ pub async fn release_returns(f: Fixture) {
 /// Released tasks go back to the head of the line in their order, ahead
 /// of tasks never leased (issue 14 item 15).
 pub async fn release_keeps_order(f: Fixture) {
-    let q = &*f.queue;
-    let ids = push_n(q, 5).await;
-    let got = q.lease(3, TTL).await.unwrap();
-    assert_eq!(q.release(&leases(&got)).await.unwrap().applied, 3);
-    let again = q.lease(5, TTL).await.unwrap();
+    let (ids, again) = release_three_of(&*f.queue, 5).await;
     let got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
     assert_eq!(got_ids, ids, "released tasks keep their order");
 }

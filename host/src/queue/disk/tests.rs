@@ -18,12 +18,18 @@ fn refusal(dir: &Path, clock: &Arc<ManualClock>) -> String {
     open(dir, clock).unwrap_err().to_string()
 }
 
-/// A closed store in a new directory holding `n` tasks in queue `q`, and
-/// the clock it was written with.
-async fn closed_store_with(n: usize) -> (TempDir, Arc<ManualClock>) {
+/// A store in a new directory, on a clock at [`T0`].
+fn new_store() -> (TempDir, Arc<ManualClock>, Arc<DiskStore>) {
     let clock = ManualClock::new(T0);
     let dir = tempdir().unwrap();
     let store = open(dir.path(), &clock).unwrap();
+    (dir, clock, store)
+}
+
+/// A closed store in a new directory holding `n` tasks in queue `q`, and
+/// the clock it was written with.
+async fn closed_store_with(n: usize) -> (TempDir, Arc<ManualClock>) {
+    let (dir, clock, store) = new_store();
     push_n(&*store.queue("q").unwrap(), n).await;
     store.close().await;
     (dir, clock)
@@ -32,9 +38,7 @@ async fn closed_store_with(n: usize) -> (TempDir, Arc<ManualClock>) {
 /// The disk backend keeps everything across a close and reopen, leases included.
 #[tokio::test]
 async fn disk_persists_across_reopen() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    let store = open(dir.path(), &clock).unwrap();
+    let (dir, clock, store) = new_store();
     let q = store.queue("persist").unwrap();
     let ids = push_n(&*q, 10).await;
     q.push(NewTask::new("keyed").unique("key")).await.unwrap();
@@ -146,9 +150,7 @@ async fn a_store_without_a_marker_is_adopted() {
 /// with the cause, and `failed` resolves so the host stops.
 #[tokio::test]
 async fn damage_found_while_running_fails_the_store_for_good() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    let store = open(dir.path(), &clock).unwrap();
+    let (dir, _clock, store) = new_store();
     let q = store.queue("q").unwrap();
     push_n(&*q, 3).await;
     // Damage the schema from another connection: the store's connection
