@@ -378,8 +378,7 @@ fn api_non_loopback_listen_without_token_file_refuses_to_start() {
 #[test]
 fn api_token_file_makes_requests_without_the_token_401() {
     let tmp = tempfile::tempdir().unwrap();
-    let token = tmp.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = write_file(tmp.path(), "token", "s3cret\n");
     let api = format!(
         r#"{{ listen = "0.0.0.0:0", token_file = {} }}"#,
         quoted(token.display())

@@ -361,12 +361,8 @@ fn host_wit_prints_and_writes_the_plugin_interface() {
 #[test]
 fn host_componentize_names_the_file_and_what_to_change() {
     let tmp = tempfile::tempdir().unwrap();
-    let command = tmp.path().join("command.wasm");
-    std::fs::write(
-        &command,
-        wat::parse_str(r#"(module (func (export "_start")))"#).unwrap(),
-    )
-    .unwrap();
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+    let command = write_file(tmp.path(), "command.wasm", module);
     let out = output(
         host()
             .arg("componentize")

@@ -126,8 +126,7 @@ fn broken_wasm_is_refused_naming_the_file() {
         ),
     ];
     for (name, bytes, says) in broken {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
+        let path = write_file(tmp.path(), name, bytes);
         let mut expect = vec![name];
         expect.extend(says);
         run_fails_with(&[], &path, &expect);
@@ -153,12 +152,8 @@ fn wrong_world_component_is_refused() {
 #[test]
 fn bad_config_is_refused_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("bad.toml");
-    std::fs::write(
-        &config,
-        "[[plugins]]\npath = \"x.wasm\"\npool = { batch_size = \"many\" }\n",
-    )
-    .unwrap();
+    let bad = "[[plugins]]\npath = \"x.wasm\"\npool = { batch_size = \"many\" }\n";
+    let config = write_file(tmp.path(), "bad.toml", bad);
     let out = output(host().arg("run").arg("--config").arg(&config));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

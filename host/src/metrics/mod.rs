@@ -49,6 +49,9 @@ fn encode_histogram(m: &mut MetricEncoder<'_>, h: &HistogramSnapshot) -> std::fm
     m.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)
 }
 
+/// A label value and how to read its count from a `T`.
+type Split<T> = (&'static str, fn(&T) -> u64);
+
 /// Writes the family `name` of `M` metrics (counters, gauges): its help,
 /// then one sample per `(labels, metric)`.
 fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(

@@ -13,10 +13,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::{encode_histogram, family};
+use super::{Split, encode_histogram, family};
 use crate::plugin::swap::HotSwap;
-use crate::pool::PoolStats;
 use crate::pool::timings::{DurationHistogram, HistogramSnapshot};
+use crate::pool::{PoolSnapshot, PoolStats};
 
 /// One running pool, as the metrics see it.
 pub struct PoolSource {
@@ -61,6 +61,23 @@ impl std::fmt::Debug for PoolSource {
             .finish()
     }
 }
+
+/// The outcomes of settled tasks, each with its count in a pool's figures.
+const OUTCOMES: [Split<PoolSnapshot>; 5] = [
+    ("done", |s| s.done),
+    ("retry", |s| s.retried),
+    ("dead", |s| s.dead),
+    ("released", |s| s.released),
+    ("lost", |s| s.lost_leases),
+];
+
+/// What sends a batch, each with its count in a pool's figures.
+const FLUSHES: [Split<PoolSnapshot>; 4] = [
+    ("size", |s| s.flush_full),
+    ("latency", |s| s.flush_latency),
+    ("interval", |s| s.flush_interval),
+    ("urgent", |s| s.flush_urgent),
+];
 
 /// The per-queue worker gauges, in the order of a row's `[busy, max]`.
 const WORKER_GAUGES: [(&str, &str); 2] = [
@@ -129,28 +146,22 @@ impl Collector for PoolMetrics {
             .collect();
         drop(pools);
 
+        let settled = rows.iter().flat_map(|(queue, plugin, version, s, _)| {
+            OUTCOMES.map(|(outcome, count)| {
+                let labels = [
+                    ("queue", queue.as_str()),
+                    ("plugin", plugin.as_str()),
+                    ("version", version.as_str()),
+                    ("outcome", outcome),
+                ];
+                (labels, ConstCounter::new(count(s)))
+            })
+        });
         family(
             &mut encoder,
             "taskhost_tasks_settled",
             "Tasks settled by this host's pools, by outcome (done, retry, dead, released, lost)",
-            rows.iter().flat_map(|(queue, plugin, version, s, _)| {
-                [
-                    ("done", s.done),
-                    ("retry", s.retried),
-                    ("dead", s.dead),
-                    ("released", s.released),
-                    ("lost", s.lost_leases),
-                ]
-                .map(|(outcome, n)| {
-                    let labels = [
-                        ("queue", queue.as_str()),
-                        ("plugin", plugin.as_str()),
-                        ("version", version.as_str()),
-                        ("outcome", outcome),
-                    ];
-                    (labels, ConstCounter::new(n))
-                })
-            }),
+            settled,
         )?;
         family(
             &mut encoder,
@@ -195,22 +206,17 @@ impl Collector for PoolMetrics {
         for (queue, h) in &waits {
             encode_histogram(&mut m.encode_family(&[("queue", queue.as_str())])?, h)?;
         }
+        let flushes = rows.iter().flat_map(|(queue, _, _, s, _)| {
+            FLUSHES.map(|(trigger, count)| {
+                let labels = [("queue", queue.as_str()), ("trigger", trigger)];
+                (labels, ConstCounter::new(count(s)))
+            })
+        });
         family(
             &mut encoder,
             "taskhost_batch_flushes",
             "Batches sent by the dispatcher, by what sent them (size, latency, interval, urgent)",
-            rows.iter().flat_map(|(queue, _, _, s, _)| {
-                [
-                    ("size", s.flush_full),
-                    ("latency", s.flush_latency),
-                    ("interval", s.flush_interval),
-                    ("urgent", s.flush_urgent),
-                ]
-                .map(|(trigger, n)| {
-                    let labels = [("queue", queue.as_str()), ("trigger", trigger)];
-                    (labels, ConstCounter::new(n))
-                })
-            }),
+            flushes,
         )?;
         for (i, (name, help)) in WORKER_GAUGES.into_iter().enumerate() {
             let samples = rows.iter().map(|(queue, _, _, _, workers)| {

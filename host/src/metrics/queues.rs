@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{Labels, family};
+use super::{Labels, Split, family};
 use crate::queue::{QueueStats, QueueStore};
 
 /// How long a backend read serves scrapes.
@@ -125,6 +125,14 @@ impl QueueGauges {
     }
 }
 
+/// The states a queue's tasks are counted by, each with its count.
+const STATES: [Split<QueueStats>; 4] = [
+    ("pending", |s| s.pending),
+    ("delayed", |s| s.delayed),
+    ("leased", |s| s.leased),
+    ("dead", |s| s.dead),
+];
+
 impl Collector for QueueGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self
@@ -134,44 +142,39 @@ impl Collector for QueueGauges {
             .as_ref()
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
+        let tasks = snap.queues.iter().flat_map(|(queue, s)| {
+            STATES.map(|(state, count)| {
+                let labels = [("queue", queue.as_str()), ("state", state)];
+                (labels, ConstGauge::new(count(s) as i64))
+            })
+        });
         family(
             &mut encoder,
             "taskhost_queue_tasks",
             "Tasks in each queue by state (pending, delayed, leased, dead), read from the backend",
-            snap.queues.iter().flat_map(|(queue, s)| {
-                [
-                    ("pending", s.pending),
-                    ("delayed", s.delayed),
-                    ("leased", s.leased),
-                    ("dead", s.dead),
-                ]
-                .map(|(state, n)| {
-                    let labels = [("queue", queue.as_str()), ("state", state)];
-                    (labels, ConstGauge::new(n as i64))
-                })
-            }),
+            tasks,
         )?;
+        let paused = snap.control.iter().map(|(queue, paused, _)| {
+            let paused = ConstGauge::new(i64::from(*paused));
+            ([("queue", queue.as_str())], paused)
+        });
         family(
             &mut encoder,
             "taskhost_queue_paused",
             "1 while an operator has paused the queue (durable, every host obeys it)",
-            snap.control.iter().map(|(queue, paused, _)| {
-                (
-                    [("queue", queue.as_str())],
-                    ConstGauge::new(i64::from(*paused)),
-                )
-            }),
+            paused,
         )?;
+        let oldest = snap.control.iter().map(|(queue, _, oldest)| {
+            (
+                [("queue", queue.as_str())],
+                ConstGauge::new(oldest.unwrap_or(0.0)),
+            )
+        });
         family(
             &mut encoder,
             "taskhost_queue_oldest_pending_age_seconds",
             "Seconds the oldest pending task of the queue has waited since it was pushed (0 when none)",
-            snap.control.iter().map(|(queue, _, oldest)| {
-                (
-                    [("queue", queue.as_str())],
-                    ConstGauge::new(oldest.unwrap_or(0.0)),
-                )
-            }),
+            oldest,
         )?;
         let m = encoder.encode_descriptor(
             "taskhost_backend_up",

@@ -98,6 +98,13 @@ pub fn output(cmd: &mut Command) -> Output {
     cmd.output().expect("spawning host")
 }
 
+/// Writes `contents` to the file `name` in `dir`; answers its path.
+pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
 /// `host push default PAYLOADS --data-dir DATA`, asserting success.
 pub fn push_to_disk(data: &Path, payloads: &[&str]) -> String {
     ok(host()
