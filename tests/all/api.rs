@@ -442,38 +442,47 @@ fn api_bad_input_gets_json_errors() {
             .to_owned();
         assert!(e.contains(needle), "{e:?} lacks {needle:?}");
     };
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/q/tasks",
-        &[],
-        b"{\"payload\":\"ok\"}\n{\"payload_base64\":\"%%%\"}\n",
-    );
+    let lines: &[u8] = b"{\"payload\":\"ok\"}\n{\"payload_base64\":\"%%%\"}\n";
+    let (s, b) = http(a, "POST", "/v1/queues/q/tasks", &[], lines);
     error(s, &b, 400, "line 2");
     assert_eq!(json(&b)["committed"], 0);
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/q/tasks",
-        &[("Content-Type", "application/json")],
-        br#"{"tasks":[{"payload":"a"},{"payload":1}]}"#,
-    );
-    error(s, &b, 400, "tasks[1]");
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/bad%01name/tasks",
-        &[],
-        b"{\"payload\":\"x\"}\n",
-    );
-    error(s, &b, 400, "queue name");
+    let json_type = [("Content-Type", "application/json")];
+    let batch: &[u8] = br#"{"tasks":[{"payload":"a"},{"payload":1}]}"#;
+    let one: &[u8] = b"{\"payload\":\"x\"}\n";
     let big = format!("{{\"payload\":\"{}\"}}\n", "x".repeat(2_000));
-    let (s, b) = http(a, "POST", "/v1/queues/q/tasks", &[], big.as_bytes());
-    error(s, &b, 413, "max_body_bytes");
-    let (s, b) = http(a, "GET", "/v1/queues?limit=0", &[], b"");
-    error(s, &b, 400, "limit");
-    let (s, b) = http(a, "GET", "/v1/nothing-here", &[], b"");
-    error(s, &b, 404, "no route");
+    // Method, path, headers, body; the status and what the error names.
+    let refused: [(&str, &str, &[(&str, &str)], &[u8], u16, &str); 5] = [
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            &json_type,
+            batch,
+            400,
+            "tasks[1]",
+        ),
+        (
+            "POST",
+            "/v1/queues/bad%01name/tasks",
+            &[],
+            one,
+            400,
+            "queue name",
+        ),
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            &[],
+            big.as_bytes(),
+            413,
+            "max_body_bytes",
+        ),
+        ("GET", "/v1/queues?limit=0", &[], b"", 400, "limit"),
+        ("GET", "/v1/nothing-here", &[], b"", 404, "no route"),
+    ];
+    for (method, path, headers, body, status, names) in refused {
+        let (s, b) = http(a, method, path, headers, body);
+        error(s, &b, status, names);
+    }
     // Nothing above was stored.
     let queues = get_json(a, "/v1/queues");
     assert_eq!(queues["queues"], serde_json::json!([]), "{queues}");
