@@ -450,8 +450,16 @@ fn api_bad_input_gets_json_errors() {
     let batch: &[u8] = br#"{"tasks":[{"payload":"a"},{"payload":1}]}"#;
     let one: &[u8] = b"{\"payload\":\"x\"}\n";
     let big = format!("{{\"payload\":\"{}\"}}\n", "x".repeat(2_000));
-    // Method, path, headers, body; the status and what the error names.
-    let refused: [(&str, &str, &[(&str, &str)], &[u8], u16, &str); 5] = [
+    /// Method, path, headers, body; the status and what the error names.
+    type Refused<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [u8],
+        u16,
+        &'a str,
+    );
+    let refused: [Refused; 5] = [
         (
             "POST",
             "/v1/queues/q/tasks",
