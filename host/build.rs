@@ -50,20 +50,25 @@ fn go_pkg_dir() -> PathBuf {
     let manifest =
         Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("Cargo.toml");
     // Only this target's packages: cargo has fetched those for this build
-    // (the others would be downloaded just to be listed).
+    // (the others would be downloaded just to be listed). Offline first, so
+    // an offline build works; online if a package is not fetched yet.
     let target = env::var("TARGET").expect("cargo sets TARGET");
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version=1",
-            "--locked",
-            "--filter-platform",
-        ])
-        .arg(&target)
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .output()
-        .unwrap_or_else(|e| panic!("running cargo metadata: {e}"));
+    let metadata = |offline: bool| {
+        let mut c = Command::new(&cargo);
+        c.args(["metadata", "--format-version=1", "--locked"])
+            .args(["--filter-platform", &target])
+            .arg("--manifest-path")
+            .arg(&manifest);
+        if offline {
+            c.arg("--offline");
+        }
+        c.output()
+            .unwrap_or_else(|e| panic!("running cargo metadata: {e}"))
+    };
+    let mut output = metadata(true);
+    if !output.status.success() {
+        output = metadata(false);
+    }
     assert!(
         output.status.success(),
         "cargo metadata failed: {}",
