@@ -156,6 +156,21 @@ impl std::ops::Sub for RedisCost {
     }
 }
 
+/// Reports the `marks` marks made since `t`, with Redis's figures `before`
+/// them; answers Redis's figures after them.
+fn report_marks(
+    what: &str,
+    t: Instant,
+    server: &RedisServer,
+    before: RedisCost,
+    marks: usize,
+) -> Result<RedisCost> {
+    let wall = t.elapsed();
+    let after = snapshot(server)?;
+    report(what, wall, after - before, marks, "mark");
+    Ok(after)
+}
+
 fn report(what: &str, wall: Duration, cost: RedisCost, per: usize, per_name: &str) {
     let per = per.max(1) as f64;
     println!(
@@ -310,15 +325,13 @@ async fn harbor_queue(a: &BenchRedisArgs, runtime: &Runtime, drain: Drain) -> Re
     let t = Instant::now();
     let marker = store(&server, clock.clone())?.queue("status-refresh")?;
     let created = common::harbor::mark(&marker, n, a.common.marks).await?;
-    let mark_wall = t.elapsed();
-    let marked = snapshot(&server)?;
-    report(
+    let marked = report_marks(
         "mark (push, unique key)",
-        mark_wall,
-        marked - before,
+        t,
+        &server,
+        before,
         n * a.common.marks,
-        "mark",
-    );
+    )?;
     let t = Instant::now();
     let mut pools = Vec::new();
     for _ in 0..a.common.hosts {
@@ -392,15 +405,7 @@ async fn harbor_scan(a: &BenchRedisArgs) -> Result<RedisCost> {
             p.query_async::<()>(&mut conn).await?;
         }
     }
-    let mark_wall = t.elapsed();
-    let marked = snapshot(&server)?;
-    report(
-        "mark (SET)",
-        mark_wall,
-        marked - before,
-        n * a.common.marks,
-        "mark",
-    );
+    let marked = report_marks("mark (SET)", t, &server, before, n * a.common.marks)?;
     let refreshes = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut scanners = Vec::new();

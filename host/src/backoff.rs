@@ -1,4 +1,5 @@
-//! Exponential back-off with a cap and +-20 % jitter.
+//! Exponential back-off with a cap and +-20 % jitter, and the fixed tick of
+//! background loops.
 //!
 //! One policy serves task retries, source polling and reconnects, so their
 //! schedules can be reasoned about (and tested) in one place.
@@ -111,6 +112,28 @@ impl Reconnect {
         tokio::select! {
             _ = stop.cancelled() => false,
             _ = tokio::time::sleep(self.policy.delay(self.failures.max(1))) => true,
+        }
+    }
+}
+
+/// A tick every `period` for a background loop that ends with its stop
+/// token; a late tick delays the next rather than bunching them.
+#[derive(Debug)]
+pub(crate) struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    /// The first tick comes at once.
+    pub(crate) fn new(period: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(tick)
+    }
+
+    /// Waits for the next tick; `false` when `stop` came first.
+    pub(crate) async fn next(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = self.0.tick() => true,
         }
     }
 }

@@ -62,14 +62,10 @@ pub async fn keep_alive(
     slots: Vec<Arc<dyn HotSwap>>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::backoff::Ticker::new(HEARTBEAT_EVERY);
+    // The first tick comes at once: the first beat is one period away.
+    tick.next(&stop).await;
+    while tick.next(&stop).await {
         beat(&*registry, &run_file, &slots).await;
         if let Err(e) = registry.reclaim_gone().await {
             tracing::warn!(error = %e, "cannot reclaim the leases of gone hosts");

@@ -161,14 +161,7 @@ impl RunFile {
 /// Run files of hosts alive on this data directory; stale ones are removed.
 pub fn live_hosts(data_dir: &Path) -> Vec<RunInfo> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
+    for path in run_files(data_dir) {
         let named: Option<u32> = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -198,55 +191,44 @@ pub fn live_hosts(data_dir: &Path) -> Vec<RunInfo> {
     out
 }
 
+/// The run files (`*.json`) in `data_dir`'s registry; none where it cannot
+/// be read.
+fn run_files(data_dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(run_dir(data_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("json"))
+}
+
+/// Whether the lock of the run file naming host `id` is free; `None` when
+/// no run file in `data_dir` names it.
+fn named_host_gone(data_dir: &Path, id: &str) -> Option<bool> {
+    run_files(data_dir)
+        .find(|path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok())
+                .is_some_and(|i| i.id == id)
+        })
+        .map(|path| matches!(liveness(&path.with_extension("lock")), Liveness::Gone))
+}
+
 /// Whether the host with this id, registered on `data_dir`, is provably
 /// gone: no run file of a live host there names it. A host writes its run
 /// file (holding its lock) before it takes any lease and removes it only
 /// after its pools stopped, so a holder without one is gone. A run file
 /// whose lock cannot be checked (another user's host) counts as alive.
 pub fn holder_gone(data_dir: &Path, id: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
-        return true;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let Ok(info) = serde_json::from_str::<RunInfo>(&text) else {
-            continue;
-        };
-        if info.id != id {
-            continue;
-        }
-        return matches!(liveness(&path.with_extension("lock")), Liveness::Gone);
-    }
-    true
+    named_host_gone(data_dir, id).unwrap_or(true)
 }
 
 /// Whether a run file in `data_dir` names host `id` and its lock is free:
 /// positive proof that the host, which registered elsewhere too (Redis),
 /// is gone. A missing run file proves nothing here.
 pub fn run_file_released(data_dir: &Path, id: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(run_dir(data_dir)) else {
-        return false;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        let named = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok())
-            .is_some_and(|i| i.id == id);
-        if named {
-            return matches!(liveness(&path.with_extension("lock")), Liveness::Gone);
-        }
-    }
-    false
+    named_host_gone(data_dir, id).unwrap_or(false)
 }
 
 /// The machine's host name, or `unknown` when it cannot be read.

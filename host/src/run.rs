@@ -407,13 +407,8 @@ async fn refresh_run_file(
         slots.iter().map(|s| s.batches_by_version()).collect()
     };
     let mut written = counts(&slots);
-    let mut tick = tokio::time::interval(RUN_FILE_REFRESH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::backoff::Ticker::new(RUN_FILE_REFRESH);
+    while tick.next(&stop).await {
         let now = counts(&slots);
         if now == written {
             continue;

@@ -193,8 +193,14 @@ pub(crate) fn metric(
         })
 }
 
-/// A metric's labels as name/value pairs.
-type Labels<'a> = &'a [(&'a str, &'a str)];
+/// [`metric`] with the labels written `k=v,k=v` (or `""` for none).
+pub(crate) fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &str) -> Option<f64> {
+    let labels: Vec<_> = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    metric(s, name, &labels)
+}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -277,71 +283,37 @@ fn push_drain_and_count(data: &Path, store: &[String]) {
         assert_eq!(x["id"], y["id"]);
     }
 
-    let labels_done = [("queue", "default"), ("outcome", "done")];
     let mut last = None;
     wait_until("10,000 tasks done", LIMIT, || {
         let m = metrics(a);
-        let drained = metric(&m, "taskhost_tasks_settled", &labels_done) == Some(10_000.0)
-            && metric(
-                &m,
-                "taskhost_queue_tasks",
-                &[("queue", "default"), ("state", "pending")],
-            )
-            .unwrap_or(0.0)
-                == 0.0
-            && metric(
-                &m,
-                "taskhost_queue_tasks",
-                &[("queue", "default"), ("state", "leased")],
-            )
-            .unwrap_or(0.0)
-                == 0.0;
+        let drained = sample(&m, "taskhost_tasks_settled", "queue=default,outcome=done")
+            == Some(10_000.0)
+            && ["pending", "leased"].iter().all(|state| {
+                let labels = format!("queue=default,state={state}");
+                sample(&m, "taskhost_queue_tasks", &labels).unwrap_or(0.0) == 0.0
+            });
         last = Some(m);
         drained
     });
     let m = last.unwrap();
-    let expect: [(&str, Labels, f64); 10] = [
+    let expect = [
         (
             "taskhost_tasks_pushed",
-            &[("queue", "default"), ("result", "created")],
+            "queue=default,result=created",
             10_000.0,
         ),
-        (
-            "taskhost_tasks_pushed",
-            &[("queue", "keys"), ("result", "created")],
-            10.0,
-        ),
-        (
-            "taskhost_tasks_pushed",
-            &[("queue", "keys"), ("result", "duplicate")],
-            10.0,
-        ),
-        (
-            "taskhost_tasks_settled",
-            &[("queue", "default"), ("outcome", "dead")],
-            0.0,
-        ),
-        (
-            "taskhost_tasks_settled",
-            &[("queue", "default"), ("outcome", "retry")],
-            0.0,
-        ),
-        (
-            "taskhost_queue_tasks",
-            &[("queue", "keys"), ("state", "pending")],
-            10.0,
-        ),
-        (
-            "taskhost_queue_tasks",
-            &[("queue", "default"), ("state", "dead")],
-            0.0,
-        ),
-        ("taskhost_backend_up", &[], 1.0),
-        ("taskhost_workers_max", &[("queue", "default")], 4.0),
-        ("taskhost_plugin_info", &[("plugin", "testkit")], 1.0),
+        ("taskhost_tasks_pushed", "queue=keys,result=created", 10.0),
+        ("taskhost_tasks_pushed", "queue=keys,result=duplicate", 10.0),
+        ("taskhost_tasks_settled", "queue=default,outcome=dead", 0.0),
+        ("taskhost_tasks_settled", "queue=default,outcome=retry", 0.0),
+        ("taskhost_queue_tasks", "queue=keys,state=pending", 10.0),
+        ("taskhost_queue_tasks", "queue=default,state=dead", 0.0),
+        ("taskhost_backend_up", "", 1.0),
+        ("taskhost_workers_max", "queue=default", 4.0),
+        ("taskhost_plugin_info", "plugin=testkit", 1.0),
     ];
     for (name, labels, want) in expect {
-        assert_eq!(metric(&m, name, labels), Some(want), "{name} {labels:?}");
+        assert_eq!(sample(&m, name, labels), Some(want), "{name} {labels}");
     }
     let queues = get_json(a, "/v1/queues");
     let keys = entry(&queues, "queues", "queue", "keys");
@@ -406,8 +378,7 @@ fn api_non_loopback_listen_without_token_file_refuses_to_start() {
 #[test]
 fn api_token_file_makes_requests_without_the_token_401() {
     let tmp = tempfile::tempdir().unwrap();
-    let token = tmp.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = write_file(tmp.path(), "token", "s3cret\n");
     let api = format!(
         r#"{{ listen = "0.0.0.0:0", token_file = {} }}"#,
         quoted(token.display())
@@ -471,38 +442,55 @@ fn api_bad_input_gets_json_errors() {
             .to_owned();
         assert!(e.contains(needle), "{e:?} lacks {needle:?}");
     };
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/q/tasks",
-        &[],
-        b"{\"payload\":\"ok\"}\n{\"payload_base64\":\"%%%\"}\n",
-    );
+    let lines: &[u8] = b"{\"payload\":\"ok\"}\n{\"payload_base64\":\"%%%\"}\n";
+    let (s, b) = http(a, "POST", "/v1/queues/q/tasks", &[], lines);
     error(s, &b, 400, "line 2");
     assert_eq!(json(&b)["committed"], 0);
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/q/tasks",
-        &[("Content-Type", "application/json")],
-        br#"{"tasks":[{"payload":"a"},{"payload":1}]}"#,
-    );
-    error(s, &b, 400, "tasks[1]");
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/queues/bad%01name/tasks",
-        &[],
-        b"{\"payload\":\"x\"}\n",
-    );
-    error(s, &b, 400, "queue name");
+    let json_type = [("Content-Type", "application/json")];
+    let batch: &[u8] = br#"{"tasks":[{"payload":"a"},{"payload":1}]}"#;
+    let one: &[u8] = b"{\"payload\":\"x\"}\n";
     let big = format!("{{\"payload\":\"{}\"}}\n", "x".repeat(2_000));
-    let (s, b) = http(a, "POST", "/v1/queues/q/tasks", &[], big.as_bytes());
-    error(s, &b, 413, "max_body_bytes");
-    let (s, b) = http(a, "GET", "/v1/queues?limit=0", &[], b"");
-    error(s, &b, 400, "limit");
-    let (s, b) = http(a, "GET", "/v1/nothing-here", &[], b"");
-    error(s, &b, 404, "no route");
+    /// Method, path, headers, body; the status and what the error names.
+    type Refused<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [u8],
+        u16,
+        &'a str,
+    );
+    let refused: [Refused; 5] = [
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            &json_type,
+            batch,
+            400,
+            "tasks[1]",
+        ),
+        (
+            "POST",
+            "/v1/queues/bad%01name/tasks",
+            &[],
+            one,
+            400,
+            "queue name",
+        ),
+        (
+            "POST",
+            "/v1/queues/q/tasks",
+            &[],
+            big.as_bytes(),
+            413,
+            "max_body_bytes",
+        ),
+        ("GET", "/v1/queues?limit=0", &[], b"", 400, "limit"),
+        ("GET", "/v1/nothing-here", &[], b"", 404, "no route"),
+    ];
+    for (method, path, headers, body, status, names) in refused {
+        let (s, b) = http(a, method, path, headers, body);
+        error(s, &b, status, names);
+    }
     // Nothing above was stored.
     let queues = get_json(a, "/v1/queues");
     assert_eq!(queues["queues"], serde_json::json!([]), "{queues}");

@@ -218,9 +218,7 @@ fn errors_name_their_cause_once_and_bad_values_name_file_and_field() {
 fn a_dead_letter_reason_leads_with_the_cause_then_the_backtrace() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(host()
-        .args(["push", "default", "trap", "--data-dir"])
-        .arg(&data));
+    push_to_disk(&data, &["trap"]);
     ok(testkit_run(&data, "script").args(["--max-attempts", "1", "--exit-when-drained"]));
     let out = ok(host()
         .args(["status", "--json", "--dead", "1", "--data-dir"])
@@ -237,30 +235,7 @@ fn a_dead_letter_reason_leads_with_the_cause_then_the_backtrace() {
     assert!(cause < stderr && stderr < trace, "{reason}");
 }
 
-#[test]
-fn the_rust_archive_plugin_removes_what_an_unfinished_attempt_left() {
-    archive_removes_what_an_unfinished_attempt_left(Lang::Rust);
-}
-
-#[test]
-fn the_python_archive_plugin_removes_what_an_unfinished_attempt_left() {
-    archive_removes_what_an_unfinished_attempt_left(Lang::Python);
-}
-
-#[test]
-fn the_js_archive_plugin_removes_what_an_unfinished_attempt_left() {
-    archive_removes_what_an_unfinished_attempt_left(Lang::Js);
-}
-
-#[test]
-fn the_c_archive_plugin_removes_what_an_unfinished_attempt_left() {
-    archive_removes_what_an_unfinished_attempt_left(Lang::C);
-}
-
-#[test]
-fn the_go_archive_plugin_removes_what_an_unfinished_attempt_left() {
-    archive_removes_what_an_unfinished_attempt_left(Lang::Go);
-}
+langs::every_language!(archive_removes_what_an_unfinished_attempt_left);
 
 fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
     if crate::support::langs::skip(lang) {
@@ -270,9 +245,7 @@ fn archive_removes_what_an_unfinished_attempt_left(lang: Lang) {
     let data = tmp.path().join("data");
     let archive = tmp.path().join("archive");
     std::fs::create_dir(&archive).unwrap();
-    ok(host()
-        .args(["push", "default", "one", "--data-dir"])
-        .arg(&data));
+    push_to_disk(&data, &["one"]);
     // A host leases task 1 (attempt 1) and is killed mid-call, as if it had
     // been writing the batch's temporary file, which it leaves behind.
     let config = HostToml::new(&data)
@@ -388,12 +361,8 @@ fn host_wit_prints_and_writes_the_plugin_interface() {
 #[test]
 fn host_componentize_names_the_file_and_what_to_change() {
     let tmp = tempfile::tempdir().unwrap();
-    let command = tmp.path().join("command.wasm");
-    std::fs::write(
-        &command,
-        wat::parse_str(r#"(module (func (export "_start")))"#).unwrap(),
-    )
-    .unwrap();
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+    let command = write_file(tmp.path(), "command.wasm", module);
     let out = output(
         host()
             .arg("componentize")

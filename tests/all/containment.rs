@@ -2,13 +2,10 @@
 //! finish an answer or ask for a wait past the end of time.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use taskhost_fixtures::http::CountingServer;
+use taskhost_fixtures::http::{CountingServer, too_many_requests};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{self, HostToml, quoted};
@@ -112,21 +109,13 @@ async fn a_call_blocked_on_an_http_body_is_dead_lettered_at_its_time_limit() {
 /// u64) neither panic the host nor stop its pool: every task is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_past_the_end_of_time_neither_panics_the_host_nor_stops_the_drain() {
-    let answered = Arc::new(AtomicU64::new(0));
-    let count = answered.clone();
-    let server = CountingServer::start(Arc::new(move |_, _| {
-        let n = count.fetch_add(1, Ordering::Relaxed);
-        let mut r = http::Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
-        let wait = if n.is_multiple_of(2) {
+    let server = CountingServer::start_numbered(|n| {
+        too_many_requests(if n.is_multiple_of(2) {
             "99999999999999999999"
         } else {
             "18446744073709551615"
-        };
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, wait.parse().unwrap());
-        r
-    }))
+        })
+    })
     .await
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -156,6 +145,6 @@ async fn a_retry_after_past_the_end_of_time_neither_panics_the_host_nor_stops_th
         (Some(0), Some(0)),
         "{v}"
     );
-    assert!(answered.load(Ordering::Relaxed) >= 40);
+    assert!(server.stats().requests.load(Ordering::Relaxed) >= 40);
     server.shutdown().await;
 }

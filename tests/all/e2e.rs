@@ -107,26 +107,30 @@ fn run_fails_with(args: &[&str], plugin_path: &std::path::Path, expect: &[&str])
 #[test]
 fn broken_wasm_is_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let junk = tmp.path().join("junk.wasm");
-    std::fs::write(&junk, b"this is not wasm at all").unwrap();
-    run_fails_with(
-        &[],
-        &junk,
-        &["junk.wasm", "not a WebAssembly component", "magic"],
-    );
-
-    let core = tmp.path().join("core.wasm");
-    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    run_fails_with(
-        &[],
-        &core,
-        &["core.wasm", "core WebAssembly module", "host componentize"],
-    );
-
-    let truncated = tmp.path().join("truncated.wasm");
-    let bytes = std::fs::read(plugin("archive")).unwrap();
-    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    run_fails_with(&[], &truncated, &["truncated.wasm", "failed to compile"]);
+    let archive = std::fs::read(plugin("archive")).unwrap();
+    let broken: [(&str, &[u8], &[&str]); 3] = [
+        (
+            "junk.wasm",
+            b"this is not wasm at all",
+            &["not a WebAssembly component", "magic"],
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0",
+            &["core WebAssembly module", "host componentize"],
+        ),
+        (
+            "truncated.wasm",
+            &archive[..archive.len() / 2],
+            &["failed to compile"],
+        ),
+    ];
+    for (name, bytes, says) in broken {
+        let path = write_file(tmp.path(), name, bytes);
+        let mut expect = vec![name];
+        expect.extend(says);
+        run_fails_with(&[], &path, &expect);
+    }
 
     let missing = tmp.path().join("missing.wasm");
     run_fails_with(&[], &missing, &["missing.wasm", "cannot read plugin"]);
@@ -148,12 +152,8 @@ fn wrong_world_component_is_refused() {
 #[test]
 fn bad_config_is_refused_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("bad.toml");
-    std::fs::write(
-        &config,
-        "[[plugins]]\npath = \"x.wasm\"\npool = { batch_size = \"many\" }\n",
-    )
-    .unwrap();
+    let bad = "[[plugins]]\npath = \"x.wasm\"\npool = { batch_size = \"many\" }\n";
+    let config = write_file(tmp.path(), "bad.toml", bad);
     let out = output(host().arg("run").arg("--config").arg(&config));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

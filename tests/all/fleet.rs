@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::hotswap::{version_of, with_custom_section};
@@ -91,15 +90,7 @@ fn kill_mid_drain_then_restart(store: Shared) -> f64 {
         .arg("--file")
         .arg(&file));
 
-    let mut first = Running(
-        host()
-            .arg("run")
-            .arg("--config")
-            .arg(&slow)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut first = Running::with_config(&slow);
     // Its batches are under way and stay so (a minute each): the kill
     // finds every worker holding a lease.
     wait_until("4 batches under lease", START, || {
@@ -173,14 +164,8 @@ fn shared_host(tmp: &Path, n: usize, store: Shared, plugin: &Path) -> (PathBuf, 
         .plugin(plugin)
         .raw("config", r#"{ mode = "noop" }"#)
         .write(tmp.join(format!("host-{n}.toml")));
-    let child = host()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    (config, Running(child))
+    let running = Running::with_config(&config);
+    (config, running)
 }
 
 #[test]
@@ -279,15 +264,7 @@ fn hosts_on_disk_lists_the_running_host_and_reload_without_one_names_the_store()
         .plugin(&plugin("testkit"))
         .raw("config", r#"{ mode = "noop" }"#)
         .write(tmp.path().join("host.toml"));
-    let _h = Running(
-        host()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _h = Running::with_config(&config);
     wait_until("the host registered", START, || {
         hosts_json(&config).len() == 1
     });

@@ -11,9 +11,8 @@ use std::time::Duration;
 use taskhost::clock;
 use taskhost::plugin::cache::Source;
 use taskhost::plugin::swap::{HotSwap, PluginSlot};
-use taskhost::plugin::{Limits, PluginSpec, Runtime, RuntimeOptions};
+use taskhost::plugin::{Limits, PluginSpec, Runtime};
 use taskhost::pool::{PoolConfig, WorkerPool};
-use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{NewTask, QueueStore};
 use tokio_util::sync::CancellationToken;
 
@@ -72,8 +71,7 @@ async fn twenty_swaps_under_load_lose_and_fail_nothing() {
     std::fs::write(&path, &a).unwrap();
 
     let runtime = Runtime::new().unwrap();
-    let store: Arc<dyn QueueStore> =
-        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let store: Arc<dyn QueueStore> = support::memory_store();
     let plugin = runtime
         .load(spec(path.clone(), "tag"), store.clone())
         .unwrap();
@@ -159,8 +157,7 @@ async fn half_written_or_wrong_files_never_replace_a_working_plugin() {
     let path = tmp.path().join("tagger.wasm");
     std::fs::write(&path, &a).unwrap();
     let runtime = Runtime::new().unwrap();
-    let store: Arc<dyn QueueStore> =
-        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let store: Arc<dyn QueueStore> = support::memory_store();
     let slot = PluginSlot::new(
         runtime.clone(),
         runtime
@@ -213,28 +210,18 @@ async fn half_written_or_wrong_files_never_replace_a_working_plugin() {
 fn compiled_code_is_cached_and_a_corrupt_entry_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let opts = || RuntimeOptions {
-        cache_dir: Some(cache.clone()),
-        ..RuntimeOptions::default()
-    };
-    let store: Arc<dyn QueueStore> =
-        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let store = support::memory_store();
     let path = support::plugin("testkit");
-
-    let first = Runtime::with_options(opts()).unwrap();
-    let p = first
-        .load(spec(path.clone(), "noop"), store.clone())
-        .unwrap();
-    assert_eq!(p.source(), Source::Compiled);
-    first.shutdown();
-
-    // A restart: a new engine with the same settings takes the cached code.
-    let second = Runtime::with_options(opts()).unwrap();
-    let p = second
-        .load(spec(path.clone(), "noop"), store.clone())
-        .unwrap();
-    assert_eq!(p.source(), Source::Cached);
-    second.shutdown();
+    // The first load compiles; a restart (a new engine with the same
+    // settings) takes the cached code.
+    for want in [Source::Compiled, Source::Cached] {
+        let runtime = support::cached_runtime(&cache).unwrap();
+        let p = runtime
+            .load(spec(path.clone(), "noop"), store.clone())
+            .unwrap();
+        assert_eq!(p.source(), want);
+        runtime.shutdown();
+    }
 
     // Flip a byte in the entry: it is not trusted, but rebuilt.
     let entry = std::fs::read_dir(&cache)
@@ -246,7 +233,7 @@ fn compiled_code_is_cached_and_a_corrupt_entry_is_rebuilt() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, bytes).unwrap();
-    let third = Runtime::with_options(opts()).unwrap();
+    let third = support::cached_runtime(&cache).unwrap();
     let p = third
         .load(spec(path.clone(), "noop"), store.clone())
         .unwrap();
@@ -266,7 +253,7 @@ fn compiled_code_is_cached_and_a_corrupt_entry_is_rebuilt() {
         );
     });
     third.shutdown();
-    let fourth = Runtime::with_options(opts()).unwrap();
+    let fourth = support::cached_runtime(&cache).unwrap();
     assert_eq!(
         fourth.load(spec(path, "noop"), store).unwrap().source(),
         Source::Cached
@@ -328,19 +315,16 @@ pub(crate) fn with_custom_section(bytes: &[u8], note: &str) -> Vec<u8> {
 async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
     use bytes::Bytes;
     use http_body_util::Full;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use taskhost::plugin::SourcePlugin;
     use taskhost::plugin::swap::{Reloaded, SourceSlot};
     use taskhost::source::{Poller, SourceConfig};
     use taskhost_fixtures::http::CountingServer;
 
     // Each poll gets the next number as its one task.
-    let served = Arc::new(AtomicU64::new(0));
-    let counter = served.clone();
-    let server = CountingServer::start(Arc::new(move |_, _| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
+    let server = CountingServer::start_numbered(|n| {
         http::Response::new(Full::new(Bytes::from(format!("[\"{n}\"]"))))
-    }))
+    })
     .await
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -358,8 +342,7 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
         enqueue_to: None,
     };
     let runtime = Runtime::new().unwrap();
-    let store: Arc<dyn QueueStore> =
-        Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()));
+    let store: Arc<dyn QueueStore> = support::memory_store();
     let queue = store.queue("jobs").unwrap();
     let source = SourcePlugin::load_async(&runtime, spec, "jobs", store.clone())
         .await
@@ -422,7 +405,7 @@ async fn a_source_plugin_is_swapped_while_it_polls_and_loses_nothing() {
         polls.len() == 2 && polls.values().all(|&n| n >= 20),
         "{polls:?}"
     );
-    let served = served.load(Ordering::SeqCst);
+    let served = server.stats().requests.load(Ordering::SeqCst);
     let tasks = queue
         .lease(1_000_000, Duration::from_secs(60))
         .await

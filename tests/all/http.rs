@@ -19,7 +19,7 @@ use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
 use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{BaseQueue, NewTask, QueueStore};
 use taskhost::source::{Poller, Source, SourceConfig};
-use taskhost_fixtures::http::{CountingServer, Handler};
+use taskhost_fixtures::http::{CountingServer, Handler, too_many_requests};
 use taskhost_fixtures::tls::loopback_tls;
 
 fn spec(name: &str, url: &str, allowed: &[String]) -> PluginSpec {
@@ -213,10 +213,8 @@ async fn host_run_polls_a_configured_source_into_a_postgres_queue() {
 /// A host on the store `on` sets polls an HTTP source (three jobs, then
 /// nothing) into queue `jobs`, which the archive plugin drains.
 async fn source_into_queue(on: impl FnOnce(HostToml) -> HostToml) {
-    let polls = Arc::new(AtomicU64::new(0));
-    let seen = polls.clone();
-    let server = CountingServer::start(Arc::new(move |_, _| {
-        if seen.fetch_add(1, Ordering::Relaxed) == 0 {
+    let server = CountingServer::start_numbered(|n| {
+        if n == 0 {
             http::Response::new(Full::new(Bytes::from_static(
                 br#"["job-1", "job-2", "job-3"]"#,
             )))
@@ -225,7 +223,7 @@ async fn source_into_queue(on: impl FnOnce(HostToml) -> HostToml) {
             *r.status_mut() = http::StatusCode::NO_CONTENT;
             r
         }
-    }))
+    })
     .await
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -254,7 +252,9 @@ async fn source_into_queue(on: impl FnOnce(HostToml) -> HostToml) {
         .spawn()
         .unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(120);
-    while support::archived(&archive).len() < 3 || polls.load(Ordering::Relaxed) < 3 {
+    while support::archived(&archive).len() < 3
+        || server.stats().requests.load(Ordering::Relaxed) < 3
+    {
         assert!(
             std::time::Instant::now() < end,
             "the source's tasks were not archived"
@@ -476,13 +476,11 @@ async fn a_429_with_retry_after_is_retried_by_the_host_and_the_task_is_done_once
     let server = CountingServer::start(Arc::new(move |_, _| {
         let mut log = log.lock().unwrap();
         log.push(Instant::now());
-        let mut r = http::Response::new(Full::new(Bytes::new()));
         if log.len() == 1 {
-            *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, "1".parse().unwrap());
+            too_many_requests("1")
+        } else {
+            http::Response::new(Full::new(Bytes::new()))
         }
-        r
     }))
     .await
     .unwrap();

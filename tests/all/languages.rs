@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::support::langs::{LANGS, Lang, archive, skip};
+use crate::support::langs::{LANGS, Lang, archive, every_language, skip};
 use crate::support::*;
 use taskhost::plugin::{DirGrant, Limits, PluginSpec, Runtime};
 use taskhost::pool::Outcome;
@@ -50,27 +50,7 @@ fn ten_thousand_tasks_each_archived_exactly_once(lang: Lang) {
     assert_eq!(v[0]["dead"], 0);
 }
 
-/// One `#[test]` per language, all running the same body.
-macro_rules! matrix {
-    ($body:ident: $($name:ident => $lang:expr),+ $(,)?) => {
-        mod $body {
-            $(
-                #[test]
-                fn $name() {
-                    super::$body($lang);
-                }
-            )+
-        }
-    };
-}
-
-matrix!(ten_thousand_tasks_each_archived_exactly_once:
-    rust => super::Lang::Rust,
-    python => super::Lang::Python,
-    js => super::Lang::Js,
-    c => super::Lang::C,
-    go => super::Lang::Go,
-);
+every_language!(ten_thousand_tasks_each_archived_exactly_once);
 
 /// A batch exercising every field and escaping rule of the archive format.
 fn tricky_batch() -> Vec<Task> {

@@ -54,6 +54,50 @@ pub(crate) trait Outage {
     fn up(&mut self);
 }
 
+/// The scenarios as `#[test]`s in the calling module, each on a fresh
+/// private `$server` from `$start` (`$durable` where the server is crashed
+/// and must keep what it acknowledged), with `$backend` as the config names
+/// it; `$server` crashes with its method `$crash` and comes back with
+/// `$recover`.
+macro_rules! every_scenario {
+    (
+        $server:ty as $backend:literal,
+        start: $start:expr,
+        durable: $durable:expr,
+        crash: $crash:ident,
+        recover: $recover:ident $(,)?
+    ) => {
+        impl $crate::multihost::Outage for $server {
+            fn down(&mut self) {
+                self.$crash();
+            }
+
+            fn up(&mut self) {
+                self.$recover().unwrap();
+            }
+        }
+
+        $crate::multihost::every_scenario!(@test $backend, hosts_drain_each_task_exactly_once, $start);
+        $crate::multihost::every_scenario!(@test $backend, a_killed_host_loses_nothing, $start);
+        $crate::multihost::every_scenario!(@test $backend, a_unique_key_is_never_handled_twice_at_once, $start);
+        $crate::multihost::every_scenario!(@test $backend, hosts_survive_an_outage, $durable, outage);
+    };
+    // `outage`: the scenario also takes the server, to crash it.
+    (@test $backend:literal, $scenario:ident, $start:expr $(, $outage:ident)?) => {
+        #[test]
+        fn $scenario() {
+            #[allow(unused_mut)]
+            let mut server = $start;
+            let url = server.url();
+            $crate::multihost::$scenario(
+                $crate::multihost::Store::new($backend, &url)
+                $(, { let $outage = &mut server; $outage })?
+            );
+        }
+    };
+}
+pub(crate) use every_scenario;
+
 /// One running `host run` process and where it writes.
 pub(crate) struct Host {
     child: Child,
@@ -286,10 +330,11 @@ pub(crate) fn a_killed_host_loses_nothing(store: Store) {
 }
 
 /// The server goes down mid-run and comes back: `host status` names it
-/// unreachable (by `shown`, the URL without its password) meanwhile,
-/// every host logs the outage, and every task is done.
-pub(crate) fn hosts_survive_an_outage(store: Store, shown: &str, server: &mut dyn Outage) {
+/// unreachable (by the URL without its user info) meanwhile, every host
+/// logs the outage, and every task is done.
+pub(crate) fn hosts_survive_an_outage(store: Store, server: &mut dyn Outage) {
     let _g = heavy();
+    let shown = store.url.rsplit('@').next().unwrap_or(store.url);
     let tmp = tempfile::tempdir().unwrap();
     let hosts = archive_hosts(tmp.path(), store);
     // As in the kill test, half goes in after the outage, so the hosts are

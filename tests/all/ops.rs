@@ -66,6 +66,34 @@ impl Store {
     }
 }
 
+/// One `#[test]` per store kind in a module named after `$body`, each
+/// calling `$body(&store)` on a fresh store: `disk`, `redis`, `postgres`.
+macro_rules! on_every_store {
+    ($body:ident) => {
+        mod $body {
+            use super::*;
+
+            #[test]
+            fn disk() {
+                let tmp = tempfile::tempdir().unwrap();
+                super::$body(&Store::disk(tmp.path()));
+            }
+
+            #[test]
+            fn redis() {
+                let server = RedisServer::start().unwrap();
+                super::$body(&Store::redis(&server));
+            }
+
+            #[test]
+            fn postgres() {
+                let server = PostgresServer::start().unwrap();
+                super::$body(&Store::postgres(&server));
+            }
+        }
+    };
+}
+
 /// Five tasks die; three are retried by id, the rest purged; peek and
 /// status agree at each step; a retried task can be cancelled.
 fn dead_letters_are_retried_by_id_and_purged(store: &Store) {
@@ -121,23 +149,7 @@ fn dead_letters_are_retried_by_id_and_purged(store: &Store) {
     );
 }
 
-#[test]
-fn dead_letters_are_retried_by_id_and_purged_on_disk() {
-    let tmp = tempfile::tempdir().unwrap();
-    dead_letters_are_retried_by_id_and_purged(&Store::disk(tmp.path()));
-}
-
-#[test]
-fn dead_letters_are_retried_by_id_and_purged_on_redis() {
-    let redis = RedisServer::start().unwrap();
-    dead_letters_are_retried_by_id_and_purged(&Store::redis(&redis));
-}
-
-#[test]
-fn dead_letters_are_retried_by_id_and_purged_on_postgres() {
-    let pg = PostgresServer::start().unwrap();
-    dead_letters_are_retried_by_id_and_purged(&Store::postgres(&pg));
-}
+on_every_store!(dead_letters_are_retried_by_id_and_purged);
 
 /// A running host whose stderr lines arrive on a channel.
 struct Running {
@@ -225,23 +237,7 @@ fn pause_stops_a_running_host_and_resume_drains(store: &Store) {
     drop(running);
 }
 
-#[test]
-fn pause_stops_a_running_host_and_resume_drains_on_disk() {
-    let tmp = tempfile::tempdir().unwrap();
-    pause_stops_a_running_host_and_resume_drains(&Store::disk(tmp.path()));
-}
-
-#[test]
-fn pause_stops_a_running_host_and_resume_drains_on_redis() {
-    let redis = RedisServer::start().unwrap();
-    pause_stops_a_running_host_and_resume_drains(&Store::redis(&redis));
-}
-
-#[test]
-fn pause_stops_a_running_host_and_resume_drains_on_postgres() {
-    let pg = PostgresServer::start().unwrap();
-    pause_stops_a_running_host_and_resume_drains(&Store::postgres(&pg));
-}
+on_every_store!(pause_stops_a_running_host_and_resume_drains);
 
 #[test]
 fn peek_prints_payload_text_and_base64_and_refuses_the_memory_backend() {

@@ -10,7 +10,6 @@ use taskhost::backoff::Backoff;
 use taskhost::clock;
 use taskhost::plugin::{Limits, Plugin, PluginSpec, Runtime};
 use taskhost::pool::{PoolConfig, PoolSnapshot, WorkerPool};
-use taskhost::queue::memory::{MemoryOptions, MemoryStore};
 use taskhost::queue::{
     BaseQueue, DeadTask, Lease, NewTask, Pushed, QueueError, QueueStats, QueueStore, Settle,
     Settled, Task,
@@ -61,10 +60,6 @@ fn fast_retries(max_attempts: u32) -> PoolConfig {
     }
 }
 
-fn memory_store() -> Arc<dyn QueueStore> {
-    Arc::new(MemoryStore::new(MemoryOptions::default(), clock::system()))
-}
-
 /// Waits until the queue holds nothing but dead letters.
 async fn settled(queue: &Arc<dyn BaseQueue>) -> QueueStats {
     loop {
@@ -86,7 +81,7 @@ async fn only_dead_reason(queue: &Arc<dyn BaseQueue>) -> String {
 /// A runtime, a memory store and its queue `name`.
 fn setup(name: &str) -> (Runtime, Arc<dyn QueueStore>, Arc<dyn BaseQueue>) {
     let runtime = Runtime::new().expect("runtime");
-    let store = memory_store();
+    let store = support::memory_store();
     let q = store.queue(name).expect("queue");
     (runtime, store, q)
 }
@@ -120,7 +115,7 @@ async fn push(queue: &Arc<dyn BaseQueue>, payloads: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_fail_their_batches_only() {
     let runtime = Runtime::new().unwrap();
-    let store = memory_store();
+    let store = support::memory_store();
     let limits = Limits {
         time: Duration::from_millis(200),
         memory_mib: 16,
@@ -395,7 +390,7 @@ async fn enqueue_reaches_only_granted_queues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_caps_per_call_and_per_batch() {
     let runtime = Runtime::new().unwrap();
-    let store = memory_store();
+    let store = support::memory_store();
     // Each case: flood config, limits, the cap its refusal names.
     let cases: [(&str, usize, usize, Limits, &str); 4] = [
         (
@@ -539,7 +534,7 @@ async fn enqueue_many_is_pushed_in_chunks() {
     let runtime = Runtime::new().unwrap();
     let pushes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let store: Arc<dyn QueueStore> = Arc::new(Recording {
-        inner: memory_store(),
+        inner: support::memory_store(),
         pushes: pushes.clone(),
     });
     let q = store.queue("flood").unwrap();
@@ -599,10 +594,21 @@ fn plugin_log_text_cannot_forge_host_log_lines() {
     );
 }
 
+/// WIT's `task` record as a component-model type.
+const TASK_RECORD: &str = r#"(record
+  (field "id" u64)
+  (field "queue" string)
+  (field "unique-key" (option string))
+  (field "payload" (list u8))
+  (field "attempt" u32)
+  (field "enqueued-at-ms" u64))"#;
+
 /// A handler-world component of two core modules, each with its own linear
 /// memory: every batch grows both by `GROW` 64 KiB pages, then answers
 /// `done` for each task. A memory limit per linear memory lets it use twice
 /// `memory_mib`. (Hand-written: no toolchain here builds such a component.)
+/// `TASK_RECORD` stands for [`TASK_RECORD`], which the outer component and
+/// the interface component it exports through must each define.
 const TWO_MEMORIES: &str = r#"
 (component
   (core module $b
@@ -640,13 +646,7 @@ const TWO_MEMORIES: &str = r#"
       (i32.const 16)))
   (core instance $b-inst (instantiate $b))
   (core instance $a-inst (instantiate $a (with "b" (instance $b-inst))))
-  (type $task (record
-    (field "id" u64)
-    (field "queue" string)
-    (field "unique-key" (option string))
-    (field "payload" (list u8))
-    (field "attempt" u32)
-    (field "enqueued-at-ms" u64)))
+  (type $task TASK_RECORD)
   (type $outcome (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
   (alias core export $a-inst "memory" (core memory $mem))
   (alias core export $a-inst "realloc" (core func $realloc))
@@ -656,13 +656,7 @@ const TWO_MEMORIES: &str = r#"
   ;; Exported functions may only use exported (named) types: export the
   ;; interface through a component that names them.
   (component $iface
-    (type $task-def (record
-      (field "id" u64)
-      (field "queue" string)
-      (field "unique-key" (option string))
-      (field "payload" (list u8))
-      (field "attempt" u32)
-      (field "enqueued-at-ms" u64)))
+    (type $task-def TASK_RECORD)
     (import "import-type-task" (type $task (eq $task-def)))
     (type $outcome-def (variant (case "done") (case "retry" (option u64)) (case "fail" string)))
     (import "import-type-outcome" (type $outcome (eq $outcome-def)))
@@ -685,10 +679,15 @@ async fn memory_limit_holds_for_all_memories_of_an_instance() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("two-memories.wasm");
     // 160 pages: 10 MiB per memory, 20 MiB together.
-    let wasm = wat::parse_str(TWO_MEMORIES.replace("GROW", "160")).unwrap();
+    let wasm = wat::parse_str(
+        TWO_MEMORIES
+            .replace("GROW", "160")
+            .replace("TASK_RECORD", TASK_RECORD),
+    )
+    .unwrap();
     std::fs::write(&path, wasm).unwrap();
     let runtime = Runtime::new().unwrap();
-    let store = memory_store();
+    let store = support::memory_store();
     for (mib, dead) in [(16, 1), (32, 0)] {
         let q = store.queue(&format!("mib-{mib}")).unwrap();
         push(&q, &["x"]).await;
@@ -727,22 +726,21 @@ async fn memory_limit_holds_for_all_memories_of_an_instance() {
 /// never reports one plugin while running another's native code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_cache_entries_are_not_loaded() {
-    use taskhost::plugin::RuntimeOptions;
     use taskhost::plugin::cache::Source;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let opts = || RuntimeOptions {
-        cache_dir: Some(cache.clone()),
-        ..RuntimeOptions::default()
-    };
     let spec = |name: &str| PluginSpec {
         name: name.into(),
         path: support::plugin(name),
         ..testkit_spec("noop", Limits::default())
     };
-    let runtime = Runtime::with_options(opts()).unwrap();
-    let testkit = runtime.load(spec("testkit"), memory_store()).unwrap();
-    let archive = runtime.load(spec("archive"), memory_store()).unwrap();
+    let runtime = support::cached_runtime(&cache).unwrap();
+    let testkit = runtime
+        .load(spec("testkit"), support::memory_store())
+        .unwrap();
+    let archive = runtime
+        .load(spec("archive"), support::memory_store())
+        .unwrap();
     let (victim, donor) = (testkit.sha256().to_owned(), archive.sha256().to_owned());
     runtime.shutdown();
     // Every file of archive's entry, copied over testkit's namesake.
@@ -755,14 +753,18 @@ async fn swapped_cache_entries_are_not_loaded() {
         }
     }
     assert!(swapped >= 2, "entry and its check");
-    let runtime = Runtime::with_options(opts()).unwrap();
-    let again = runtime.load(spec("testkit"), memory_store()).unwrap();
+    let runtime = support::cached_runtime(&cache).unwrap();
+    let again = runtime
+        .load(spec("testkit"), support::memory_store())
+        .unwrap();
     assert_eq!(
         again.source(),
         Source::Compiled,
         "the swapped entry is refused"
     );
-    let third = runtime.load(spec("testkit"), memory_store()).unwrap();
+    let third = runtime
+        .load(spec("testkit"), support::memory_store())
+        .unwrap();
     assert_eq!(third.source(), Source::Cached, "and rebuilt");
     runtime.shutdown();
 }
@@ -772,19 +774,14 @@ async fn swapped_cache_entries_are_not_loaded() {
 #[test]
 fn cache_dir_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    use taskhost::plugin::RuntimeOptions;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let opts = || RuntimeOptions {
-        cache_dir: Some(cache.clone()),
-        ..RuntimeOptions::default()
-    };
-    Runtime::with_options(opts()).unwrap().shutdown();
+    support::cached_runtime(&cache).unwrap().shutdown();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&cache), 0o700);
     assert_eq!(mode(&dir.path().join("cache.key")), 0o600);
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let e = Runtime::with_options(opts()).unwrap_err().to_string();
+    let e = support::cached_runtime(&cache).unwrap_err().to_string();
     assert!(
         e.contains(&cache.display().to_string()) && e.contains("777"),
         "{e}"

@@ -114,9 +114,7 @@ fn push_formats_keep_every_byte() {
 fn push_errors_name_the_record_and_store_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(host()
-        .args(["push", "default", "seed", "--data-dir"])
-        .arg(&data));
+    push_to_disk(&data, &["seed"]);
     let input = b"{\"payload\":\"a\"}\n{\"payload\":\"b\"}\n{\"payload_base64\":\"not base64!\"}\n";
     let out = push_stdin(&data, &["--format", "ndjson"], input);
     assert!(!out.status.success(), "{out:?}");

@@ -2,49 +2,18 @@
 //! `redis-server` started by the test (never the machine's default one).
 //! The scenarios are the shared ones of `multihost.rs`.
 
-use crate::multihost::{self, Outage, Store};
+use crate::multihost;
 use crate::support::*;
 use taskhost_fixtures::redis::RedisServer;
 
-impl Outage for RedisServer {
-    fn down(&mut self) {
-        self.kill();
-    }
-
-    fn up(&mut self) {
-        self.restart().unwrap();
-    }
-}
-
-fn store(url: &str) -> Store<'_> {
-    Store::new("redis", url)
-}
-
-#[test]
-fn five_hosts_share_one_queue_and_do_each_task_exactly_once() {
-    let redis = RedisServer::start().unwrap();
-    multihost::hosts_drain_each_task_exactly_once(store(&redis.url()));
-}
-
-#[test]
-fn a_host_killed_mid_run_loses_nothing_and_repeats_only_its_leases() {
-    let redis = RedisServer::start().unwrap();
-    multihost::a_killed_host_loses_nothing(store(&redis.url()));
-}
-
-#[test]
-fn hosts_survive_a_redis_restart_mid_run() {
+multihost::every_scenario!(
+    RedisServer as "redis",
+    start: RedisServer::start().unwrap(),
     // Append-only file on: what was acknowledged survives the kill.
-    let mut redis = RedisServer::start_with(true).unwrap();
-    let url = redis.url();
-    multihost::hosts_survive_an_outage(store(&url), &url, &mut redis);
-}
-
-#[test]
-fn a_unique_key_is_never_handled_by_two_hosts_at_once() {
-    let redis = RedisServer::start().unwrap();
-    multihost::a_unique_key_is_never_handled_twice_at_once(store(&redis.url()));
-}
+    durable: RedisServer::start_with(true).unwrap(),
+    crash: kill,
+    recover: restart,
+);
 
 #[test]
 fn status_refresh_collapses_marks_and_enqueues_each_executions_status() {

@@ -2,12 +2,21 @@
 //! never served as if it were fine (issue 15 part 2).
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::support::*;
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A disk store in `tmp/data` holding `n` pushed tasks: the data directory
+/// and its database file.
+fn store_with(tmp: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let data = tmp.join("data");
+    push_file(&data, &payload_file(tmp, n));
+    let db = data.join("queue.sqlite3");
+    (data, db)
+}
 
 fn fails(out: &Output) -> String {
     assert!(
@@ -53,9 +62,7 @@ fn assert_all_refused(data: &Path, third: &str, says: &[&str]) {
 #[test]
 fn a_truncated_store_is_refused_and_init_force_starts_over() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    push_file(&data, &payload_file(tmp.path(), 200));
-    let db = data.join("queue.sqlite3");
+    let (data, db) = store_with(tmp.path(), 200);
     std::fs::File::create(&db).unwrap(); // 0 bytes: SQLite would take it for a new, empty queue
     assert_all_refused(&data, "status", &["empty (0 bytes)", "host init --force"]);
     let moved = ok(host().args(["init", "--force", "--data-dir"]).arg(&data));
@@ -67,9 +74,7 @@ fn a_truncated_store_is_refused_and_init_force_starts_over() {
 #[test]
 fn a_damaged_store_stops_run_push_and_fails_check() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    push_file(&data, &payload_file(tmp.path(), 20_000));
-    let db = data.join("queue.sqlite3");
+    let (data, db) = store_with(tmp.path(), 20_000);
     ok(host().args(["check", "--data-dir"]).arg(&data));
     // Garbage over pages in the middle of the file.
     let len = std::fs::metadata(&db).unwrap().len();
@@ -83,8 +88,7 @@ fn a_damaged_store_stops_run_push_and_fails_check() {
 #[test]
 fn a_read_only_data_dir_is_called_read_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    push_file(&data, &payload_file(tmp.path(), 3));
+    let (data, db) = store_with(tmp.path(), 3);
     let mut cmd = host();
     // Root writes anywhere: run the host as nobody over a directory it may
     // read but not write.
@@ -94,7 +98,6 @@ fn a_read_only_data_dir_is_called_read_only() {
         for d in [tmp.path(), &data] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let db = data.join("queue.sqlite3");
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
         cmd = std::process::Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -125,8 +128,7 @@ fn running_as_root() -> bool {
 #[test]
 fn damage_found_while_serving_stops_host_run_with_the_cause() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    push_file(&data, &payload_file(tmp.path(), 1));
+    let (data, db) = store_with(tmp.path(), 1);
     let log = tmp.path().join("run.log");
     let mut child = host()
         .env("TASKHOST_LOG", "info")
@@ -142,19 +144,7 @@ fn damage_found_while_serving_stops_host_run_with_the_cause() {
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the host serving", LIMIT, || read().contains("serving"));
     // Damage the schema from outside; the host's next statement rereads it.
-    let db = data.join("queue.sqlite3");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let v: i64 = c
-        .query_row("PRAGMA schema_version", [], |r| r.get(0))
-        .unwrap();
-    c.execute_batch(&format!(
-        "PRAGMA writable_schema = ON;
-         UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_waiting';
-         PRAGMA schema_version = {};",
-        v + 1
-    ))
-    .unwrap();
-    drop(c);
+    taskhost_fixtures::sqlite::damage_schema(&db);
     let mut status = None;
     wait_until("the host to stop by itself", LIMIT, || {
         status = child.try_wait().unwrap();

@@ -48,6 +48,18 @@ pub fn admin_error(e: AdminError) -> ApiError {
     }
 }
 
+/// An operator action's answer: `200 {"key": value}`, or its failure.
+pub fn done_as(
+    key: &str,
+    result: Result<impl serde::Serialize, AdminError>,
+) -> super::router::Answer {
+    let value = result.map_err(admin_error)?;
+    Ok(super::error::json_response(
+        StatusCode::OK,
+        &json!({ key: value }),
+    ))
+}
+
 /// A task as the API shows it: text payloads as `payload`, others as
 /// `payload_base64` (the producer API's record shape).
 pub fn task_json(t: &PeekedTask) -> Value {

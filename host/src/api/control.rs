@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::ApiState;
-use super::admin::{admin, admin_error, open};
+use super::admin::{admin, admin_error, done_as, open};
 use super::error::{ApiError, json_response};
 use super::router::{Answer, Req, Routed};
 
@@ -30,13 +30,10 @@ async fn cancel(st: &ApiState, queue: &str, id: &str, run_now: bool) -> Answer {
     let q = open(st, queue)?;
     let a = admin(&*q)?;
     if run_now {
-        a.run_now(id).await
+        done_as("run_now", a.run_now(id).await.map(|()| id))
     } else {
-        a.cancel(id).await
+        done_as("cancelled", a.cancel(id).await.map(|()| id))
     }
-    .map_err(admin_error)?;
-    let key = if run_now { "run_now" } else { "cancelled" };
-    Ok(json_response(StatusCode::OK, &json!({ key: id })))
 }
 
 async fn pause(st: &ApiState, queue: &str, paused: bool) -> Answer {

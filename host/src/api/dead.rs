@@ -2,12 +2,11 @@
 //! `DELETE /v1/queues/{q}/dead`, for all dead letters of a queue or, with a
 //! body `{"ids": [...]}`, only those.
 
-use http::{Method, StatusCode};
-use serde_json::json;
+use http::Method;
 
 use super::ApiState;
-use super::admin::{admin, admin_error, open};
-use super::error::{ApiError, json_response};
+use super::admin::{admin, done_as, open};
+use super::error::ApiError;
 use super::router::{Answer, Req, Routed, read_body};
 use crate::queue::admin::Which;
 
@@ -46,12 +45,9 @@ async fn act(st: &ApiState, queue: &str, req: Req, retry: bool) -> Answer {
     let which = which(&body)?;
     let q = open(st, queue)?;
     let a = admin(&*q)?;
-    let n = if retry {
-        a.retry_dead(which).await
+    if retry {
+        done_as("retried", a.retry_dead(which).await)
     } else {
-        a.purge_dead(which).await
+        done_as("deleted", a.purge_dead(which).await)
     }
-    .map_err(admin_error)?;
-    let key = if retry { "retried" } else { "deleted" };
-    Ok(json_response(StatusCode::OK, &json!({ key: n })))
 }

@@ -32,7 +32,19 @@ pub struct BindgenArgs {
     out: PathBuf,
 }
 
-/// Generated files for `world` in `lang`: relative path and contents.
+/// The Go bindings' runtime package (`go.bytecodealliance.org/pkg`) as
+/// `witpkg/...`, from the wit-bindgen-go crate that generates the bindings
+/// (see build.rs); a plugin's go.mod points at it with a `replace` line.
+const GO_PKG: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/go_pkg.rs"));
+
+/// Says where `witpkg/` comes from, in the plugin's own tree.
+const GO_PKG_NOTE: &str = "`go.bytecodealliance.org/pkg`, the runtime package the Go bindings import,\n\
+written by `host bindgen --lang go` from the `wit-bindgen-go` crate it was\n\
+built with (licence in `LICENSE`), so that the plugin builds offline; `go.mod`\n\
+points at it with a `replace` line.\n";
+
+/// Generated files for `world` in `lang`: relative path and contents (for
+/// Go, with the runtime package under `witpkg/`).
 pub fn generate(lang: BindgenLang, world: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut resolve = Resolve::default();
     let pkg = resolve
@@ -54,12 +66,21 @@ pub fn generate(lang: BindgenLang, world: &str) -> Result<Vec<(String, Vec<u8>)>
     generator
         .generate(&mut resolve, id, &mut files)
         .map_err(|e| anyhow!("generating {lang:?} bindings for {world}: {e:#}"))?;
-    Ok(files
+    let mut out: Vec<(String, Vec<u8>)> = files
         .iter()
-        // A Go plugin keeps its own go.mod (it vendors the runtime package).
+        // A Go plugin keeps its own go.mod (it points at `witpkg/`).
         .filter(|(name, _)| !(lang == BindgenLang::Go && *name == "go.mod"))
         .map(|(name, bytes)| (name.to_owned(), bytes.to_vec()))
-        .collect())
+        .collect();
+    if lang == BindgenLang::Go {
+        out.extend(
+            GO_PKG
+                .iter()
+                .chain([&("witpkg/VENDORED.md", GO_PKG_NOTE)])
+                .map(|(name, text)| ((*name).to_owned(), text.as_bytes().to_vec())),
+        );
+    }
+    Ok(out)
 }
 
 /// Writes `files` under `dir`, creating folders.
@@ -107,6 +128,13 @@ mod tests {
             let go = generate(BindgenLang::Go, world).unwrap();
             assert!(go.iter().any(|(n, _)| n == "wit_exports.go"), "{world}");
             assert!(!go.iter().any(|(n, _)| n == "go.mod"));
+            for runtime in [
+                "witpkg/go.mod",
+                "witpkg/LICENSE",
+                "witpkg/wit/types/option.go",
+            ] {
+                assert!(go.iter().any(|(n, _)| n == runtime), "{world}: {runtime}");
+            }
         }
     }
 }

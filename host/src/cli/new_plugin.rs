@@ -101,8 +101,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
     files
 }
 
-/// The Go skeleton, with the bindings' runtime package vendored so that it
-/// builds offline.
+/// The Go skeleton (the bindings' runtime package comes with the bindings).
 fn go_files() -> Vec<(&'static str, &'static str)> {
     macro_rules! go {
         ($($path:literal),* $(,)?) => {
@@ -112,20 +111,7 @@ fn go_files() -> Vec<(&'static str, &'static str)> {
     let mut files = go![
         "go.mod",
         "Makefile",
-        "export_taskhost_plugin_handler/handler.go",
-        "witpkg/go.mod",
-        "witpkg/LICENSE",
-        "witpkg/VENDORED.md",
-        "witpkg/wit/async/async.go",
-        "witpkg/wit/async/empty.s",
-        "witpkg/wit/runtime/empty.s",
-        "witpkg/wit/runtime/runtime.go",
-        "witpkg/wit/types/future.go",
-        "witpkg/wit/types/option.go",
-        "witpkg/wit/types/result.go",
-        "witpkg/wit/types/stream.go",
-        "witpkg/wit/types/tuple.go",
-        "witpkg/wit/types/unit.go",
+        "export_taskhost_plugin_handler/handler.go"
     ];
     files.push((
         ".gitignore",

@@ -1,12 +1,10 @@
 //! The pooled client against a real server on 127.0.0.1.
 
-use std::sync::atomic::AtomicU32;
-
 use http::HeaderMap;
 use tokio::task::JoinSet;
 
 use super::*;
-use taskhost_fixtures::http::{CountingServer, Handler};
+use taskhost_fixtures::http::{CountingServer, Handler, too_many_requests};
 
 fn ok() -> Handler {
     Arc::new(|_, body| Response::new(Full::new(body)))
@@ -52,22 +50,15 @@ async fn ten_thousand_requests_reuse_the_pool() {
 
 #[tokio::test]
 async fn back_pressure_is_retried_honouring_retry_after() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = calls.clone();
-    let server = CountingServer::start(Arc::new(move |_, _| {
-        let n = seen.fetch_add(1, Ordering::Relaxed);
-        let mut r = Response::new(Full::new(Bytes::from_static(b"later")));
-        match n {
-            0 => {
-                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                r.headers_mut()
-                    .insert(http::header::RETRY_AFTER, "1".parse().unwrap());
-            }
-            1 => *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
-            _ => *r.body_mut() = Full::new(Bytes::from_static(b"done")),
+    let server = CountingServer::start_numbered(|n| match n {
+        0 => too_many_requests("1"),
+        1 => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"later")));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
         }
-        r
-    }))
+        _ => Response::new(Full::new(Bytes::from_static(b"done"))),
+    })
     .await
     .unwrap();
     let client = HttpClient::new(HttpOptions {
@@ -86,7 +77,7 @@ async fn back_pressure_is_retried_honouring_retry_after() {
         t0.elapsed() >= Duration::from_secs(1),
         "Retry-After: 1 was honoured"
     );
-    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    assert_eq!(server.stats().requests.load(Ordering::Relaxed), 3);
     assert_eq!(client.stats().retries.load(Ordering::Relaxed), 2);
     assert_eq!(server.stats().connections.load(Ordering::Relaxed), 1);
     server.shutdown().await;
@@ -260,15 +251,9 @@ async fn a_retry_after_past_the_end_of_time_neither_panics_nor_waits() {
         "9223372036854775808",
         "99999999999999999999",
     ] {
-        let server = CountingServer::start(Arc::new(move |_, _| {
-            let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, value.parse().unwrap());
-            r
-        }))
-        .await
-        .unwrap();
+        let server = CountingServer::start(Arc::new(move |_, _| too_many_requests(value)))
+            .await
+            .unwrap();
         let client = HttpClient::new(HttpOptions {
             retry_backoff: crate::backoff::Backoff::new(Duration::ZERO, Duration::ZERO),
             max_retries: 1,

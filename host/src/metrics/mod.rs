@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -44,6 +47,24 @@ fn op_histogram() -> Histogram {
 /// Encodes one of our histograms with `prometheus-client`'s encoder.
 fn encode_histogram(m: &mut MetricEncoder<'_>, h: &HistogramSnapshot) -> std::fmt::Result {
     m.encode_histogram::<NoLabelSet>(h.sum_secs, h.count(), &h.buckets(), None)
+}
+
+/// A label value and how to read its count from a `T`.
+type Split<T> = (&'static str, fn(&T) -> u64);
+
+/// Writes the family `name` of `M` metrics (counters, gauges): its help,
+/// then one sample per `(labels, metric)`.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Every metric the host exports.

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 
+use super::family;
 use crate::http::HttpClient;
 use crate::plugin::swap::HotSwap;
 use crate::source::PollerStats;
@@ -89,18 +89,17 @@ impl Collector for Outbound {
             e.0 += s;
             e.1 += r;
         }
-        let mut m = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "taskhost_plugin_swaps",
             "Plugin reloads by result: swapped (a new version is live) or refused (the old one kept serving)",
-            None,
-            MetricType::Counter,
+            swaps.iter().flat_map(|(plugin, (swapped, refused))| {
+                [("swapped", *swapped), ("refused", *refused)].map(|(result, n)| {
+                    let labels = [("plugin", plugin.as_str()), ("result", result)];
+                    (labels, ConstCounter::new(n))
+                })
+            }),
         )?;
-        for (plugin, (swapped, refused)) in &swaps {
-            for (result, n) in [("swapped", swapped), ("refused", refused)] {
-                let labels = [("plugin", plugin.as_str()), ("result", result)];
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
-        }
 
         let hosts = self
             .http
@@ -109,49 +108,43 @@ impl Collector for Outbound {
             .as_ref()
             .map(|c| c.stats().per_host.snapshot())
             .unwrap_or_default();
-        let mut m = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "taskhost_http_requests",
             "Plugins' outbound HTTP requests by destination host:port and how they ended (status code, timeout, error, refused)",
-            None,
-            MetricType::Counter,
+            hosts.iter().flat_map(|(host, c)| {
+                c.by_status.iter().map(|(status, n)| {
+                    let labels = [("host", host.as_str()), ("status", status.as_str())];
+                    (labels, ConstCounter::new(*n))
+                })
+            }),
         )?;
-        for (host, c) in &hosts {
-            for (status, n) in &c.by_status {
-                let labels = [("host", host.as_str()), ("status", status.as_str())];
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "taskhost_http_retries",
             "Outbound requests retried by the host after a 429 or 503 answer, by destination",
-            None,
-            MetricType::Counter,
+            hosts
+                .iter()
+                .map(|(host, c)| ([("host", host.as_str())], ConstCounter::new(c.retries))),
         )?;
-        for (host, c) in &hosts {
-            ConstCounter::new(c.retries).encode(m.encode_family(&[("host", host.as_str())])?)?;
-        }
 
-        let mut m = encoder.encode_descriptor(
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        family(
+            &mut encoder,
             "taskhost_source_polls",
             "Polls of source plugins by result: tasks (enqueued), empty, error (the poll or its enqueue failed)",
-            None,
-            MetricType::Counter,
+            sources.iter().flat_map(|s| {
+                [
+                    ("tasks", &s.stats.with_tasks),
+                    ("empty", &s.stats.empty),
+                    ("error", &s.stats.failed),
+                ]
+                .map(|(result, n)| {
+                    let labels = [("source", s.name.as_str()), ("result", result)];
+                    (labels, ConstCounter::new(n.load(Ordering::Relaxed)))
+                })
+            }),
         )?;
-        for s in self
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            for (result, n) in [
-                ("tasks", &s.stats.with_tasks),
-                ("empty", &s.stats.empty),
-                ("error", &s.stats.failed),
-            ] {
-                let labels = [("source", s.name.as_str()), ("result", result)];
-                ConstCounter::new(n.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
-            }
-        }
         Ok(())
     }
 }

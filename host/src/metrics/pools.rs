@@ -8,15 +8,15 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::encode_histogram;
+use super::{Split, encode_histogram, family};
 use crate::plugin::swap::HotSwap;
-use crate::pool::PoolStats;
 use crate::pool::timings::{DurationHistogram, HistogramSnapshot};
+use crate::pool::{PoolSnapshot, PoolStats};
 
 /// One running pool, as the metrics see it.
 pub struct PoolSource {
@@ -62,6 +62,35 @@ impl std::fmt::Debug for PoolSource {
     }
 }
 
+/// The outcomes of settled tasks, each with its count in a pool's figures.
+const OUTCOMES: [Split<PoolSnapshot>; 5] = [
+    ("done", |s| s.done),
+    ("retry", |s| s.retried),
+    ("dead", |s| s.dead),
+    ("released", |s| s.released),
+    ("lost", |s| s.lost_leases),
+];
+
+/// What sends a batch, each with its count in a pool's figures.
+const FLUSHES: [Split<PoolSnapshot>; 4] = [
+    ("size", |s| s.flush_full),
+    ("latency", |s| s.flush_latency),
+    ("interval", |s| s.flush_interval),
+    ("urgent", |s| s.flush_urgent),
+];
+
+/// The per-queue worker gauges, in the order of a row's `[busy, max]`.
+const WORKER_GAUGES: [(&str, &str); 2] = [
+    (
+        "taskhost_workers_busy",
+        "Workers of the queue's pool running a batch now",
+    ),
+    (
+        "taskhost_workers_max",
+        "Most workers the queue's pool runs at once (max_workers)",
+    ),
+];
+
 /// Collector over every registered pool.
 #[derive(Debug, Default)]
 pub struct PoolMetrics {
@@ -95,8 +124,7 @@ impl Collector for PoolMetrics {
                     p.slot.spec().name.clone(),
                     p.slot.version(),
                     p.stats.snapshot(),
-                    (p.load)().0,
-                    p.max_workers,
+                    [(p.load)().0, p.max_workers],
                 )
             })
             .collect();
@@ -118,46 +146,39 @@ impl Collector for PoolMetrics {
             .collect();
         drop(pools);
 
-        let mut m = encoder.encode_descriptor(
-            "taskhost_tasks_settled",
-            "Tasks settled by this host's pools, by outcome (done, retry, dead, released, lost)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (queue, plugin, version, s, _, _) in &rows {
-            for (outcome, n) in [
-                ("done", s.done),
-                ("retry", s.retried),
-                ("dead", s.dead),
-                ("released", s.released),
-                ("lost", s.lost_leases),
-            ] {
+        let settled = rows.iter().flat_map(|(queue, plugin, version, s, _)| {
+            OUTCOMES.map(|(outcome, count)| {
                 let labels = [
                     ("queue", queue.as_str()),
                     ("plugin", plugin.as_str()),
                     ("version", version.as_str()),
                     ("outcome", outcome),
                 ];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
+                (labels, ConstCounter::new(count(s)))
+            })
+        });
+        family(
+            &mut encoder,
+            "taskhost_tasks_settled",
+            "Tasks settled by this host's pools, by outcome (done, retry, dead, released, lost)",
+            settled,
+        )?;
+        family(
+            &mut encoder,
             "taskhost_batches",
             "Handler calls ended, per plugin version, by result (ok, trap, time_limit, memory_limit, error)",
-            None,
-            MetricType::Counter,
+            versions.iter().flat_map(|(queue, plugin, version, s)| {
+                s.results.iter().map(|(result, n)| {
+                    let labels = [
+                        ("queue", queue.as_str()),
+                        ("plugin", plugin.as_str()),
+                        ("version", version.as_str()),
+                        ("result", result.as_str()),
+                    ];
+                    (labels, ConstCounter::new(*n))
+                })
+            }),
         )?;
-        for (queue, plugin, version, s) in &versions {
-            for (result, n) in &s.results {
-                let labels = [
-                    ("queue", queue.as_str()),
-                    ("plugin", plugin.as_str()),
-                    ("version", version.as_str()),
-                    ("result", result.as_str()),
-                ];
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
-        }
         let mut m = encoder.encode_descriptor(
             "taskhost_batch_duration_seconds",
             "Duration of handler calls (every version), from call to answer",
@@ -185,51 +206,36 @@ impl Collector for PoolMetrics {
         for (queue, h) in &waits {
             encode_histogram(&mut m.encode_family(&[("queue", queue.as_str())])?, h)?;
         }
-        let mut m = encoder.encode_descriptor(
+        let flushes = rows.iter().flat_map(|(queue, _, _, s, _)| {
+            FLUSHES.map(|(trigger, count)| {
+                let labels = [("queue", queue.as_str()), ("trigger", trigger)];
+                (labels, ConstCounter::new(count(s)))
+            })
+        });
+        family(
+            &mut encoder,
             "taskhost_batch_flushes",
             "Batches sent by the dispatcher, by what sent them (size, latency, interval, urgent)",
-            None,
-            MetricType::Counter,
+            flushes,
         )?;
-        for (queue, _, _, s, _, _) in &rows {
-            for (trigger, n) in [
-                ("size", s.flush_full),
-                ("latency", s.flush_latency),
-                ("interval", s.flush_interval),
-                ("urgent", s.flush_urgent),
-            ] {
-                let labels = [("queue", queue.as_str()), ("trigger", trigger)];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
+        for (i, (name, help)) in WORKER_GAUGES.into_iter().enumerate() {
+            let samples = rows.iter().map(|(queue, _, _, _, workers)| {
+                (
+                    [("queue", queue.as_str())],
+                    ConstGauge::new(workers[i] as i64),
+                )
+            });
+            family(&mut encoder, name, help, samples)?;
         }
-        let mut m = encoder.encode_descriptor(
-            "taskhost_workers_busy",
-            "Workers of the queue's pool running a batch now",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (queue, _, _, _, busy, _) in &rows {
-            ConstGauge::new(*busy as i64).encode(m.encode_family(&[("queue", queue.as_str())])?)?;
-        }
-        let mut m = encoder.encode_descriptor(
-            "taskhost_workers_max",
-            "Most workers the queue's pool runs at once (max_workers)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (queue, _, _, _, _, max) in &rows {
-            ConstGauge::new(*max as i64).encode(m.encode_family(&[("queue", queue.as_str())])?)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "taskhost_plugin_info",
             "1 per served plugin, labelled with its live version",
-            None,
-            MetricType::Gauge,
+            rows.iter().map(|(_, plugin, version, _, _)| {
+                let labels = [("plugin", plugin.as_str()), ("version", version.as_str())];
+                (labels, ConstGauge::new(1i64))
+            }),
         )?;
-        for (_, plugin, version, _, _, _) in &rows {
-            let labels = [("plugin", plugin.as_str()), ("version", version.as_str())];
-            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
-        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::Labels;
+use super::{Labels, Split, family};
 use crate::queue::{QueueStats, QueueStore};
 
 /// How long a backend read serves scrapes.
@@ -125,6 +125,14 @@ impl QueueGauges {
     }
 }
 
+/// The states a queue's tasks are counted by, each with its count.
+const STATES: [Split<QueueStats>; 4] = [
+    ("pending", |s| s.pending),
+    ("delayed", |s| s.delayed),
+    ("leased", |s| s.leased),
+    ("dead", |s| s.dead),
+];
+
 impl Collector for QueueGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self
@@ -134,43 +142,40 @@ impl Collector for QueueGauges {
             .as_ref()
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
-        let mut m = encoder.encode_descriptor(
+        let tasks = snap.queues.iter().flat_map(|(queue, s)| {
+            STATES.map(|(state, count)| {
+                let labels = [("queue", queue.as_str()), ("state", state)];
+                (labels, ConstGauge::new(count(s) as i64))
+            })
+        });
+        family(
+            &mut encoder,
             "taskhost_queue_tasks",
             "Tasks in each queue by state (pending, delayed, leased, dead), read from the backend",
-            None,
-            MetricType::Gauge,
+            tasks,
         )?;
-        for (queue, s) in &snap.queues {
-            for (state, n) in [
-                ("pending", s.pending),
-                ("delayed", s.delayed),
-                ("leased", s.leased),
-                ("dead", s.dead),
-            ] {
-                let labels = [("queue", queue.as_str()), ("state", state)];
-                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
+        let paused = snap.control.iter().map(|(queue, paused, _)| {
+            let paused = ConstGauge::new(i64::from(*paused));
+            ([("queue", queue.as_str())], paused)
+        });
+        family(
+            &mut encoder,
             "taskhost_queue_paused",
             "1 while an operator has paused the queue (durable, every host obeys it)",
-            None,
-            MetricType::Gauge,
+            paused,
         )?;
-        for (queue, paused, _) in &snap.control {
-            ConstGauge::new(i64::from(*paused))
-                .encode(m.encode_family(&[("queue", queue.as_str())])?)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        let oldest = snap.control.iter().map(|(queue, _, oldest)| {
+            (
+                [("queue", queue.as_str())],
+                ConstGauge::new(oldest.unwrap_or(0.0)),
+            )
+        });
+        family(
+            &mut encoder,
             "taskhost_queue_oldest_pending_age_seconds",
             "Seconds the oldest pending task of the queue has waited since it was pushed (0 when none)",
-            None,
-            MetricType::Gauge,
+            oldest,
         )?;
-        for (queue, _, oldest) in &snap.control {
-            ConstGauge::new(oldest.unwrap_or(0.0))
-                .encode(m.encode_family(&[("queue", queue.as_str())])?)?;
-        }
         let m = encoder.encode_descriptor(
             "taskhost_backend_up",
             "1 when the queue backend answered at the last scrape",

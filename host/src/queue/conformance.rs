@@ -232,6 +232,17 @@ pub async fn lease_expiry(f: Fixture) {
     assert_eq!(q.len().await.unwrap(), 0);
 }
 
+/// Advances the clock by `early`, when nothing may be leased yet (`why`),
+/// then by `rest`; answers the one task a lease gets then.
+async fn leased_only_after(f: &Fixture, early: Duration, rest: Duration, why: &str) -> Vec<Task> {
+    f.clock.advance(early);
+    assert!(f.queue.lease(1, TTL).await.unwrap().is_empty(), "{why}");
+    f.clock.advance(rest);
+    let again = f.queue.lease(1, TTL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    again
+}
+
 /// Renewing extends a held lease; a lost lease cannot be renewed.
 pub async fn renew_extends(f: Fixture) {
     let q = &*f.queue;
@@ -239,14 +250,8 @@ pub async fn renew_extends(f: Fixture) {
     let got = q.lease(1, TTL).await.unwrap();
     f.clock.advance(Duration::from_secs(8));
     assert_eq!(q.renew(&leases(&got), TTL).await.unwrap(), 1);
-    f.clock.advance(Duration::from_secs(8));
-    assert!(
-        q.lease(1, TTL).await.unwrap().is_empty(),
-        "renewed lease holds"
-    );
-    f.clock.advance(Duration::from_secs(3));
-    let again = q.lease(1, TTL).await.unwrap();
-    assert_eq!(again.len(), 1);
+    let secs = Duration::from_secs;
+    leased_only_after(&f, secs(8), secs(3), "renewed lease holds").await;
     assert_eq!(
         q.renew(&leases(&got), TTL).await.unwrap(),
         0,
@@ -263,14 +268,8 @@ pub async fn retry_delay(f: Fixture) {
     assert_eq!(q.retry(got[0].lease(), at).await.unwrap().applied, 1);
     let s = q.stats().await.unwrap();
     assert_eq!((s.delayed, s.pending, s.leased), (1, 0, 0));
-    f.clock.advance(Duration::from_millis(4_999));
-    assert!(
-        q.lease(1, TTL).await.unwrap().is_empty(),
-        "not before its time"
-    );
-    f.clock.advance(Duration::from_millis(1));
-    let again = q.lease(1, TTL).await.unwrap();
-    assert_eq!(again.len(), 1);
+    let ms = Duration::from_millis;
+    let again = leased_only_after(&f, ms(4_999), ms(1), "not before its time").await;
     assert_eq!(again[0].id, got[0].id);
     assert_eq!(again[0].attempt, 2);
 }
@@ -318,13 +317,19 @@ pub async fn dead_letter(f: Fixture) {
     );
 }
 
-/// Released tasks are visible at once and the delivery is not counted.
-pub async fn release_returns(f: Fixture) {
-    let q = &*f.queue;
-    let ids = push_n(q, 3).await;
+/// Pushes `n` tasks, leases three and releases them; answers the pushed
+/// ids and what a lease of `n` gets next.
+async fn release_three_of(q: &dyn BaseQueue, n: usize) -> (Vec<TaskId>, Vec<Task>) {
+    let ids = push_n(q, n).await;
     let got = q.lease(3, TTL).await.unwrap();
     assert_eq!(q.release(&leases(&got)).await.unwrap().applied, 3);
-    let again = q.lease(3, TTL).await.unwrap();
+    let again = q.lease(n, TTL).await.unwrap();
+    (ids, again)
+}
+
+/// Released tasks are visible at once and the delivery is not counted.
+pub async fn release_returns(f: Fixture) {
+    let (ids, again) = release_three_of(&*f.queue, 3).await;
     let mut got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
     got_ids.sort();
     assert_eq!(got_ids, ids, "released tasks are visible at once");
@@ -337,11 +342,7 @@ pub async fn release_returns(f: Fixture) {
 /// Released tasks go back to the head of the line in their order, ahead
 /// of tasks never leased (issue 14 item 15).
 pub async fn release_keeps_order(f: Fixture) {
-    let q = &*f.queue;
-    let ids = push_n(q, 5).await;
-    let got = q.lease(3, TTL).await.unwrap();
-    assert_eq!(q.release(&leases(&got)).await.unwrap().applied, 3);
-    let again = q.lease(5, TTL).await.unwrap();
+    let (ids, again) = release_three_of(&*f.queue, 5).await;
     let got_ids: Vec<_> = again.iter().map(|t| t.id).collect();
     assert_eq!(got_ids, ids, "released tasks keep their order");
 }
@@ -439,96 +440,54 @@ macro_rules! backend_suite {
             use super::*;
             use $crate::queue::conformance as c;
 
-            #[tokio::test]
-            async fn fifo_order() {
-                c::fifo_order($make(None).await).await
+            $crate::conformance_tests! {
+                $make;
+                fifo_order => c::fifo_order,
+                ack_removes => c::ack_removes,
+                unique_keys => c::unique_keys,
+                lease_expiry => c::lease_expiry,
+                renew_extends => c::renew_extends,
+                retry_delay => c::retry_delay,
+                delayed_push => c::delayed_push,
+                dead_letter => c::dead_letter,
+                release_returns => c::release_returns,
+                release_keeps_order => c::release_keeps_order,
+                dead_letters_are_trimmed => c::dead_letters_are_trimmed,
+                full_queue(Some(3)) => c::full_queue,
+                admin_peek_states => c::admin::peek_states,
+                admin_peek_pages => c::admin::peek_pages,
+                admin_peek_dead => c::admin::peek_dead,
+                admin_retry_dead => c::admin::retry_dead,
+                admin_retry_dead_respects_unique_keys => c::admin::retry_dead_respects_unique_keys,
+                admin_purge_dead => c::admin::purge_dead,
+                admin_cancel => c::admin::cancel,
+                admin_run_now => c::admin::run_now,
+                admin_pause_flag => c::admin::pause_flag,
             }
-            #[tokio::test]
-            async fn ack_removes() {
-                c::ack_removes($make(None).await).await
-            }
-            #[tokio::test]
-            async fn unique_keys() {
-                c::unique_keys($make(None).await).await
-            }
-            #[tokio::test]
-            async fn lease_expiry() {
-                c::lease_expiry($make(None).await).await
-            }
-            #[tokio::test]
-            async fn renew_extends() {
-                c::renew_extends($make(None).await).await
-            }
-            #[tokio::test]
-            async fn retry_delay() {
-                c::retry_delay($make(None).await).await
-            }
-            #[tokio::test]
-            async fn delayed_push() {
-                c::delayed_push($make(None).await).await
-            }
-            #[tokio::test]
-            async fn dead_letter() {
-                c::dead_letter($make(None).await).await
-            }
-            #[tokio::test]
-            async fn release_returns() {
-                c::release_returns($make(None).await).await
-            }
-            #[tokio::test]
-            async fn release_keeps_order() {
-                c::release_keeps_order($make(None).await).await
-            }
-            #[tokio::test]
-            async fn dead_letters_are_trimmed() {
-                c::dead_letters_are_trimmed($make(None).await).await
-            }
-            #[tokio::test]
-            async fn full_queue() {
-                c::full_queue($make(Some(3)).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_states() {
-                c::admin::peek_states($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_pages() {
-                c::admin::peek_pages($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_peek_dead() {
-                c::admin::peek_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_retry_dead() {
-                c::admin::retry_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_retry_dead_respects_unique_keys() {
-                c::admin::retry_dead_respects_unique_keys($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_purge_dead() {
-                c::admin::purge_dead($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_cancel() {
-                c::admin::cancel($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_run_now() {
-                c::admin::run_now($make(None).await).await
-            }
-            #[tokio::test]
-            async fn admin_pause_flag() {
-                c::admin::pause_flag($make(None).await).await
-            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_leases_are_disjoint() {
                 c::concurrent_leases_are_disjoint($make(None).await).await
             }
         }
     };
+}
+
+/// One `#[tokio::test]` per `test => check` row of [`backend_suite!`](crate::backend_suite), on
+/// `$make(capacity)`: `None` unless the row names a capacity.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path; $($test:ident $(($cap:expr))? => $check:path),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $check($make($crate::conformance_tests!(@capacity $($cap)?)).await).await
+            }
+        )*
+    };
+    (@capacity) => { None };
+    (@capacity $cap:expr) => { $cap };
 }
 
 #[cfg(test)]

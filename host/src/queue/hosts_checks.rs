@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{HostInfo, HostRegistry, NewTask, QueueStore};
+use super::{BaseQueue, HostInfo, HostRegistry, NewTask, QueueStore, Task};
 
 /// A registration named `id`, on no data directory.
 pub(crate) fn me(id: &str) -> HostInfo {
@@ -21,6 +21,14 @@ pub(crate) fn me(id: &str) -> HostInfo {
 }
 
 const TTL: Duration = Duration::from_secs(3600);
+
+/// `held` were leased by a holder taken for gone: it can renew none of
+/// them, and settling them finds every one lost.
+pub(crate) async fn held_leases_are_lost(q: &dyn BaseQueue, held: &[Task]) {
+    let old: Vec<_> = held.iter().map(|t| t.lease()).collect();
+    assert_eq!(q.renew(&old, TTL).await.unwrap(), 0);
+    assert_eq!(q.ack(&old).await.unwrap().lost, held.len());
+}
 
 /// Hosts `host-a` (on store `a`) and `host-b` (on `b`) register and lease
 /// from queue `jobs`; `expire` ends host-a's registration as its backend's
@@ -55,9 +63,7 @@ pub(crate) async fn a_gone_host_loses_its_leases_at_once(
     assert_eq!(hosts[0].id, "host-b");
     let s = qb.stats().await.unwrap();
     assert_eq!((s.pending, s.leased), (8, 2), "{s:?}");
-    let old: Vec<_> = held_a.iter().map(|t| t.lease()).collect();
-    assert_eq!(qa.renew(&old, TTL).await.unwrap(), 0);
-    assert_eq!(qa.ack(&old).await.unwrap().lost, 6);
+    held_leases_are_lost(&*qa, &held_a).await;
     let again = qb.lease(100, TTL).await.unwrap();
     assert_eq!(again.len(), 8);
     assert_eq!(again.iter().filter(|t| t.attempt == 2).count(), 6);

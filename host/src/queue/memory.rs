@@ -73,24 +73,17 @@ struct Inner {
 impl Inner {
     /// Moves due retries and expired leases to the ready list.
     fn promote(&mut self, now: u64) {
-        while let Some(&(at, id)) = self.delayed.first() {
-            if at > now {
-                break;
-            }
-            self.delayed.pop_first();
-            if let Some(e) = self.tasks.get_mut(&id) {
-                e.state = State::Ready;
-                self.ready.push_back(id);
-            }
-        }
-        while let Some(&(until, id)) = self.leases.first() {
-            if until > now {
-                break;
-            }
-            self.leases.pop_first();
-            if let Some(e) = self.tasks.get_mut(&id) {
-                e.state = State::Ready;
-                self.ready.push_back(id);
+        // Retries first, then leases, each in due order.
+        for due_at in [&mut self.delayed, &mut self.leases] {
+            while let Some(&(at, id)) = due_at.first() {
+                if at > now {
+                    break;
+                }
+                due_at.pop_first();
+                if let Some(e) = self.tasks.get_mut(&id) {
+                    e.state = State::Ready;
+                    self.ready.push_back(id);
+                }
             }
         }
     }

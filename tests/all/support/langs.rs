@@ -34,6 +34,26 @@ pub enum Lang {
     Go,
 }
 
+/// One `#[test]` per language in a module named after `$body`, each calling
+/// `$body(lang)`: `every_language!(f)` makes `f::rust`, `f::python`, ...
+macro_rules! every_language {
+    ($body:ident) => {
+        $crate::support::langs::every_language!($body:
+            rust => Rust, python => Python, js => Js, c => C, go => Go);
+    };
+    ($body:ident: $($name:ident => $lang:ident),+) => {
+        mod $body {
+            $(
+                #[test]
+                fn $name() {
+                    super::$body($crate::support::langs::Lang::$lang);
+                }
+            )+
+        }
+    };
+}
+pub(crate) use every_language;
+
 /// Every language, in a stable order.
 pub const LANGS: [Lang; 5] = [Lang::Rust, Lang::Python, Lang::Js, Lang::C, Lang::Go];
 

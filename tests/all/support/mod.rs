@@ -72,6 +72,20 @@ pub fn host() -> Command {
 /// A spawned `host`, killed when dropped (a failed assertion included).
 pub struct Running(pub Child);
 
+impl Running {
+    /// `host run --config CONFIG`, its stdout discarded.
+    pub fn with_config(config: &Path) -> Self {
+        let child = host()
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning host run");
+        Self(child)
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -82,6 +96,22 @@ impl Drop for Running {
 /// Runs a command to completion, returning its output.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output().expect("spawning host")
+}
+
+/// Writes `contents` to the file `name` in `dir`; answers its path.
+pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// `host push default PAYLOADS --data-dir DATA`, asserting success.
+pub fn push_to_disk(data: &Path, payloads: &[&str]) -> String {
+    ok(host()
+        .args(["push", "default"])
+        .args(payloads)
+        .arg("--data-dir")
+        .arg(data))
 }
 
 /// Runs a command and asserts it succeeded; returns stdout.
@@ -205,6 +235,25 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A store of memory queues on the system clock.
+pub fn memory_store() -> std::sync::Arc<dyn taskhost::queue::QueueStore> {
+    use taskhost::queue::memory::{MemoryOptions, MemoryStore};
+    std::sync::Arc::new(MemoryStore::new(
+        MemoryOptions::default(),
+        taskhost::clock::system(),
+    ))
+}
+
+/// A plugin runtime caching compiled code in `cache`.
+pub fn cached_runtime(
+    cache: &Path,
+) -> Result<taskhost::plugin::Runtime, taskhost::plugin::PluginError> {
+    taskhost::plugin::Runtime::with_options(taskhost::plugin::RuntimeOptions {
+        cache_dir: Some(cache.to_owned()),
+        ..Default::default()
+    })
 }
 
 pub mod host_toml;

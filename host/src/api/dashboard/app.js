@@ -28,6 +28,38 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Paging by cursor on the server: `cursor` starts this page (null: the
+// first), `next` the following one (null: none), `before` holds the cursors
+// of the pages before this one; `refresh` shows the page at `cursor`.
+function pages(refresh) {
+  const pg = {
+    cursor: null,
+    next: null,
+    before: [],
+    reset() {
+      pg.cursor = null;
+      pg.before.length = 0;
+    },
+    // The Previous and Next buttons, labelled `back` and `forward`.
+    buttons(back, forward) {
+      const previous = () => pg.before.length && ((pg.cursor = pg.before.pop()), refresh());
+      const following = () => pg.next !== null && (pg.before.push(pg.cursor), (pg.cursor = pg.next), refresh());
+      return [
+        h("button", { "data-action": "previous", onclick: previous }, back),
+        h("button", { "data-action": "next", onclick: following }, forward),
+      ];
+    },
+  };
+  return pg;
+}
+
+// A table: a head cell per column, `[label]` or `[label, class]`, then
+// `rest` (its body).
+function table(attrs, columns, ...rest) {
+  const head = columns.map(([label, cls]) => h("th", cls ? { class: cls } : {}, label));
+  return h("table", attrs, h("thead", {}, h("tr", {}, ...head)), ...rest);
+}
+
 function svg(tag, attrs) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
@@ -207,11 +239,8 @@ function sparkline(points) {
 }
 
 function overview(main) {
-  // Paged by name on the server: the cursor is the last name of the page
-  // before; `cursors` holds the cursors of the pages before this one.
-  let cursor = null;
-  const cursors = [];
-  let next = null;
+  // Paged by name on the server: a cursor is the last name of the page before.
+  const pg = pages(() => p.refresh());
   let filter = "";
   const body = h("tbody", { id: "queues" });
   const pager = h("span", { class: "muted" });
@@ -221,8 +250,7 @@ function overview(main) {
     "aria-label": "Filter queues",
     oninput: (e) => {
       filter = e.target.value;
-      cursor = null;
-      cursors.length = 0;
+      pg.reset();
       p.refresh();
     },
   });
@@ -232,54 +260,31 @@ function overview(main) {
       "div",
       { class: "toolbar" },
       search,
-      h(
-        "button",
-        { "data-action": "previous", onclick: () => cursors.length && ((cursor = cursors.pop()), p.refresh()) },
-        "Previous",
-      ),
-      h(
-        "button",
-        { "data-action": "next", onclick: () => next !== null && (cursors.push(cursor), (cursor = next), p.refresh()) },
-        "Next",
-      ),
+      ...pg.buttons("Previous", "Next"),
       pager,
     ),
-    h(
-      "table",
+    table(
       {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", {}, "Queue"),
-          h("th", { class: "num" }, "Pending"),
-          h("th", { class: "num" }, "Delayed"),
-          h("th", { class: "num" }, "Leased"),
-          h("th", { class: "num" }, "Dead"),
-          h("th", { class: "num wide" }, "Oldest pending"),
-          h("th", { class: "num" }, "Done/s"),
-          h("th", { class: "num wide" }, "Failed/s"),
-          h("th", { class: "wide" }, "Last minute"),
-          h("th", {}, "State"),
-        ),
-      ),
+      [
+        ["Queue"], ["Pending", "num"], ["Delayed", "num"], ["Leased", "num"], ["Dead", "num"],
+        ["Oldest pending", "num wide"], ["Done/s", "num"], ["Failed/s", "num wide"], ["Last minute", "wide"],
+        ["State"],
+      ],
       body,
     ),
   );
   const p = polling(async () => {
     const params = new URLSearchParams({ limit: String(QUEUES_PER_PAGE) });
-    if (cursor !== null) params.set("after", cursor);
+    if (pg.cursor !== null) params.set("after", pg.cursor);
     if (filter) params.set("filter", filter);
     const json = await api("GET", `/v1/queues?${params}`);
     const shown = queuesOf(json);
-    next = json.next_after ?? null;
+    pg.next = json.next_after ?? null;
     const now = Date.now();
     const points = new Map(shown.map((x) => [x.name, rates(x, now)]));
     const total = Number(json.total ?? shown.length);
-    const pages = Math.max(1, Math.ceil(total / QUEUES_PER_PAGE));
-    pager.textContent = `${total} queues, page ${cursors.length + 1} of ${pages}`;
+    const pageCount = Math.max(1, Math.ceil(total / QUEUES_PER_PAGE));
+    pager.textContent = `${total} queues, page ${pg.before.length + 1} of ${pageCount}`;
     const rows = shown.map((x) => {
       const pts = points.get(x.name);
       const last = pts[pts.length - 1] || { done: 0, failed: 0 };
@@ -366,23 +371,12 @@ function queuePage(main, name, state) {
       ),
       info,
     ),
-    h(
-      "table",
+    table(
       {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", { class: "num" }, "Id"),
-          h("th", { class: "wide" }, "Unique key"),
-          h("th", { class: "num" }, "Attempt"),
-          h("th", { class: "wide" }, "Enqueued"),
-          h("th", {}, dead ? "Reason" : "Payload"),
-          h("th", {}, ""),
-        ),
-      ),
+      [
+        ["Id", "num"], ["Unique key", "wide"], ["Attempt", "num"], ["Enqueued", "wide"],
+        [dead ? "Reason" : "Payload"], [""],
+      ],
       body,
     ),
   );
@@ -474,9 +468,7 @@ function groupKey(t) {
 
 function deadLetters(main) {
   const list = h("div", { id: "groups" });
-  let cursor = null;
-  const cursors = [];
-  let next = null;
+  const pg = pages(() => p.refresh());
   const pager = h("span", { class: "muted" });
   main.append(
     h("h1", {}, "Dead letters"),
@@ -489,16 +481,7 @@ function deadLetters(main) {
     h(
       "div",
       { class: "toolbar" },
-      h(
-        "button",
-        { "data-action": "previous", onclick: () => cursors.length && ((cursor = cursors.pop()), p.refresh()) },
-        "Previous queues",
-      ),
-      h(
-        "button",
-        { "data-action": "next", onclick: () => next !== null && (cursors.push(cursor), (cursor = next), p.refresh()) },
-        "Next queues",
-      ),
+      ...pg.buttons("Previous queues", "Next queues"),
       pager,
     ),
     list,
@@ -506,11 +489,11 @@ function deadLetters(main) {
   let groups = new Map();
   const p = polling(async () => {
     const qp = new URLSearchParams({ has_dead: "true", limit: String(DEAD_QUEUES_PER_PAGE) });
-    if (cursor !== null) qp.set("after", cursor);
+    if (pg.cursor !== null) qp.set("after", pg.cursor);
     const json = await api("GET", `/v1/queues?${qp}`);
     const queues = queuesOf(json);
-    next = json.next_after ?? null;
-    pager.textContent = `page ${cursors.length + 1}${next === null ? " (last)" : ""}`;
+    pg.next = json.next_after ?? null;
+    pager.textContent = `page ${pg.before.length + 1}${pg.next === null ? " (last)" : ""}`;
     groups = new Map();
     for (const x of queues) {
       const params = new URLSearchParams({ state: "dead", limit: String(DEAD_PER_QUEUE) });
@@ -652,24 +635,12 @@ function hosts(main) {
         "Reload plugins on every host",
       ),
     ),
-    h(
-      "table",
+    table(
       {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", {}, "Host"),
-          h("th", { class: "wide" }, "Machine"),
-          h("th", { class: "num" }, "Pid"),
-          h("th", { class: "wide" }, "Started"),
-          h("th", {}, "Plugins"),
-          h("th", { class: "num" }, "Busy / max workers"),
-          h("th", { class: "num" }, "Last heartbeat"),
-        ),
-      ),
+      [
+        ["Host"], ["Machine", "wide"], ["Pid", "num"], ["Started", "wide"], ["Plugins"],
+        ["Busy / max workers", "num"], ["Last heartbeat", "num"],
+      ],
       body,
     ),
   );
@@ -720,24 +691,12 @@ function pluginSection(pl) {
       : null,
     pl.last_refused ? h("p", {}, "Last refused version: ", h("span", { class: "reason" }, pl.last_refused)) : null,
     h("h3", {}, "Versions"),
-    h(
-      "table",
+    table(
       { class: "versions" },
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", {}, "Version"),
-          h("th", { class: "num" }, calls),
-          h("th", { class: "num" }, "Ok"),
-          h("th", { class: "num" }, "Failed"),
-          h("th", { class: "wide" }, "Failed by cause"),
-          h("th", { class: "num" }, "p50"),
-          h("th", { class: "num" }, "p99"),
-        ),
-      ),
+      [
+        ["Version"], [calls, "num"], ["Ok", "num"], ["Failed", "num"], ["Failed by cause", "wide"],
+        ["p50", "num"], ["p99", "num"],
+      ],
       h(
         "tbody",
         {},
@@ -763,10 +722,9 @@ function pluginSection(pl) {
       ),
     ),
     h("h3", {}, "History (this host, newest first)"),
-    h(
-      "table",
+    table(
       { class: "history" },
-      h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Event"), h("th", {}, "Version"), h("th", {}, "Detail"))),
+      [["When"], ["Event"], ["Version"], ["Detail"]],
       h(
         "tbody",
         {},

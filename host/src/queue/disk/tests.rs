@@ -6,7 +6,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::queue::conformance::{T0, TTL, push_n};
 // A test-only fixture; its path changes when it moves to a dev crate.
-use tempfile::tempdir;
+use tempfile::{TempDir, tempdir};
 
 /// Opens the store in `dir` with the default options on `clock`.
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<Arc<DiskStore>, QueueError> {
@@ -18,19 +18,27 @@ fn refusal(dir: &Path, clock: &Arc<ManualClock>) -> String {
     open(dir, clock).unwrap_err().to_string()
 }
 
-/// Leaves `n` tasks in queue `q` of a store in `dir`, closed.
-async fn leave_tasks(dir: &Path, clock: &Arc<ManualClock>, n: usize) {
-    let store = open(dir, clock).unwrap();
+/// A store in a new directory, on a clock at [`T0`].
+fn new_store() -> (TempDir, Arc<ManualClock>, Arc<DiskStore>) {
+    let clock = ManualClock::new(T0);
+    let dir = tempdir().unwrap();
+    let store = open(dir.path(), &clock).unwrap();
+    (dir, clock, store)
+}
+
+/// A closed store in a new directory holding `n` tasks in queue `q`, and
+/// the clock it was written with.
+async fn closed_store_with(n: usize) -> (TempDir, Arc<ManualClock>) {
+    let (dir, clock, store) = new_store();
     push_n(&*store.queue("q").unwrap(), n).await;
     store.close().await;
+    (dir, clock)
 }
 
 /// The disk backend keeps everything across a close and reopen, leases included.
 #[tokio::test]
 async fn disk_persists_across_reopen() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    let store = open(dir.path(), &clock).unwrap();
+    let (dir, clock, store) = new_store();
     let q = store.queue("persist").unwrap();
     let ids = push_n(&*q, 10).await;
     q.push(NewTask::new("keyed").unique("key")).await.unwrap();
@@ -100,9 +108,7 @@ async fn a_new_data_dir_and_database_are_private() {
 /// instead of being served as a new empty queue; moving it aside starts over.
 #[tokio::test]
 async fn a_vanished_database_is_refused_until_moved_aside() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    leave_tasks(dir.path(), &clock, 5).await;
+    let (dir, clock) = closed_store_with(5).await;
     let db = dir.path().join(DB_FILE);
     std::fs::File::create(&db).unwrap(); // truncates to 0 bytes
     let e = refusal(dir.path(), &clock);
@@ -132,9 +138,7 @@ async fn a_vanished_database_is_refused_until_moved_aside() {
 /// from the id it is given, and its tasks stay.
 #[tokio::test]
 async fn a_store_without_a_marker_is_adopted() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    leave_tasks(dir.path(), &clock, 3).await;
+    let (dir, clock) = closed_store_with(3).await;
     std::fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
     let store = open(dir.path(), &clock).unwrap();
     assert_eq!(store.queue("q").unwrap().len().await.unwrap(), 3);
@@ -146,26 +150,12 @@ async fn a_store_without_a_marker_is_adopted() {
 /// with the cause, and `failed` resolves so the host stops.
 #[tokio::test]
 async fn damage_found_while_running_fails_the_store_for_good() {
-    let clock = ManualClock::new(T0);
-    let dir = tempdir().unwrap();
-    let store = open(dir.path(), &clock).unwrap();
+    let (dir, _clock, store) = new_store();
     let q = store.queue("q").unwrap();
     push_n(&*q, 3).await;
     // Damage the schema from another connection: the store's connection
     // rereads it at its next statement and SQLite reports it malformed.
-    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let version: i64 = other
-        .query_row("PRAGMA schema_version", [], |r| r.get(0))
-        .unwrap();
-    other
-        .execute_batch(&format!(
-            "PRAGMA writable_schema = ON;
-             UPDATE sqlite_schema SET sql = 'garbage' WHERE name = 'tasks_waiting';
-             PRAGMA schema_version = {};",
-            version + 1
-        ))
-        .unwrap();
-    drop(other);
+    taskhost_fixtures::sqlite::damage_schema(&dir.path().join(DB_FILE));
     let e = q.lease(10, TTL).await.unwrap_err();
     assert!(matches!(e, QueueError::Corrupt { .. }), "{e}");
     let failed = tokio::time::timeout(Duration::from_secs(30), store.failed())

@@ -47,11 +47,7 @@ impl PostgresRegistry {
     /// Live registrations (rows not expired).
     async fn live(&self) -> Result<Vec<HostInfo>, QueueError> {
         let sh = &self.shared;
-        let conn = sh.conn().await?;
-        let rows = conn
-            .query(&sh.sql.hosts, &[])
-            .await
-            .map_err(|e| sh.pg_error(e))?;
+        let rows = sh.query(&sh.sql.hosts, &[]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let json: String = r.try_get(0).map_err(|e| sh.pg_error(e))?;
@@ -86,13 +82,9 @@ impl HostRegistry for PostgresRegistry {
         *lock(&sh.me) = Some(me.clone());
         let json = serde_json::to_string(me)
             .map_err(|e| QueueError::Config(format!("cannot encode host registration: {e}")))?;
-        let conn = sh.conn().await?;
-        conn.execute(
-            &sh.sql.heartbeat,
-            &[&me.id, &json, &HEARTBEAT_TTL.as_secs_f64()],
-        )
-        .await
-        .map_err(|e| sh.pg_error(e))?;
+        let ttl = HEARTBEAT_TTL.as_secs_f64();
+        sh.execute(&sh.sql.heartbeat, &[&me.id, &json, &ttl])
+            .await?;
         Ok(())
     }
 
@@ -158,24 +150,15 @@ impl HostRegistry for PostgresRegistry {
 
     async fn request_reload(&self) -> Result<usize, QueueError> {
         let sh = &self.shared;
-        let conn = sh.conn().await?;
-        let n = conn
-            .execute(&sh.sql.request_reload, &[])
-            .await
-            .map_err(|e| sh.pg_error(e))?;
+        let n = sh.execute(&sh.sql.request_reload, &[]).await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn listen_for_reloads(&self, tx: mpsc::Sender<()>, stop: CancellationToken) {
         // Counted from this host's registration, which starts at 0.
         let mut seen: Option<(String, i64)> = None;
-        let mut tick = tokio::time::interval(RELOAD_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut tick = crate::backoff::Ticker::new(RELOAD_POLL);
+        while tick.next(&stop).await {
             let Some(id) = lock(&self.shared.holder).clone() else {
                 continue;
             };

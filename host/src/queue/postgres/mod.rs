@@ -296,6 +296,24 @@ impl Shared {
         }
     }
 
+    /// Runs `sql` with `params` on a pooled connection; its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, QueueError> {
+        let conn = self.conn().await?;
+        conn.query(sql, params).await.map_err(|e| self.pg_error(e))
+    }
+
+    /// Runs `sql` with `params` on a pooled connection; the rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, QueueError> {
+        let conn = self.conn().await?;
+        conn.execute(sql, params)
+            .await
+            .map_err(|e| self.pg_error(e))
+    }
+
     /// A driver error, saying so when the server is unreachable.
     fn pg_error(&self, e: tokio_postgres::Error) -> QueueError {
         match e.as_db_error() {
@@ -461,11 +479,7 @@ impl QueueStore for PostgresStore {
     }
 
     async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
-        let conn = self.shared.conn().await?;
-        let rows = conn
-            .query(&self.shared.sql.queues, &[])
-            .await
-            .map_err(|e| self.shared.pg_error(e))?;
+        let rows = self.shared.query(&self.shared.sql.queues, &[]).await?;
         rows.iter()
             .map(|r| r.try_get(0).map_err(|e| self.shared.pg_error(e)))
             .collect()

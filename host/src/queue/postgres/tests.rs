@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock;
+use crate::queue::conformance::push_n;
 use crate::queue::{NewTask, wake_checks};
 use taskhost_fixtures::postgres::PostgresServer;
 
@@ -131,12 +132,7 @@ async fn a_newer_schema_is_refused() {
         clock::system(),
     )
     .unwrap();
-    other
-        .queue("q")
-        .unwrap()
-        .push(NewTask::new("x"))
-        .await
-        .unwrap();
+    push_n(&*other.queue("q").unwrap(), 1).await;
 }
 
 /// An idle host waiting for work is woken by another host's push through
