@@ -15,7 +15,7 @@ use redis::Value;
 use super::codec::{unpack, unpack_dead};
 use super::keys;
 use super::queue::RedisQueue;
-use super::script::{Program, array, int};
+use super::script::{HELPERS, Program, array, int};
 use crate::queue::TaskId;
 use crate::queue::admin::{
     AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
@@ -35,10 +35,7 @@ fn scripts() -> &'static AdminScripts {
         let program = |keys, body| {
             Program::new(
                 keys,
-                &[
-                    include_str!("scripts/helpers.lua"),
-                    include_str!("scripts/admin_helpers.lua"),
-                ],
+                &[HELPERS, include_str!("scripts/admin_helpers.lua")],
                 body,
             )
         };

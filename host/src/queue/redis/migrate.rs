@@ -69,10 +69,11 @@ impl Shared {
         if batches.is_empty() {
             return Ok(());
         }
-        let script = Script::new(include_str!("scripts/migrate.lua"));
+        static SCRIPT: std::sync::LazyLock<Script> =
+            std::sync::LazyLock::new(|| Script::new(include_str!("scripts/migrate.lua")));
         let mut moved = 0;
         for part in batches.chunks(CHUNK) {
-            let mut call = script.prepare_invoke();
+            let mut call = SCRIPT.prepare_invoke();
             call.key(format!("{prefix}{}", keys::BATCHES))
                 .key(format!("{prefix}{}", keys::SIZES))
                 .key(format!("{prefix}{}", keys::HOLDERS));

@@ -11,7 +11,7 @@ use crate::backoff::Backoff;
 use crate::queue::QueueError;
 
 /// Lua helpers prepended to the scripts that use them.
-const HELPERS: &str = include_str!("scripts/helpers.lua");
+pub(super) const HELPERS: &str = include_str!("scripts/helpers.lua");
 
 /// A Lua program and the keys of its queue it touches, which every call
 /// declares in `KEYS` in this order (the suffixes under the queue's prefix,
@@ -232,7 +232,7 @@ mod tests {
 
     /// Every `.lua` file of the backend, by name.
     const SOURCES: &[(&str, &str)] = &[
-        ("helpers.lua", include_str!("scripts/helpers.lua")),
+        ("helpers.lua", HELPERS),
         ("push.lua", include_str!("scripts/push.lua")),
         ("lease.lua", include_str!("scripts/lease.lua")),
         ("renew.lua", include_str!("scripts/renew.lua")),
