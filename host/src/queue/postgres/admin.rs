@@ -1,6 +1,6 @@
 //! Operator actions on a [`PostgresQueue`]: each one statement (or one
-//! transaction), paged by task id through `dead (queue, id)` and the
-//! primary key (migration 2).
+//! transaction); dead letters are paged by task id through `dead (queue,
+//! id)` (migration 2), live tasks by the ids their rows hold.
 
 use async_trait::async_trait;
 use tokio_postgres::Row;
@@ -72,42 +72,80 @@ impl PostgresQueue {
         Ok(())
     }
 
-    /// Looks task `id` up under a row lock and applies `change` to it
-    /// when it is in a state `change` accepts; returns its state, `None`
-    /// when the queue has no such live task.
+    /// Looks task `id` up under a lock on its row and applies `change`
+    /// to it when it is in a state `change` accepts; returns its state,
+    /// `None` when the queue has no such live task. A task that shares
+    /// its row leaves it: cancelled, it is cut out of the row; run now,
+    /// it moves to a row of its own.
     async fn on_task(&self, id: TaskId, change: &str) -> Result<Option<TaskState>, AdminError> {
         let now = sql_i64(self.shared.clock.now_ms());
         let mut conn = self.shared.conn().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        // The task's row: its ids ascend from `head`.
         let row = tx
             .query_opt(
                 &self.sql(
-                    "SELECT nonce IS NOT NULL, visible_at > $3 FROM @schema@.tasks \
-                     WHERE queue = $1 AND id = $2 FOR UPDATE",
+                    "SELECT id, nonce IS NOT NULL, visible_at > $3, cardinality(ids) - lo, \
+                     array_position(ids, $2, lo + 1) FROM @schema@.tasks \
+                     WHERE queue = $1 AND head <= $2 AND $2 = ANY(ids[lo + 1:]) FOR UPDATE",
                 ),
                 &[&&*self.name, &sql_i64(id), &now],
             )
             .await
             .map_err(|e| self.err(e))?;
-        let state = match row {
-            None => return Ok(None),
-            Some(r) => match (r.try_get::<_, bool>(0), r.try_get::<_, bool>(1)) {
-                (Ok(_), Ok(false)) => TaskState::Pending,
-                (Ok(false), Ok(true)) => TaskState::Delayed,
-                (Ok(true), Ok(true)) => TaskState::Leased,
-                (Err(e), _) | (_, Err(e)) => return Err(self.err(e)),
-            },
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let get = || -> Result<(i64, bool, bool, i32, i32), tokio_postgres::Error> {
+            Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            ))
+        };
+        let (row, leased, later, live, at) = get().map_err(|e| self.err(e))?;
+        let state = match (leased, later) {
+            (_, false) => TaskState::Pending,
+            (false, true) => TaskState::Delayed,
+            (true, true) => TaskState::Leased,
         };
         let applies = match change {
             "cancel" => state != TaskState::Leased,
             _ => state == TaskState::Delayed,
         };
         if applies {
-            let sql = match change {
-                "cancel" => "DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL",
-                _ => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1",
+            let sql = match (change, live) {
+                ("cancel", 1) => {
+                    "DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL"
+                }
+                (_, 1) => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1",
+                ("cancel", _) => {
+                    "UPDATE @schema@.tasks SET \
+                     ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
+                     payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
+                     lo = 0 WHERE id = $1 AND $2::bigint IS NOT NULL"
+                }
+                _ => {
+                    "WITH moved AS ( \
+                         SELECT ids[$3] AS tid, payloads[$3] AS payload, queue, attempt, enqueued_at \
+                         FROM @schema@.tasks WHERE id = $1 \
+                     ), cut AS ( \
+                         UPDATE @schema@.tasks SET \
+                         ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
+                         payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
+                         lo = 0 WHERE id = $1 \
+                     ) \
+                     INSERT INTO @schema@.tasks \
+                         (id, head, queue, ids, payloads, attempt, enqueued_at, visible_at) \
+                     SELECT nextval('@schema@.task_ids'), tid, queue, ARRAY[tid], ARRAY[payload], \
+                            attempt, enqueued_at, $2 FROM moved"
+                }
             };
-            tx.execute(&self.sql(sql), &[&sql_i64(id), &now])
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&row, &now, &at];
+            let n = if live == 1 { &params[..2] } else { &params[..] };
+            tx.execute(&self.sql(sql), n)
                 .await
                 .map_err(|e| self.err(e))?;
         }
@@ -136,10 +174,16 @@ impl QueueAdmin for PostgresQueue {
                 TaskState::Delayed => "visible_at > $3 AND nonce IS NULL",
                 _ => "visible_at > $3 AND nonce IS NOT NULL",
             };
+            // The page's task ids first, then only their payloads.
             let sql = self.sql(&format!(
-                "SELECT id, unique_key, payload, attempt, enqueued_at, visible_at \
-                 FROM @schema@.tasks WHERE queue = $1 AND id > $2 AND {filter} \
-                 ORDER BY id LIMIT $4"
+                "WITH page AS ( \
+                     SELECT t.id AS row, u.id, u.n FROM @schema@.tasks t, \
+                     unnest(t.ids) WITH ORDINALITY AS u(id, n) \
+                     WHERE t.queue = $1 AND {filter} AND u.n > t.lo AND u.id > $2 \
+                     ORDER BY u.id LIMIT $4 \
+                 ) \
+                 SELECT p.id, t.unique_key, t.payloads[p.n], t.attempt, t.enqueued_at, t.visible_at \
+                 FROM page p JOIN @schema@.tasks t ON t.id = p.row ORDER BY p.id"
             ));
             conn.query(&sql, &[&&*self.name, &after, &now, &limit])
                 .await
@@ -163,9 +207,10 @@ impl QueueAdmin for PostgresQueue {
                 AND (d.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM @schema@.tasks t \
                      WHERE t.queue = d.queue AND t.unique_key = d.unique_key)) \
                 RETURNING d.id, d.queue, d.payload, d.unique_key, d.enqueued_at) \
-             INSERT INTO @schema@.tasks (id, queue, payload, unique_key, attempt, enqueued_at, visible_at) \
-             OVERRIDING SYSTEM VALUE \
-             SELECT id, queue, payload, unique_key, 0, enqueued_at, $3 FROM picked ORDER BY id",
+             INSERT INTO @schema@.tasks \
+                 (id, head, queue, ids, payloads, unique_key, attempt, enqueued_at, visible_at) \
+             SELECT nextval('@schema@.task_ids'), id, queue, ARRAY[id], ARRAY[payload], \
+                    unique_key, 0, enqueued_at, $3 FROM picked ORDER BY id",
         );
         let n = conn
             .execute(&sql, &[&&*self.name, &ids(&which), &now])

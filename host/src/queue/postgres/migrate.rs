@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "producer_grants",
         include_str!("migrations/0004_producer_grants.sql"),
     ),
+    (
+        5,
+        "task_rows",
+        include_str!("migrations/0005_task_rows.sql"),
+    ),
 ];
 
 /// The schema version this binary creates and understands.

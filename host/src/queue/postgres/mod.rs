@@ -121,6 +121,9 @@ pub struct PostgresOptions {
     /// Tasks this host settles between its `VACUUM`s of the tasks table
     /// (see `vacuum.rs`); 0 leaves it to autovacuum.
     pub vacuum_every: u64,
+    /// Most tasks a push stores in one row (see migration 5); a lease of
+    /// at least this many takes rows whole.
+    pub tasks_per_row: usize,
 }
 
 impl Default for PostgresOptions {
@@ -134,6 +137,7 @@ impl Default for PostgresOptions {
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             vacuum_every: 50_000,
+            tasks_per_row: 100,
         }
     }
 }
@@ -141,9 +145,14 @@ impl Default for PostgresOptions {
 impl PostgresOptions {
     /// Checks values the backend cannot work with.
     pub fn validate(&self) -> Result<(), QueueError> {
-        if self.capacity == Some(0) || self.dead_capacity == 0 || self.pool_size == 0 {
+        if self.capacity == Some(0)
+            || self.dead_capacity == 0
+            || self.pool_size == 0
+            || self.tasks_per_row == 0
+        {
             return Err(QueueError::Config(
-                "postgres.capacity, postgres.dead_capacity and postgres.pool_size must be at least 1"
+                "postgres.capacity, postgres.dead_capacity, postgres.pool_size and \
+                 postgres.tasks_per_row must be at least 1"
                     .into(),
             ));
         }
@@ -168,17 +177,11 @@ impl PostgresOptions {
 #[derive(Debug)]
 struct Statements {
     push: String,
-    /// `push` without its `ON CONFLICT` clause, for batches without unique
-    /// keys: an insert with an arbiter index is a speculative insertion,
-    /// dearer per row even when no row has a key.
-    push_plain: String,
     holders: String,
     lease: String,
     renew: String,
     ack: String,
-    retry: String,
-    release: String,
-    dead: String,
+    settle: String,
     trim_dead: String,
     dead_letters: String,
     stats: String,
@@ -201,14 +204,11 @@ impl Statements {
         let s = |sql: &str| fill(sql, schema);
         Self {
             push: s(include_str!("sql/push.sql")),
-            push_plain: s(&include_str!("sql/push.sql").replace(push_conflict_clause(), "")),
             holders: s(include_str!("sql/holders.sql")),
             lease: s(include_str!("sql/lease.sql")),
             renew: s(include_str!("sql/renew.sql")),
             ack: s(include_str!("sql/ack.sql")),
-            retry: s(include_str!("sql/retry.sql")),
-            release: s(include_str!("sql/release.sql")),
-            dead: s(include_str!("sql/dead.sql")),
+            settle: s(include_str!("sql/settle.sql")),
             trim_dead: s(include_str!("sql/trim_dead.sql")),
             dead_letters: s(include_str!("sql/dead_letters.sql")),
             stats: s(include_str!("sql/stats.sql")),
@@ -232,11 +232,6 @@ impl Statements {
             vacuum: s("VACUUM (SKIP_LOCKED) @schema@.tasks"),
         }
     }
-}
-
-/// The line of `sql/push.sql` that skips tasks whose unique key is taken.
-fn push_conflict_clause() -> &'static str {
-    "    ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING\n"
 }
 
 /// `sql` with `@schema@` replaced by the quoted schema name and
@@ -361,18 +356,6 @@ impl Shared {
     ) -> Result<Vec<Row>, QueueError> {
         let stmt = c.prepare_cached(sql).await.map_err(|e| self.pg_error(e))?;
         c.query(&stmt, params).await.map_err(|e| self.pg_error(e))
-    }
-
-    /// Runs `sql` on `c` as a statement prepared once per connection;
-    /// returns how many rows it changed.
-    async fn execute_cached(
-        &self,
-        c: &impl GenericClient,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, QueueError> {
-        let stmt = c.prepare_cached(sql).await.map_err(|e| self.pg_error(e))?;
-        c.execute(&stmt, params).await.map_err(|e| self.pg_error(e))
     }
 }
 

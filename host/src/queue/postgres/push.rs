@@ -129,13 +129,13 @@ impl PostgresQueue {
             .iter()
             .map(|&i| now.saturating_add(tasks[i].delay.map_or(0, duration_ms)))
             .collect();
-        let sql = if keys.iter().any(Option::is_some) {
-            &sh.sql.push
-        } else {
-            &sh.sql.push_plain
-        };
+        let per_row = i64::try_from(sh.opts.tasks_per_row).unwrap_or(i64::MAX);
         let rows = sh
-            .query_cached(c, sql, &[&&*self.name, &payloads, &keys, &visible, &now])
+            .query_cached(
+                c,
+                &sh.sql.push,
+                &[&&*self.name, &payloads, &keys, &visible, &now, &per_row],
+            )
             .await?;
         let mut keyed = HashMap::new();
         let mut plain = Vec::with_capacity(rows.len());

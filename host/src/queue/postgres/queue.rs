@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_postgres::Row;
 
 use super::{Shared, transient};
 use crate::backoff::Backoff;
@@ -20,33 +22,70 @@ use crate::queue::{
 pub struct PostgresQueue {
     pub(super) name: Arc<str>,
     pub(super) shared: Arc<Shared>,
-    /// The nonce of each lease this handle took and has not settled: only
-    /// its holder knows it, so no one else can settle or renew the lease.
-    nonces: Mutex<HashMap<Lease, i64>>,
+    /// The leases this handle took and has not settled: only its holder
+    /// knows their nonces, so no one else can settle or renew them.
+    held: Mutex<Held>,
+    /// Tasks per row in this queue's last lease: how many rows the next
+    /// one locks (see `sql/lease.sql`).
+    row_size: AtomicUsize,
 }
 
-/// Leases of one action, as the statements' array parameters.
+/// A leased row: its id and the lease's nonce.
+type RowLease = (i64, i64);
+
+/// The leases a handle holds.
+#[derive(Debug, Default)]
+struct Held {
+    /// Each leased task's row.
+    leases: HashMap<Lease, RowLease>,
+    /// Each leased row's tasks not settled yet.
+    rows: HashMap<RowLease, usize>,
+}
+
+impl Held {
+    /// Forgets `lease`, once settled.
+    fn forget(&mut self, lease: &Lease) {
+        if let Some(row) = self.leases.remove(lease)
+            && let Some(n) = self.rows.get_mut(&row)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.rows.remove(&row);
+            }
+        }
+    }
+}
+
+/// The arguments of `sql/settle.sql`, one position per task.
 #[derive(Default)]
-struct Group {
-    ids: Vec<i64>,
+struct Mixed {
+    rows: Vec<i64>,
     nonces: Vec<i64>,
-    attempts: Vec<i32>,
+    ids: Vec<i64>,
+    acts: String,
+    ats: Vec<i64>,
+    reasons: Vec<String>,
 }
 
-impl Group {
-    fn add(&mut self, lease: Lease, nonce: i64) {
-        self.ids.push(sql_id(lease.id));
+impl Mixed {
+    fn add(&mut self, (row, nonce): RowLease, s: &Settle) {
+        self.rows.push(row);
         self.nonces.push(nonce);
-        self.attempts.push(sql_attempt(lease.attempt));
+        self.ids.push(sql_id(s.lease.id));
+        let (act, at, reason) = match &s.action {
+            Action::Ack => ('a', 0, ""),
+            Action::RetryAt(at) => ('r', sql_ms(*at), ""),
+            Action::Release => ('l', 0, ""),
+            Action::DeadLetter(reason) => ('d', 0, reason.as_str()),
+        };
+        self.acts.push(act);
+        self.ats.push(at);
+        self.reasons.push(reason.to_owned());
     }
 }
 
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
-}
-
-fn sql_attempt(a: u32) -> i32 {
-    i32::try_from(a).unwrap_or(i32::MAX)
 }
 
 fn sql_ms(ms: u64) -> i64 {
@@ -67,7 +106,8 @@ impl PostgresQueue {
         Self {
             name: name.into(),
             shared,
-            nonces: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
+            row_size: AtomicUsize::new(1),
         }
     }
 
@@ -75,9 +115,8 @@ impl PostgresQueue {
         sql_ms(self.shared.clock.now_ms())
     }
 
-    /// A task of this queue from a row whose first columns are `id,
-    /// unique_key, payload, attempt, enqueued_at` (lease and dead-letter
-    /// rows alike).
+    /// A task of this queue from a dead letter's row, whose first columns
+    /// are `id, unique_key, payload, attempt, enqueued_at`.
     fn task(&self, r: &tokio_postgres::Row) -> Result<Task, tokio_postgres::Error> {
         let attempt: i32 = r.try_get(3)?;
         Ok(Task {
@@ -112,71 +151,69 @@ impl PostgresQueue {
         }
     }
 
-    /// Applies the grouped settlements in one transaction; returns how
-    /// many took effect.
+    /// Applies the settlements in one transaction: rows whose tasks are
+    /// all acked are deleted (`sql/ack.sql`), the others go through the
+    /// `settle` function. Returns the tasks settled.
     async fn settle_once(
         &self,
-        ack: &Group,
-        retry: &(Group, Vec<i64>),
-        release: &Group,
-        dead: &(Group, Vec<String>),
+        whole: &(Vec<i64>, Vec<i64>),
+        mixed: &Mixed,
     ) -> Result<u64, QueueError> {
         let sh = &self.shared;
-        let now = self.now();
         let mut conn = sh.conn().await?;
         let e = |e: tokio_postgres::Error| sh.pg_error(e);
-        if retry.0.ids.is_empty() && release.ids.is_empty() && dead.0.ids.is_empty() {
-            // Only acks (what the pool mostly sends): one statement is
-            // atomic on its own, no transaction round trips needed.
-            return sh
-                .execute_cached(&conn, &sh.sql.ack, &[&ack.ids, &ack.nonces, &ack.attempts])
-                .await;
+        let sum = |rows: Vec<Row>| -> Result<u64, QueueError> {
+            let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0)).map_err(e)?;
+            Ok(unsigned(n))
+        };
+        if mixed.ids.is_empty() {
+            // Only whole rows acked (what the pool mostly sends): one
+            // statement is atomic on its own, no transaction round trips.
+            let rows = sh
+                .query_cached(&conn, &sh.sql.ack, &[&whole.0, &whole.1])
+                .await?;
+            return sum(rows);
         }
         let tx = conn.transaction().await.map_err(e)?;
         let mut applied = 0;
-        if !ack.ids.is_empty() {
-            applied += sh
-                .execute_cached(&tx, &sh.sql.ack, &[&ack.ids, &ack.nonces, &ack.attempts])
+        if !whole.0.is_empty() {
+            let rows = sh
+                .query_cached(&tx, &sh.sql.ack, &[&whole.0, &whole.1])
                 .await?;
+            applied += sum(rows)?;
         }
-        let (g, ats) = retry;
-        if !g.ids.is_empty() {
-            applied += tx
-                .execute(&sh.sql.retry, &[&g.ids, &g.nonces, &g.attempts, ats])
+        let r = tx
+            .query_one(
+                &sh.sql.settle,
+                &[
+                    &&*self.name,
+                    &mixed.rows,
+                    &mixed.nonces,
+                    &mixed.ids,
+                    &mixed.acts,
+                    &mixed.ats,
+                    &mixed.reasons,
+                    &self.now(),
+                ],
+            )
+            .await
+            .map_err(e)?;
+        let (done, released, dead): (i64, i64, i64) = (
+            r.try_get(0).map_err(e)?,
+            r.try_get(1).map_err(e)?,
+            r.try_get(2).map_err(e)?,
+        );
+        applied += unsigned(done);
+        if released > 0 {
+            tx.query_one(&sh.sql.notify, &[&&*self.name])
                 .await
                 .map_err(e)?;
         }
-        if !release.ids.is_empty() {
-            let n = tx
-                .execute(
-                    &sh.sql.release,
-                    &[&release.ids, &release.nonces, &release.attempts, &now],
-                )
+        if dead > 0 {
+            let keep = i64::try_from(sh.opts.dead_capacity).unwrap_or(i64::MAX);
+            tx.execute(&sh.sql.trim_dead, &[&&*self.name, &keep])
                 .await
                 .map_err(e)?;
-            if n > 0 {
-                tx.query_one(&sh.sql.notify, &[&&*self.name])
-                    .await
-                    .map_err(e)?;
-            }
-            applied += n;
-        }
-        let (g, reasons) = dead;
-        if !g.ids.is_empty() {
-            let n = tx
-                .execute(
-                    &sh.sql.dead,
-                    &[&g.ids, &g.nonces, &g.attempts, reasons, &now],
-                )
-                .await
-                .map_err(e)?;
-            if n > 0 {
-                let keep = i64::try_from(sh.opts.dead_capacity).unwrap_or(i64::MAX);
-                tx.execute(&sh.sql.trim_dead, &[&&*self.name, &keep])
-                    .await
-                    .map_err(e)?;
-            }
-            applied += n;
         }
         tx.commit().await.map_err(e)?;
         Ok(applied)
@@ -214,6 +251,11 @@ impl BaseQueue for PostgresQueue {
         let until = now.saturating_add(duration_ms(ttl));
         let nonce = fastrand::i64(..);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // One row more than the last lease's row size says: a row part
+        // taken by an earlier lease is smaller.
+        let per_row = self.row_size.load(Ordering::Relaxed).max(1);
+        let row_limit =
+            i64::try_from(max.div_ceil(per_row).saturating_add(1).min(max)).unwrap_or(i64::MAX);
         let holder = lock(&sh.holder).clone();
         let conn = sh.conn().await?;
         let rows = sh
@@ -227,93 +269,134 @@ impl BaseQueue for PostgresQueue {
                     &until,
                     &nonce,
                     &holder.as_deref(),
+                    &row_limit,
                 ],
             )
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let get = || -> Result<(i64, Task), tokio_postgres::Error> {
-                Ok((r.try_get(5)?, self.task(&r)?))
+        let mut out = Vec::with_capacity(max);
+        let mut taken = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = || -> Result<(i64, Vec<i64>, Vec<Vec<u8>>, Option<String>, i32, i64, i64), tokio_postgres::Error> {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                ))
             };
-            out.push(get().map_err(|e| sh.pg_error(e))?);
+            let (id, ids, payloads, unique_key, attempt, enqueued_at, was) =
+                row().map_err(|e| sh.pg_error(e))?;
+            if ids.len() != payloads.len() {
+                return Err(sh.error(format!(
+                    "queue {:?}: row {id} holds {} task ids and {} payloads",
+                    self.name,
+                    ids.len(),
+                    payloads.len()
+                )));
+            }
+            taken.push(((id, nonce), ids.len()));
+            for (task, payload) in ids.into_iter().zip(payloads) {
+                out.push((
+                    was,
+                    id,
+                    Task {
+                        id: unsigned(task),
+                        queue: self.name.clone(),
+                        unique_key: unique_key.clone(),
+                        payload,
+                        attempt: u32::try_from(attempt).unwrap_or(0),
+                        enqueued_at_ms: unsigned(enqueued_at),
+                    },
+                ));
+            }
         }
-        out.sort_by_key(|(was_visible, t)| (*was_visible, t.id));
-        let mut nonces = lock(&self.nonces);
+        if !rows.is_empty() {
+            self.row_size
+                .store((out.len() / rows.len()).max(1), Ordering::Relaxed);
+        }
+        out.sort_by_key(|(was_visible, _, t)| (*was_visible, t.id));
+        let mut held = lock(&self.held);
+        for (row, n) in taken {
+            held.rows.insert(row, n);
+        }
         Ok(out
             .into_iter()
-            .map(|(_, t)| {
-                nonces.insert(t.lease(), nonce);
+            .map(|(_, row, t)| {
+                held.leases.insert(t.lease(), (row, nonce));
                 t
             })
             .collect())
     }
 
     async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<usize, QueueError> {
-        let mut g = Group::default();
+        // Leases per row: a renewal extends whole rows.
+        let mut per_row: HashMap<RowLease, usize> = HashMap::new();
         {
-            let nonces = lock(&self.nonces);
+            let held = lock(&self.held);
             for l in leases {
-                if let Some(&n) = nonces.get(l) {
-                    g.add(*l, n);
+                if let Some(&row) = held.leases.get(l) {
+                    *per_row.entry(row).or_default() += 1;
                 }
             }
         }
-        if g.ids.is_empty() {
+        if per_row.is_empty() {
             return Ok(0);
         }
+        let (rows, nonces): (Vec<i64>, Vec<i64>) = per_row.keys().copied().unzip();
         let sh = &self.shared;
         self.retrying(|| async {
             let now = self.now();
             let until = now.saturating_add(duration_ms(ttl));
             let conn = sh.conn().await?;
-            let n = sh
-                .execute_cached(
-                    &conn,
-                    &sh.sql.renew,
-                    &[&until, &g.ids, &g.nonces, &g.attempts, &now],
-                )
+            let still = sh
+                .query_cached(&conn, &sh.sql.renew, &[&until, &rows, &nonces, &now])
                 .await?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            let mut n = 0;
+            for r in still {
+                let row: i64 = r.try_get(0).map_err(|e| sh.pg_error(e))?;
+                n += per_row
+                    .iter()
+                    .find(|((id, _), _)| *id == row)
+                    .map_or(0, |(_, k)| *k);
+            }
+            Ok(n)
         })
         .await
     }
 
     async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
         let total = settlements.len();
-        let (mut ack, mut retry, mut release, mut dead) = (
-            Group::default(),
-            (Group::default(), Vec::new()),
-            Group::default(),
-            (Group::default(), Vec::new()),
-        );
+        let mut whole = (Vec::new(), Vec::new());
+        let mut mixed = Mixed::default();
         {
-            let nonces = lock(&self.nonces);
+            let held = lock(&self.held);
+            // A lease this handle never took (or already settled) is lost.
+            let mut by_row: HashMap<RowLease, Vec<&Settle>> = HashMap::new();
             for s in &settlements {
-                // A lease this handle never took (or already settled) is lost.
-                let Some(&n) = nonces.get(&s.lease) else {
-                    continue;
-                };
-                match &s.action {
-                    Action::Ack => ack.add(s.lease, n),
-                    Action::RetryAt(at) => {
-                        retry.0.add(s.lease, n);
-                        retry.1.push(sql_ms(*at));
-                    }
-                    Action::Release => release.add(s.lease, n),
-                    Action::DeadLetter(reason) => {
-                        dead.0.add(s.lease, n);
-                        dead.1.push(reason.clone());
+                if let Some(&row) = held.leases.get(&s.lease) {
+                    by_row.entry(row).or_default().push(s);
+                }
+            }
+            for (row, ss) in by_row {
+                let all = held.rows.get(&row).copied().unwrap_or(0);
+                if ss.len() == all && ss.iter().all(|s| matches!(s.action, Action::Ack)) {
+                    whole.0.push(row.0);
+                    whole.1.push(row.1);
+                } else {
+                    for s in ss {
+                        mixed.add(row, s);
                     }
                 }
             }
         }
-        let applied = self
-            .retrying(|| self.settle_once(&ack, &retry, &release, &dead))
-            .await?;
+        let applied = self.retrying(|| self.settle_once(&whole, &mixed)).await?;
         {
-            let mut nonces = lock(&self.nonces);
+            let mut held = lock(&self.held);
             for s in &settlements {
-                nonces.remove(&s.lease);
+                held.forget(&s.lease);
             }
         }
         self.shared.settled(applied).await;

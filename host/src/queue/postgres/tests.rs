@@ -176,19 +176,6 @@ async fn a_push_on_another_host_wakes_a_waiting_host() {
     drop(server);
 }
 
-/// The plain-push statement is the keyed one without its conflict clause:
-/// the clause is found (a change to `sql/push.sql` must keep it one line).
-#[test]
-fn the_plain_push_statement_drops_only_the_conflict_clause() {
-    let s = Statements::new("taskhost");
-    assert!(s.push.contains("ON CONFLICT (queue, unique_key)"));
-    assert!(!s.push_plain.contains("ON CONFLICT (queue, unique_key)"));
-    assert!(
-        s.push_plain.contains("ON CONFLICT DO NOTHING"),
-        "the queue name's insert keeps its own"
-    );
-}
-
 /// A host vacuums the tasks table itself after every `vacuum_every` tasks
 /// it settled, so its dead rows are reused without waiting for autovacuum.
 #[tokio::test]
@@ -260,8 +247,10 @@ async fn a_batch_reads_only_its_rows_even_when_the_planner_thinks_the_table_empt
     let c = client(&server.url()).await;
     // A drained backlog, vacuumed while hosts held the table (so its pages
     // stay): the table has pages and, to the planner, no rows.
-    let backlog = "INSERT INTO taskhost.tasks (queue, payload, enqueued_at, visible_at)
-         SELECT 'jobs', convert_to(repeat('x', 100), 'UTF8'), 0, 0 FROM generate_series(1, 50000)";
+    let backlog =
+        "INSERT INTO taskhost.tasks (id, head, queue, ids, payloads, enqueued_at, visible_at)
+         SELECT i, i, 'jobs', ARRAY[i], ARRAY[convert_to(repeat('x', 100), 'UTF8')], 0, 0
+         FROM (SELECT nextval('taskhost.task_ids') AS i FROM generate_series(1, 50000)) s";
     c.batch_execute(backlog).await.unwrap();
     c.batch_execute("DELETE FROM taskhost.tasks").await.unwrap();
     c.batch_execute("VACUUM (TRUNCATE false) taskhost.tasks")
@@ -298,7 +287,7 @@ async fn a_batch_reads_only_its_rows_even_when_the_planner_thinks_the_table_empt
             .unwrap()
     };
     let lease = json(
-        c.simple_query(&explain(&sql.lease, "'jobs', 1, 100, 99, 7, NULL"))
+        c.simple_query(&explain(&sql.lease, "'jobs', 1, 100, 99, 7, NULL, 101"))
             .await
             .unwrap(),
     );
@@ -310,20 +299,17 @@ async fn a_batch_reads_only_its_rows_even_when_the_planner_thinks_the_table_empt
     c.batch_execute("DEALLOCATE s").await.unwrap();
     let held = c
         .query_one(
-            "SELECT array_agg(id)::text, array_agg(nonce)::text, array_agg(attempt)::text
+            "SELECT array_agg(id)::text, array_agg(nonce)::text
              FROM taskhost.tasks WHERE nonce = 7",
             &[],
         )
         .await
         .unwrap();
-    let (ids, nonces, attempts): (String, String, String) = (held.get(0), held.get(1), held.get(2));
+    let (ids, nonces): (String, String) = (held.get(0), held.get(1));
     let ack = json(
-        c.simple_query(&explain(
-            &sql.ack,
-            &format!("'{ids}', '{nonces}', '{attempts}'"),
-        ))
-        .await
-        .unwrap(),
+        c.simple_query(&explain(&sql.ack, &format!("'{ids}', '{nonces}'")))
+            .await
+            .unwrap(),
     );
     let left: i64 = c
         .query_one("SELECT count(*) FROM taskhost.tasks", &[])

@@ -1,8 +1,11 @@
--- Deletes acked tasks still held under these leases. $1 ids, $2 nonces,
--- $3 attempts (same positions). Affected rows = acks applied.
+-- Deletes leased rows whose tasks were all acked. $1 row ids, $2 their
+-- lease nonces (same positions). Returns the tasks deleted.
 -- Rows are found by `id = ANY($1)` on the primary key, never by a join
 -- with the arrays: see "Plans" in mod.rs.
-DELETE FROM @schema@.tasks t
-WHERE t.id = ANY($1::bigint[])
-  AND t.nonce = ($2::bigint[])[array_position($1::bigint[], t.id)]
-  AND t.attempt = ($3::integer[])[array_position($1::bigint[], t.id)]
+WITH gone AS (
+    DELETE FROM @schema@.tasks t
+    WHERE t.id = ANY($1::bigint[])
+      AND t.nonce = ($2::bigint[])[array_position($1::bigint[], t.id)]
+    RETURNING cardinality(t.ids) - t.lo AS n
+)
+SELECT coalesce(sum(n), 0)::bigint FROM gone

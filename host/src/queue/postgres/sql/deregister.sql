@@ -7,8 +7,8 @@ WITH dropped AS (
     UPDATE @schema@.tasks t
     SET visible_at = $2::bigint, nonce = NULL, holder = NULL
     WHERE t.nonce IS NOT NULL AND t.holder = $1::text
-    RETURNING t.queue
+    RETURNING t.queue, cardinality(t.ids) - t.lo AS n
 ), woken AS (
     SELECT pg_notify(@channel@, q.queue) FROM (SELECT DISTINCT queue FROM back) q
 )
-SELECT (SELECT count(*) FROM back), (SELECT count(*) FROM woken)
+SELECT (SELECT coalesce(sum(n), 0)::bigint FROM back), (SELECT count(*) FROM woken)
