@@ -15,7 +15,7 @@ use deadpool_postgres::Object;
 use super::fill;
 
 /// Migrations in order: (version, name, SQL with `@schema@` placeholders).
-const MIGRATIONS: &[(i32, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "admin", include_str!("migrations/0002_admin.sql")),
     (3, "hosts", include_str!("migrations/0003_hosts.sql")),

@@ -76,6 +76,8 @@ mod vacuum;
 mod wake;
 
 #[cfg(test)]
+mod rows_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
