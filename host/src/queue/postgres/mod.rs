@@ -9,6 +9,7 @@
 //! | `queue.rs` | [`PostgresQueue`]: each operation's statement, arguments and reply |
 //! | `push.rs` | pushing a batch in one statement, and finding who holds a taken unique key |
 //! | `sql/*.sql` | one statement per operation, each documenting its parameters |
+//! | `rows_tests.rs`, `tests.rs` | rows of tasks; the rest of what is Postgres's own |
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
 //! | `vacuum.rs` | vacuuming `tasks` after every so many settled tasks |
@@ -17,26 +18,37 @@
 //!
 //! # Layout (schema `taskhost` by default)
 //!
-//! `tasks` holds live tasks only (pending, delayed, leased); `dead` the
-//! dead letters (trimmed to [`PostgresOptions::dead_capacity`] per queue);
-//! `queues` the names ever pushed to; `hosts` the running hosts (see
-//! `hosts.rs`); `schema_migrations` the applied migrations. `push(queue, payload, unique_key, delay)` is the producers'
-//! transactional enqueue (see the README).
+//! `tasks` holds live tasks only (pending, delayed, leased), in rows of up
+//! to [`PostgresOptions::tasks_per_row`] tasks pushed together (ids and
+//! payloads as arrays, the live ones after the first `lo`; a keyed task
+//! alone in its row); `dead` the dead letters (trimmed to
+//! [`PostgresOptions::dead_capacity`] per queue); `queues` the names ever
+//! pushed to; `hosts` the running hosts (see `hosts.rs`);
+//! `schema_migrations` the applied migrations. `push(queue, payload,
+//! unique_key, delay)` is the producers' transactional enqueue (see the
+//! README); `settle(...)` settles tasks of leased rows in any mix of
+//! actions (migration 5).
 //!
 //! # Invariants and why
 //!
-//! - A lease is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
-//!   ... RETURNING` per batch: hosts never wait on each other's rows and
-//!   never get the same row.
+//! - Every statement works on rows, not tasks: a task costs Postgres a
+//!   hundredth of a row lock, row version and index entry (45 -> 13 us of
+//!   server CPU per task; see migration 5).
+//! - A lease is one statement per batch over `SELECT ... FOR NO KEY
+//!   UPDATE SKIP LOCKED`: hosts never wait on each other's rows and never
+//!   get the same row. A row larger than the lease still wants is split,
+//!   its front copied into a new leased row (see `sql/lease.sql`); so no
+//!   task is in two rows, and each leased row belongs to one lease.
 //! - A leased row keeps its lease expiry in `visible_at`, so reclaiming an
 //!   expired lease is no separate step: it is due like any pending task.
-//! - Each lease batch carries a random nonce, remembered by the handle that
-//!   leased; renew and settle match id, attempt and nonce, so a holder whose
-//!   lease expired and was taken over (or whose database lost recent writes
-//!   and reused ids) can never settle or renew another host's lease.
-//! - Acked and dead-lettered rows are deleted by the settling statement,
-//!   one statement per batch and action; so the unique index over
-//!   `unique_key` covers exactly the live tasks.
+//! - Each lease carries a random nonce, remembered by the handle that
+//!   leased with the row of each task; renew and settle match row and
+//!   nonce, so a holder whose lease expired and was taken over can never
+//!   settle or renew another host's lease.
+//! - A row whose tasks were all acked is deleted by one statement per
+//!   batch; other settlements go through `settle`, which keeps a keyed
+//!   task's row (so its key) until the task is acked or dead. So the
+//!   unique index over `unique_key` covers exactly the live tasks.
 //! - Times come from the store's [`Clock`] and travel as parameters (ms), so
 //!   tests drive expiry deterministically; `push()` for producers uses the
 //!   database's `now()`.
@@ -51,8 +63,8 @@
 //! join between `tasks` and a batch's arrays was then planned as a scan of
 //! all of `tasks` per batch (a lease of 100 took 14 s on 185,000 rows). So
 //! no statement joins `tasks` with anything: a batch's rows are found by
-//! `id = ANY($ids)` on the primary key, their other per-row arguments by
-//! `array_position`; and the host's connections set `enable_seqscan=off`
+//! `id = ANY($ids)` on the primary key (or by `ctid` within the lease),
+//! their other per-row arguments by `array_position`; and the host's connections set `enable_seqscan=off`
 //! and `enable_bitmapscan=off`, so the lease walks `tasks_due` in order and
 //! stops at its limit instead of collecting and sorting every due row,
 //! which a planner that believes the table empty judges cheaper.

@@ -356,11 +356,11 @@ impl BaseQueue for PostgresQueue {
                 .await?;
             let mut n = 0;
             for r in still {
-                let row: i64 = r.try_get(0).map_err(|e| sh.pg_error(e))?;
-                n += per_row
-                    .iter()
-                    .find(|((id, _), _)| *id == row)
-                    .map_or(0, |(_, k)| *k);
+                let row: RowLease = (
+                    r.try_get(0).map_err(|e| sh.pg_error(e))?,
+                    r.try_get(1).map_err(|e| sh.pg_error(e))?,
+                );
+                n += per_row.get(&row).copied().unwrap_or(0);
             }
             Ok(n)
         })
