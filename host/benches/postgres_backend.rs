@@ -44,6 +44,9 @@ struct BenchPostgresArgs {
     /// Tasks a host settles between its VACUUMs of the tasks table (0: autovacuum only).
     #[arg(long, default_value_t = PostgresOptions::default().vacuum_every)]
     vacuum_every: u64,
+    /// Random payloads, which TOAST cannot compress, instead of one byte repeated.
+    #[arg(long)]
+    random_payloads: bool,
 }
 
 /// The cases of this bench, in the order they run by default.
@@ -180,6 +183,7 @@ fn report(what: &str, wall: Duration, cost: PgCost, per: usize, per_name: &str) 
 }
 
 async fn bench_postgres(a: BenchPostgresArgs) -> Result<()> {
+    common::RANDOM_PAYLOADS.store(a.random_payloads, Ordering::Relaxed);
     let _ = OPTIONS.set(PostgresOptions {
         vacuum_every: a.vacuum_every,
         ..PostgresOptions::default()
@@ -373,14 +377,17 @@ async fn steady(a: &BenchPostgresArgs, runtime: &Runtime) -> Result<()> {
         let rate = a.steady_rate.max(100) as f64;
         tokio::spawn(async move {
             let start = Instant::now();
-            let payload = vec![b'x'; 100];
             let mut pushed = 0usize;
             while pushed < n {
                 let due = start + Duration::from_secs_f64(pushed as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
                 let k = (n - pushed).min(100);
                 queue
-                    .push_batch((0..k).map(|_| NewTask::new(payload.clone())).collect())
+                    .push_batch(
+                        (0..k)
+                            .map(|_| NewTask::new(common::hundred_bytes()))
+                            .collect(),
+                    )
                     .await?;
                 pushed += k;
             }

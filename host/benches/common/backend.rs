@@ -93,11 +93,10 @@ pub async fn push_numbered(
     batch: usize,
     keyed: bool,
 ) -> Result<()> {
-    let payload = vec![b'x'; 100];
     for start in (0..n).step_by(batch) {
         let tasks = (start..(start + batch).min(n))
             .map(|i| {
-                let t = NewTask::new(payload.clone());
+                let t = NewTask::new(super::hundred_bytes());
                 if keyed {
                     t.unique(format!("key-{i}"))
                 } else {

@@ -159,13 +159,28 @@ impl PoolShape {
     }
 }
 
+/// Whether pushed payloads are random bytes instead of one byte repeated:
+/// a store that compresses (PostgreSQL's TOAST) gains nothing from them.
+pub static RANDOM_PAYLOADS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A 100-byte payload, as [`RANDOM_PAYLOADS`] says.
+pub fn hundred_bytes() -> Vec<u8> {
+    if RANDOM_PAYLOADS.load(Ordering::Relaxed) {
+        std::iter::repeat_with(|| fastrand::u8(..))
+            .take(100)
+            .collect()
+    } else {
+        vec![b'x'; 100]
+    }
+}
+
 /// Pushes `n` tasks of 100 bytes in batches of 1,000.
 pub async fn push_hundred_byte_tasks(queue: &Arc<dyn BaseQueue>, n: usize) -> Result<()> {
-    let payload = vec![b'x'; 100];
     let mut pushed = 0;
     while pushed < n {
         let k = (n - pushed).min(1_000);
-        let tasks = (0..k).map(|_| NewTask::new(payload.clone())).collect();
+        let tasks = (0..k).map(|_| NewTask::new(hundred_bytes())).collect();
         queue.push_batch(tasks).await?;
         pushed += k;
     }
