@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
-use super::fill;
 use super::queue::PostgresQueue;
+use super::{columns, fill};
 use crate::queue::admin::{
     AdminError, DeadInfo, PeekPage, PeekedTask, QueueAdmin, TaskState, Which,
 };
@@ -96,16 +96,8 @@ impl PostgresQueue {
         let Some(r) = row else {
             return Ok(None);
         };
-        let get = || -> Result<(i64, bool, bool, i32, i32), tokio_postgres::Error> {
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-            ))
-        };
-        let (row, leased, later, live, at) = get().map_err(|e| self.err(e))?;
+        let (row, leased, later, live, at): (i64, bool, bool, i32, i32) =
+            columns(&r).map_err(|e| self.err(e))?;
         let state = match (leased, later) {
             (_, false) => TaskState::Pending,
             (false, true) => TaskState::Delayed,

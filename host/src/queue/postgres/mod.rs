@@ -373,6 +373,30 @@ impl Shared {
     }
 }
 
+/// A tuple read from a row's first columns.
+trait Columns: Sized {
+    /// Columns 0, 1, ... of `r`, one per element.
+    fn from_row(r: &Row) -> Result<Self, tokio_postgres::Error>;
+}
+
+macro_rules! columns {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: for<'a> tokio_postgres::types::FromSql<'a>),+> Columns for ($($t,)+) {
+            fn from_row(r: &Row) -> Result<Self, tokio_postgres::Error> {
+                Ok(($(r.try_get::<_, $t>($i)?,)+))
+            }
+        }
+    };
+}
+columns!(A 0, B 1, C 2);
+columns!(A 0, B 1, C 2, D 3, E 4);
+columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+
+/// The first columns of `r` as a tuple of the types asked for.
+fn columns<T: Columns>(r: &Row) -> Result<T, tokio_postgres::Error> {
+    T::from_row(r)
+}
+
 /// Whether a queue error is a lost connection worth retrying.
 fn transient(e: &QueueError) -> bool {
     matches!(e, QueueError::Postgres { message, .. } if message.starts_with("PostgreSQL is unreachable"))

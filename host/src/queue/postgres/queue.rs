@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
-use super::{Shared, transient};
+use super::{Shared, columns, transient};
 use crate::backoff::Backoff;
 use crate::queue::util::{PushRoom, lock};
 use crate::queue::{
@@ -198,11 +198,7 @@ impl PostgresQueue {
             )
             .await
             .map_err(e)?;
-        let (done, released, dead): (i64, i64, i64) = (
-            r.try_get(0).map_err(e)?,
-            r.try_get(1).map_err(e)?,
-            r.try_get(2).map_err(e)?,
-        );
+        let (done, released, dead): (i64, i64, i64) = columns(&r).map_err(e)?;
         applied += unsigned(done);
         if released > 0 {
             tx.query_one(&sh.sql.notify, &[&&*self.name])
@@ -276,19 +272,16 @@ impl BaseQueue for PostgresQueue {
         let mut out = Vec::with_capacity(max);
         let mut taken = Vec::with_capacity(rows.len());
         for r in &rows {
-            let row = || -> Result<(i64, Vec<i64>, Vec<Vec<u8>>, Option<String>, i32, i64, i64), tokio_postgres::Error> {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    r.try_get(4)?,
-                    r.try_get(5)?,
-                    r.try_get(6)?,
-                ))
-            };
-            let (id, ids, payloads, unique_key, attempt, enqueued_at, was) =
-                row().map_err(|e| sh.pg_error(e))?;
+            #[allow(clippy::type_complexity)]
+            let (id, ids, payloads, unique_key, attempt, enqueued_at, was): (
+                i64,
+                Vec<i64>,
+                Vec<Vec<u8>>,
+                Option<String>,
+                i32,
+                i64,
+                i64,
+            ) = columns(r).map_err(|e| sh.pg_error(e))?;
             if ids.len() != payloads.len() {
                 return Err(sh.error(format!(
                     "queue {:?}: row {id} holds {} task ids and {} payloads",

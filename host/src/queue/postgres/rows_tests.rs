@@ -5,27 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tests::{client, server};
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::queue::{Action, NewTask, QueueStats, Settle, Task, TaskId};
-use taskhost_fixtures::postgres::PostgresServer;
 
 const T0: u64 = 1_700_000_000_000;
-
-async fn server() -> PostgresServer {
-    tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-async fn client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 fn store(url: &str, clock: Arc<dyn Clock>) -> PostgresStore {
     PostgresStore::open(url, PostgresOptions::default(), clock).unwrap()

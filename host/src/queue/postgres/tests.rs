@@ -8,14 +8,14 @@ use crate::queue::conformance::push_n;
 use crate::queue::{NewTask, wake_checks};
 use taskhost_fixtures::postgres::PostgresServer;
 
-async fn server() -> PostgresServer {
+pub(super) async fn server() -> PostgresServer {
     tokio::task::spawn_blocking(PostgresServer::start)
         .await
         .unwrap()
         .unwrap()
 }
 
-async fn client(url: &str) -> tokio_postgres::Client {
+pub(super) async fn client(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
