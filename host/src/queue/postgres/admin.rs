@@ -108,30 +108,48 @@ impl PostgresQueue {
             _ => state == TaskState::Delayed,
         };
         if applies {
+            // The task leaves its row: a row of one is deleted (cancel)
+            // or moved (run now) whole; otherwise the task is cut out of
+            // the row's arrays, and run now gives it a row of its own.
             let sql = match (change, live) {
                 ("cancel", 1) => {
-                    "DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL"
+                    "WITH gone AS ( \
+                         DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL \
+                         RETURNING queue, ids[lo + 1] AS tid, keys[lo + 1] AS k \
+                     ) \
+                     DELETE FROM @schema@.keys c USING gone \
+                     WHERE c.queue = gone.queue AND c.unique_key = gone.k AND c.task = gone.tid"
                 }
                 (_, 1) => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1",
                 ("cancel", _) => {
-                    "UPDATE @schema@.tasks SET \
-                     ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
-                     payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
-                     lo = 0 WHERE id = $1 AND $2::bigint IS NOT NULL"
+                    "WITH was AS ( \
+                         SELECT queue, ids[$3] AS tid, keys[$3] AS k FROM @schema@.tasks WHERE id = $1 \
+                     ), cut AS ( \
+                         UPDATE @schema@.tasks SET \
+                         ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
+                         payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
+                         keys = keys[lo + 1 : $3 - 1] || keys[$3 + 1 :], \
+                         lo = 0 WHERE id = $1 AND $2::bigint IS NOT NULL \
+                     ) \
+                     DELETE FROM @schema@.keys c USING was \
+                     WHERE c.queue = was.queue AND c.unique_key = was.k AND c.task = was.tid"
                 }
                 _ => {
                     "WITH moved AS ( \
-                         SELECT ids[$3] AS tid, payloads[$3] AS payload, queue, attempt, enqueued_at \
+                         SELECT ids[$3] AS tid, payloads[$3] AS payload, keys[$3] AS k, queue, \
+                                attempt, enqueued_at \
                          FROM @schema@.tasks WHERE id = $1 \
                      ), cut AS ( \
                          UPDATE @schema@.tasks SET \
                          ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
                          payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
+                         keys = keys[lo + 1 : $3 - 1] || keys[$3 + 1 :], \
                          lo = 0 WHERE id = $1 \
                      ) \
                      INSERT INTO @schema@.tasks \
-                         (id, head, queue, ids, payloads, attempt, enqueued_at, visible_at) \
+                         (id, head, queue, ids, payloads, keys, attempt, enqueued_at, visible_at) \
                      SELECT nextval('@schema@.task_ids'), tid, queue, ARRAY[tid], ARRAY[payload], \
+                            CASE WHEN k IS NULL THEN NULL ELSE ARRAY[k] END, \
                             attempt, enqueued_at, $2 FROM moved"
                 }
             };
@@ -174,7 +192,7 @@ impl QueueAdmin for PostgresQueue {
                      WHERE t.queue = $1 AND {filter} AND u.n > t.lo AND u.id > $2 \
                      ORDER BY u.id LIMIT $4 \
                  ) \
-                 SELECT p.id, t.unique_key, t.payloads[p.n], t.attempt, t.enqueued_at, t.visible_at \
+                 SELECT p.id, t.keys[p.n], t.payloads[p.n], t.attempt, t.enqueued_at, t.visible_at \
                  FROM page p JOIN @schema@.tasks t ON t.id = p.row ORDER BY p.id"
             ));
             conn.query(&sql, &[&&*self.name, &after, &now, &limit])
@@ -191,18 +209,26 @@ impl QueueAdmin for PostgresQueue {
         let now = sql_i64(self.shared.clock.now_ms());
         let conn = self.shared.conn().await?;
         // One statement, so atomic: a dead letter whose unique key a live
-        // task holds stays dead.
+        // task holds stays dead; the others claim their keys again.
         let sql = self.sql(
-            "WITH picked AS ( \
-                DELETE FROM @schema@.dead d WHERE d.queue = $1 \
+            "WITH cand AS ( \
+                SELECT d.seq, d.id, d.unique_key FROM @schema@.dead d WHERE d.queue = $1 \
                 AND ($2::bigint[] IS NULL OR d.id = ANY($2)) \
-                AND (d.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM @schema@.tasks t \
-                     WHERE t.queue = d.queue AND t.unique_key = d.unique_key)) \
+             ), claimed AS ( \
+                INSERT INTO @schema@.keys AS c (queue, unique_key, task) \
+                SELECT $1, cand.unique_key, cand.id FROM cand WHERE cand.unique_key IS NOT NULL \
+                ORDER BY cand.seq \
+                ON CONFLICT (queue, unique_key) DO NOTHING RETURNING c.task \
+             ), picked AS ( \
+                DELETE FROM @schema@.dead d WHERE d.seq = ANY(ARRAY( \
+                    SELECT seq FROM cand WHERE unique_key IS NULL \
+                    OR id IN (SELECT task FROM claimed))) \
                 RETURNING d.id, d.queue, d.payload, d.unique_key, d.enqueued_at) \
              INSERT INTO @schema@.tasks \
-                 (id, head, queue, ids, payloads, unique_key, attempt, enqueued_at, visible_at) \
+                 (id, head, queue, ids, payloads, keys, attempt, enqueued_at, visible_at) \
              SELECT nextval('@schema@.task_ids'), id, queue, ARRAY[id], ARRAY[payload], \
-                    unique_key, 0, enqueued_at, $3 FROM picked ORDER BY id",
+                    CASE WHEN unique_key IS NULL THEN NULL ELSE ARRAY[unique_key] END, \
+                    0, enqueued_at, $3 FROM picked ORDER BY id",
         );
         let n = conn
             .execute(&sql, &[&&*self.name, &ids(&which), &now])

@@ -170,7 +170,7 @@ impl PostgresQueue {
             // Only whole rows acked (what the pool mostly sends): one
             // statement is atomic on its own, no transaction round trips.
             let rows = sh
-                .query_cached(&conn, &sh.sql.ack, &[&whole.0, &whole.1])
+                .query_cached(&conn, &sh.sql.ack, &[&whole.0, &whole.1, &&*self.name])
                 .await?;
             return sum(rows);
         }
@@ -178,7 +178,7 @@ impl PostgresQueue {
         let mut applied = 0;
         if !whole.0.is_empty() {
             let rows = sh
-                .query_cached(&tx, &sh.sql.ack, &[&whole.0, &whole.1])
+                .query_cached(&tx, &sh.sql.ack, &[&whole.0, &whole.1, &&*self.name])
                 .await?;
             applied += sum(rows)?;
         }
@@ -273,32 +273,34 @@ impl BaseQueue for PostgresQueue {
         let mut taken = Vec::with_capacity(rows.len());
         for r in &rows {
             #[allow(clippy::type_complexity)]
-            let (id, ids, payloads, unique_key, attempt, enqueued_at, was): (
+            let (id, ids, payloads, keys, attempt, enqueued_at, was): (
                 i64,
                 Vec<i64>,
                 Vec<Vec<u8>>,
-                Option<String>,
+                Option<Vec<Option<String>>>,
                 i32,
                 i64,
                 i64,
             ) = columns(r).map_err(|e| sh.pg_error(e))?;
-            if ids.len() != payloads.len() {
+            let keys = keys.unwrap_or_else(|| vec![None; ids.len()]);
+            if ids.len() != payloads.len() || ids.len() != keys.len() {
                 return Err(sh.error(format!(
-                    "queue {:?}: row {id} holds {} task ids and {} payloads",
+                    "queue {:?}: row {id} holds {} task ids, {} payloads and {} keys",
                     self.name,
                     ids.len(),
-                    payloads.len()
+                    payloads.len(),
+                    keys.len()
                 )));
             }
             taken.push(((id, nonce), ids.len()));
-            for (task, payload) in ids.into_iter().zip(payloads) {
+            for ((task, payload), unique_key) in ids.into_iter().zip(payloads).zip(keys) {
                 out.push((
                     was,
                     id,
                     Task {
                         id: unsigned(task),
                         queue: self.name.clone(),
-                        unique_key: unique_key.clone(),
+                        unique_key,
                         payload,
                         attempt: u32::try_from(attempt).unwrap_or(0),
                         enqueued_at_ms: unsigned(enqueued_at),

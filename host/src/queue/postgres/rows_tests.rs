@@ -238,3 +238,69 @@ async fn operator_actions_reach_a_task_inside_a_row() {
     assert_eq!(payloads, [b"t0", b"t1", b"t4"]);
     s.close().await;
 }
+
+/// Keyed tasks pushed together share a row; each key stays taken while
+/// its task lives (pending, leased or waiting for a retry) and is free
+/// again once the task is acked or dead.
+#[tokio::test]
+async fn keyed_tasks_share_rows_and_free_their_keys_when_they_end() {
+    use crate::queue::Pushed;
+    use crate::queue::admin::Which;
+    let server = server().await;
+    let clock = ManualClock::new(T0);
+    let s = store(&server.url(), clock.clone());
+    let q = s.queue("jobs").unwrap();
+    let tasks = (0..10)
+        .map(|i| NewTask::new(format!("t{i}")).unique(format!("k{i}")))
+        .chain([NewTask::new("dup").unique("k3")])
+        .collect();
+    let pushed = q.push_batch(tasks).await.unwrap();
+    assert_eq!(pushed[10], Pushed::Duplicate(pushed[3].id()));
+    let c = client(&server.url()).await;
+    assert_eq!(
+        rows(&c).await,
+        1,
+        "ten keyed tasks pushed together share a row"
+    );
+    let got = q.lease(10, Duration::from_secs(60)).await.unwrap();
+    let keys: Vec<_> = got.iter().map(|t| t.unique_key.clone().unwrap()).collect();
+    assert_eq!(keys, (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    let again = q.push(NewTask::new("x").unique("k0")).await.unwrap();
+    assert_eq!(again, Pushed::Duplicate(got[0].id), "held while leased");
+    let mut settle: Vec<Settle> = got[..5]
+        .iter()
+        .map(|t| Settle {
+            lease: t.lease(),
+            action: Action::Ack,
+        })
+        .collect();
+    settle.push(Settle {
+        lease: got[5].lease(),
+        action: Action::DeadLetter("broken".into()),
+    });
+    settle.push(Settle {
+        lease: got[6].lease(),
+        action: Action::RetryAt(T0 + 60_000),
+    });
+    assert_eq!(q.settle(settle).await.unwrap().applied, 7);
+    for (i, t) in got.iter().enumerate() {
+        let p = q
+            .push(NewTask::new("again").unique(format!("k{i}")))
+            .await
+            .unwrap();
+        if i <= 5 {
+            assert!(matches!(p, Pushed::Created(_)), "k{i} is free: {p:?}");
+        } else {
+            assert_eq!(p, Pushed::Duplicate(t.id), "k{i} is still taken");
+        }
+    }
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].task.unique_key.as_deref(), Some("k5"));
+    let admin = q.admin().unwrap();
+    assert_eq!(
+        admin.retry_dead(Which::All).await.unwrap(),
+        0,
+        "k5 is taken by the new push: its dead letter stays dead"
+    );
+    s.close().await;
+}

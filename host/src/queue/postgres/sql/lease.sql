@@ -9,8 +9,8 @@
 -- left. Rows are found by their `ctid` (stable while this statement holds
 -- their row locks): no index lookup, and no join of `tasks` whose plan
 -- depends on the table's statistics (see "Plans" in mod.rs).
--- Returns per leased row: its id, task ids, payloads, unique key,
--- attempt, enqueued_at, and its old visible_at (the order to hand them
+-- Returns per leased row: its id, task ids, payloads, unique keys (NULL
+-- when none), attempt, enqueued_at, and its old visible_at (the order to hand them
 -- out in).
 WITH picked AS (
     SELECT ctid, id, head, ids, lo, attempt, enqueued_at, visible_at
@@ -27,8 +27,8 @@ WITH picked AS (
     UPDATE @schema@.tasks t
     SET attempt = t.attempt + 1, visible_at = $4, nonce = $5, holder = $6
     WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM counted WHERE upto <= $3))
-    RETURNING t.id, t.ids[t.lo + 1:] AS ids, t.payloads[t.lo + 1:] AS payloads, t.unique_key,
-              t.attempt, t.enqueued_at
+    RETURNING t.id, t.ids[t.lo + 1:] AS ids, t.payloads[t.lo + 1:] AS payloads,
+              t.keys[t.lo + 1:] AS keys, t.attempt, t.enqueued_at
 ), cut AS (
     SELECT c.ctid, c.id, c.ids, c.lo, c.attempt, c.enqueued_at, c.visible_at,
            ($3 - (c.upto - c.n))::integer AS take
@@ -39,18 +39,19 @@ WITH picked AS (
     SET lo = t.lo + (SELECT take FROM cut), nonce = NULL, holder = NULL
     WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM cut))
     RETURNING t.ids[t.lo - (SELECT take FROM cut) + 1 : t.lo] AS ids,
-              t.payloads[t.lo - (SELECT take FROM cut) + 1 : t.lo] AS payloads
+              t.payloads[t.lo - (SELECT take FROM cut) + 1 : t.lo] AS payloads,
+              t.keys[t.lo - (SELECT take FROM cut) + 1 : t.lo] AS keys
 ), piece AS (
     -- Only from a row `rest` did move on, so no task is ever in two rows.
     INSERT INTO @schema@.tasks AS t
-        (id, head, queue, ids, payloads, attempt, enqueued_at, visible_at, nonce, holder)
-    SELECT nextval('@schema@.task_ids'), rest.ids[1], $1, rest.ids, rest.payloads,
+        (id, head, queue, ids, payloads, keys, attempt, enqueued_at, visible_at, nonce, holder)
+    SELECT nextval('@schema@.task_ids'), rest.ids[1], $1, rest.ids, rest.payloads, rest.keys,
            cut.attempt + 1, cut.enqueued_at, $4, $5, $6
     FROM rest, cut
-    RETURNING t.id, t.ids, t.payloads, t.unique_key, t.attempt, t.enqueued_at
+    RETURNING t.id, t.ids, t.payloads, t.keys, t.attempt, t.enqueued_at
 )
-SELECT w.id, w.ids, w.payloads, w.unique_key, w.attempt, w.enqueued_at, c.visible_at
+SELECT w.id, w.ids, w.payloads, w.keys, w.attempt, w.enqueued_at, c.visible_at
 FROM whole w JOIN counted c ON c.id = w.id
 UNION ALL
-SELECT p.id, p.ids, p.payloads, p.unique_key, p.attempt, p.enqueued_at, cut.visible_at
+SELECT p.id, p.ids, p.payloads, p.keys, p.attempt, p.enqueued_at, cut.visible_at
 FROM piece p, cut
