@@ -19,9 +19,9 @@
 //! # Layout (schema `taskhost` by default)
 //!
 //! `tasks` holds live tasks only (pending, delayed, leased), in rows of up
-//! to [`PostgresOptions::tasks_per_row`] tasks pushed together (ids and
-//! payloads as arrays, the live ones after the first `lo`; a keyed task
-//! alone in its row); `dead` the dead letters (trimmed to
+//! to [`PostgresOptions::tasks_per_row`] tasks pushed together (ids,
+//! payloads and unique keys as arrays, the live ones after the first
+//! `lo`); `keys` the unique keys of live tasks; `dead` the dead letters (trimmed to
 //! [`PostgresOptions::dead_capacity`] per queue); `queues` the names ever
 //! pushed to; `hosts` the running hosts (see `hosts.rs`);
 //! `schema_migrations` the applied migrations. `push(queue, payload,
@@ -46,9 +46,10 @@
 //!   nonce, so a holder whose lease expired and was taken over can never
 //!   settle or renew another host's lease.
 //! - A row whose tasks were all acked is deleted by one statement per
-//!   batch; other settlements go through `settle`, which keeps a keyed
-//!   task's row (so its key) until the task is acked or dead. So the
-//!   unique index over `unique_key` covers exactly the live tasks.
+//!   batch; other settlements go through `settle`. Whatever ends a task
+//!   (ack, dead letter, cancel) deletes its key from `keys` in the same
+//!   statement, and a push claims a key there before it stores the task:
+//!   so `keys` holds exactly the keys of live tasks.
 //! - Times come from the store's [`Clock`] and travel as parameters (ms), so
 //!   tests drive expiry deterministically; `push()` for producers uses the
 //!   database's `now()`.
@@ -195,6 +196,7 @@ struct Statements {
     lease: String,
     renew: String,
     ack: String,
+    ack_keyed: String,
     settle: String,
     trim_dead: String,
     dead_letters: String,
@@ -222,6 +224,7 @@ impl Statements {
             lease: s(include_str!("sql/lease.sql")),
             renew: s(include_str!("sql/renew.sql")),
             ack: s(include_str!("sql/ack.sql")),
+            ack_keyed: s(include_str!("sql/ack_keyed.sql")),
             settle: s(include_str!("sql/settle.sql")),
             trim_dead: s(include_str!("sql/trim_dead.sql")),
             dead_letters: s(include_str!("sql/dead_letters.sql")),

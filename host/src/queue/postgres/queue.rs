@@ -39,21 +39,38 @@ struct Held {
     /// Each leased task's row.
     leases: HashMap<Lease, RowLease>,
     /// Each leased row's tasks not settled yet.
-    rows: HashMap<RowLease, usize>,
+    rows: HashMap<RowLease, Unsettled>,
+}
+
+/// What a handle knows of a row it leased.
+#[derive(Debug, Clone, Copy)]
+struct Unsettled {
+    /// Its tasks not settled yet.
+    tasks: usize,
+    /// Whether any of its tasks holds a unique key.
+    keyed: bool,
 }
 
 impl Held {
     /// Forgets `lease`, once settled.
     fn forget(&mut self, lease: &Lease) {
         if let Some(row) = self.leases.remove(lease)
-            && let Some(n) = self.rows.get_mut(&row)
+            && let Some(u) = self.rows.get_mut(&row)
         {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+            u.tasks = u.tasks.saturating_sub(1);
+            if u.tasks == 0 {
                 self.rows.remove(&row);
             }
         }
     }
+}
+
+/// Rows whose tasks are all acked: their ids and lease nonces, without
+/// and with unique keys (`sql/ack.sql`, `sql/ack_keyed.sql`).
+#[derive(Default)]
+struct Whole {
+    plain: (Vec<i64>, Vec<i64>),
+    keyed: (Vec<i64>, Vec<i64>),
 }
 
 /// The arguments of `sql/settle.sql`, one position per task.
@@ -151,14 +168,24 @@ impl PostgresQueue {
         }
     }
 
+    /// Deletes the rows of `whole` when only one of its lists has rows.
+    async fn ack_rows(&self, conn: &super::Conn, whole: &Whole) -> Result<Vec<Row>, QueueError> {
+        let sh = &self.shared;
+        if whole.keyed.0.is_empty() {
+            let (rows, nonces) = &whole.plain;
+            sh.query_cached(conn, &sh.sql.ack, &[rows, nonces]).await
+        } else {
+            let (rows, nonces) = &whole.keyed;
+            sh.query_cached(conn, &sh.sql.ack_keyed, &[rows, nonces, &&*self.name])
+                .await
+        }
+    }
+
     /// Applies the settlements in one transaction: rows whose tasks are
-    /// all acked are deleted (`sql/ack.sql`), the others go through the
+    /// all acked are deleted (`sql/ack.sql`, `sql/ack_keyed.sql`), the
+    /// others go through the
     /// `settle` function. Returns the tasks settled.
-    async fn settle_once(
-        &self,
-        whole: &(Vec<i64>, Vec<i64>),
-        mixed: &Mixed,
-    ) -> Result<u64, QueueError> {
+    async fn settle_once(&self, whole: &Whole, mixed: &Mixed) -> Result<u64, QueueError> {
         let sh = &self.shared;
         let mut conn = sh.conn().await?;
         let e = |e: tokio_postgres::Error| sh.pg_error(e);
@@ -166,21 +193,28 @@ impl PostgresQueue {
             let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0)).map_err(e)?;
             Ok(unsigned(n))
         };
-        if mixed.ids.is_empty() {
+        if mixed.ids.is_empty() && (whole.plain.0.is_empty() || whole.keyed.0.is_empty()) {
             // Only whole rows acked (what the pool mostly sends): one
             // statement is atomic on its own, no transaction round trips.
-            let rows = sh
-                .query_cached(&conn, &sh.sql.ack, &[&whole.0, &whole.1, &&*self.name])
-                .await?;
-            return sum(rows);
+            return sum(self.ack_rows(&conn, whole).await?);
         }
         let tx = conn.transaction().await.map_err(e)?;
         let mut applied = 0;
-        if !whole.0.is_empty() {
-            let rows = sh
-                .query_cached(&tx, &sh.sql.ack, &[&whole.0, &whole.1, &&*self.name])
+        if !whole.plain.0.is_empty() {
+            let (rows, nonces) = &whole.plain;
+            let r = sh.query_cached(&tx, &sh.sql.ack, &[rows, nonces]).await?;
+            applied += sum(r)?;
+        }
+        if !whole.keyed.0.is_empty() {
+            let (rows, nonces) = &whole.keyed;
+            let r = sh
+                .query_cached(&tx, &sh.sql.ack_keyed, &[rows, nonces, &&*self.name])
                 .await?;
-            applied += sum(rows)?;
+            applied += sum(r)?;
+        }
+        if mixed.ids.is_empty() {
+            tx.commit().await.map_err(e)?;
+            return Ok(applied);
         }
         let r = tx
             .query_one(
@@ -282,6 +316,7 @@ impl BaseQueue for PostgresQueue {
                 i64,
                 i64,
             ) = columns(r).map_err(|e| sh.pg_error(e))?;
+            let keyed = keys.is_some();
             let keys = keys.unwrap_or_else(|| vec![None; ids.len()]);
             if ids.len() != payloads.len() || ids.len() != keys.len() {
                 return Err(sh.error(format!(
@@ -292,7 +327,13 @@ impl BaseQueue for PostgresQueue {
                     keys.len()
                 )));
             }
-            taken.push(((id, nonce), ids.len()));
+            taken.push((
+                (id, nonce),
+                Unsettled {
+                    tasks: ids.len(),
+                    keyed,
+                },
+            ));
             for ((task, payload), unique_key) in ids.into_iter().zip(payloads).zip(keys) {
                 out.push((
                     was,
@@ -314,8 +355,8 @@ impl BaseQueue for PostgresQueue {
         }
         out.sort_by_key(|(was_visible, _, t)| (*was_visible, t.id));
         let mut held = lock(&self.held);
-        for (row, n) in taken {
-            held.rows.insert(row, n);
+        for (row, u) in taken {
+            held.rows.insert(row, u);
         }
         Ok(out
             .into_iter()
@@ -364,7 +405,7 @@ impl BaseQueue for PostgresQueue {
 
     async fn settle(&self, settlements: Vec<Settle>) -> Result<Settled, QueueError> {
         let total = settlements.len();
-        let mut whole = (Vec::new(), Vec::new());
+        let mut whole = Whole::default();
         let mut mixed = Mixed::default();
         {
             let held = lock(&self.held);
@@ -376,10 +417,16 @@ impl BaseQueue for PostgresQueue {
                 }
             }
             for (row, ss) in by_row {
-                let all = held.rows.get(&row).copied().unwrap_or(0);
+                let u = held.rows.get(&row).copied();
+                let all = u.map_or(0, |u| u.tasks);
                 if ss.len() == all && ss.iter().all(|s| matches!(s.action, Action::Ack)) {
-                    whole.0.push(row.0);
-                    whole.1.push(row.1);
+                    let list = if u.is_some_and(|u| u.keyed) {
+                        &mut whole.keyed
+                    } else {
+                        &mut whole.plain
+                    };
+                    list.0.push(row.0);
+                    list.1.push(row.1);
                 } else {
                     for s in ss {
                         mixed.add(row, s);

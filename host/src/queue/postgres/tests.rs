@@ -307,7 +307,7 @@ async fn a_batch_reads_only_its_rows_even_when_the_planner_thinks_the_table_empt
         .unwrap();
     let (ids, nonces): (String, String) = (held.get(0), held.get(1));
     let ack = json(
-        c.simple_query(&explain(&sql.ack, &format!("'{ids}', '{nonces}', 'jobs'")))
+        c.simple_query(&explain(&sql.ack, &format!("'{ids}', '{nonces}'")))
             .await
             .unwrap(),
     );
