@@ -1,6 +1,7 @@
 //! Rows that hold runs of tasks (migration 5): a lease that takes part of
 //! a row, a settlement that sends a row's tasks several ways, a stale
-//! holder of a split row, and tasks of the one-task-per-row schema.
+//! holder of a split row, operator actions inside a row, keyed tasks
+//! sharing a row, and tasks of the one-task-per-row schema.
 
 use std::sync::Arc;
 use std::time::Duration;
