@@ -8,7 +8,7 @@
 //! | `mod.rs` | [`PostgresOptions`], [`PostgresStore`] and the state its queues share |
 //! | `queue.rs` | [`PostgresQueue`]: each operation's statement, arguments and reply |
 //! | `push.rs` | pushing a batch in one statement, and finding who holds a taken unique key |
-//! | `sql/*.sql` | one statement per operation, each documenting its parameters |
+//! | `sql/*.sql`, `statements.rs` | one statement per operation, each documenting its parameters; filled in with the schema's name |
 //! | `rows_tests.rs`, `tests.rs` | rows of tasks; the rest of what is Postgres's own |
 //! | `migrate.rs`, `migrations/NNNN_*.sql` | the schema, created and upgraded by the host |
 //! | `wake.rs` | the `LISTEN` connection that wakes idle hosts |
@@ -85,6 +85,7 @@ mod hosts;
 mod migrate;
 mod push;
 mod queue;
+mod statements;
 mod vacuum;
 mod wake;
 
@@ -104,6 +105,7 @@ use tokio_postgres::types::ToSql;
 
 pub use self::migrate::SCHEMA_VERSION;
 pub use self::queue::PostgresQueue;
+use self::statements::{Statements, channel, fill};
 use super::redis::redact;
 use super::util::Handles;
 use super::{BaseQueue, QueueError, QueueStore, validate_name};
@@ -186,82 +188,6 @@ impl PostgresOptions {
         }
         Ok(())
     }
-}
-
-/// The statements of one schema, with its name filled in.
-#[derive(Debug)]
-struct Statements {
-    push: String,
-    holders: String,
-    lease: String,
-    renew: String,
-    ack: String,
-    ack_keyed: String,
-    settle: String,
-    trim_dead: String,
-    dead_letters: String,
-    stats: String,
-    lock: String,
-    count: String,
-    notify: String,
-    queues: String,
-    heartbeat: String,
-    hosts: String,
-    reloads: String,
-    request_reload: String,
-    gone_hosts: String,
-    reclaim: String,
-    deregister: String,
-    vacuum: String,
-}
-
-impl Statements {
-    fn new(schema: &str) -> Self {
-        let s = |sql: &str| fill(sql, schema);
-        Self {
-            push: s(include_str!("sql/push.sql")),
-            holders: s(include_str!("sql/holders.sql")),
-            lease: s(include_str!("sql/lease.sql")),
-            renew: s(include_str!("sql/renew.sql")),
-            ack: s(include_str!("sql/ack.sql")),
-            ack_keyed: s(include_str!("sql/ack_keyed.sql")),
-            settle: s(include_str!("sql/settle.sql")),
-            trim_dead: s(include_str!("sql/trim_dead.sql")),
-            dead_letters: s(include_str!("sql/dead_letters.sql")),
-            stats: s(include_str!("sql/stats.sql")),
-            lock: s(include_str!("sql/lock.sql")),
-            count: s(include_str!("sql/count.sql")),
-            notify: s("SELECT pg_notify(@channel@, $1)::text"),
-            queues: s("SELECT name FROM @schema@.queues ORDER BY name"),
-            heartbeat: s(
-                "INSERT INTO @schema@.hosts (id, info, expires_at)
-                 VALUES ($1, $2::text::jsonb, now() + make_interval(secs => $3))
-                 ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, expires_at = EXCLUDED.expires_at",
-            ),
-            hosts: s("SELECT info::text FROM @schema@.hosts WHERE expires_at > now()"),
-            reloads: s("SELECT reloads FROM @schema@.hosts WHERE id = $1"),
-            request_reload: s(
-                "UPDATE @schema@.hosts SET reloads = reloads + 1 WHERE expires_at > now()",
-            ),
-            gone_hosts: s(include_str!("sql/gone_hosts.sql")),
-            reclaim: s(include_str!("sql/reclaim.sql")),
-            deregister: s(include_str!("sql/deregister.sql")),
-            vacuum: s("VACUUM (SKIP_LOCKED) @schema@.tasks"),
-        }
-    }
-}
-
-/// `sql` with `@schema@` replaced by the quoted schema name and
-/// `@channel@` by the wake channel as a string literal. The schema name
-/// is checked to be `[A-Za-z0-9_]+`, so neither needs escaping.
-fn fill(sql: &str, schema: &str) -> String {
-    sql.replace("@schema@", &format!("\"{schema}\""))
-        .replace("@channel@", &format!("'{}'", channel(schema)))
-}
-
-/// The `NOTIFY` channel of a schema.
-fn channel(schema: &str) -> String {
-    format!("{schema}.wake")
 }
 
 /// State shared by a store and its queues.
