@@ -12,6 +12,13 @@ use crate::queue::admin::{
 };
 use crate::queue::{QueueError, TaskId};
 
+/// Cuts element `$3` out of row `$1`'s arrays (the live ones from `lo`).
+const CUT_OUT: &str = "UPDATE @schema@.tasks SET \
+     ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
+     payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
+     keys = keys[lo + 1 : $3 - 1] || keys[$3 + 1 :], \
+     lo = 0 WHERE id = $1";
+
 fn sql_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -108,54 +115,39 @@ impl PostgresQueue {
             _ => state == TaskState::Delayed,
         };
         if applies {
-            // The task leaves its row: a row of one is deleted (cancel)
-            // or moved (run now) whole; otherwise the task is cut out of
-            // the row's arrays, and run now gives it a row of its own.
+            // The task leaves its row ($1), where it is element $3: a
+            // cancel deletes the row of one or cuts the task out of the
+            // row's arrays, and frees its key; run now makes a row of one
+            // due at $2 or moves the task to a row of its own.
             let sql = match (change, live) {
-                ("cancel", 1) => {
-                    "WITH gone AS ( \
-                         DELETE FROM @schema@.tasks WHERE id = $1 AND $2::bigint IS NOT NULL \
-                         RETURNING queue, ids[lo + 1] AS tid, keys[lo + 1] AS k \
-                     ) \
-                     DELETE FROM @schema@.keys c USING gone \
-                     WHERE c.queue = gone.queue AND c.unique_key = gone.k AND c.task = gone.tid"
-                }
-                (_, 1) => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1",
-                ("cancel", _) => {
+                ("cancel", _) => format!(
                     "WITH was AS ( \
-                         SELECT queue, ids[$3] AS tid, keys[$3] AS k FROM @schema@.tasks WHERE id = $1 \
-                     ), cut AS ( \
-                         UPDATE @schema@.tasks SET \
-                         ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
-                         payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
-                         keys = keys[lo + 1 : $3 - 1] || keys[$3 + 1 :], \
-                         lo = 0 WHERE id = $1 AND $2::bigint IS NOT NULL \
-                     ) \
+                         SELECT queue, ids[$3] AS tid, keys[$3] AS k, cardinality(ids) - lo AS live \
+                         FROM @schema@.tasks WHERE id = $1 \
+                     ), gone AS ( \
+                         DELETE FROM @schema@.tasks WHERE id = $1 AND (SELECT live FROM was) = 1 \
+                     ), cut AS ({CUT_OUT} AND (SELECT live FROM was) > 1) \
                      DELETE FROM @schema@.keys c USING was \
-                     WHERE c.queue = was.queue AND c.unique_key = was.k AND c.task = was.tid"
-                }
-                _ => {
+                     WHERE c.queue = was.queue AND c.unique_key = was.k AND c.task = was.tid \
+                       AND $2::bigint IS NOT NULL"
+                ),
+                (_, 1) => "UPDATE @schema@.tasks SET visible_at = $2 WHERE id = $1 \
+                           AND $3::integer IS NOT NULL"
+                    .to_owned(),
+                _ => format!(
                     "WITH moved AS ( \
                          SELECT ids[$3] AS tid, payloads[$3] AS payload, keys[$3] AS k, queue, \
                                 attempt, enqueued_at \
                          FROM @schema@.tasks WHERE id = $1 \
-                     ), cut AS ( \
-                         UPDATE @schema@.tasks SET \
-                         ids = ids[lo + 1 : $3 - 1] || ids[$3 + 1 :], \
-                         payloads = payloads[lo + 1 : $3 - 1] || payloads[$3 + 1 :], \
-                         keys = keys[lo + 1 : $3 - 1] || keys[$3 + 1 :], \
-                         lo = 0 WHERE id = $1 \
-                     ) \
+                     ), cut AS ({CUT_OUT}) \
                      INSERT INTO @schema@.tasks \
                          (id, head, queue, ids, payloads, keys, attempt, enqueued_at, visible_at) \
                      SELECT nextval('@schema@.task_ids'), tid, queue, ARRAY[tid], ARRAY[payload], \
                             CASE WHEN k IS NULL THEN NULL ELSE ARRAY[k] END, \
                             attempt, enqueued_at, $2 FROM moved"
-                }
+                ),
             };
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&row, &now, &at];
-            let n = if live == 1 { &params[..2] } else { &params[..] };
-            tx.execute(&self.sql(sql), n)
+            tx.execute(&self.sql(&sql), &[&row, &now, &at])
                 .await
                 .map_err(|e| self.err(e))?;
         }

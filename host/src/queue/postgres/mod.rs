@@ -21,9 +21,9 @@
 //! `tasks` holds live tasks only (pending, delayed, leased), in rows of up
 //! to [`PostgresOptions::tasks_per_row`] tasks pushed together (ids,
 //! payloads and unique keys as arrays, the live ones after the first
-//! `lo`); `keys` the unique keys of live tasks; `dead` the dead letters (trimmed to
-//! [`PostgresOptions::dead_capacity`] per queue); `queues` the names ever
-//! pushed to; `hosts` the running hosts (see `hosts.rs`);
+//! `lo`); `keys` the unique keys of live tasks; `dead` the dead letters
+//! (trimmed to [`PostgresOptions::dead_capacity`] per queue); `queues`
+//! the names ever pushed to; `hosts` the running hosts (see `hosts.rs`);
 //! `schema_migrations` the applied migrations. `push(queue, payload,
 //! unique_key, delay)` is the producers' transactional enqueue (see the
 //! README); `settle(...)` settles tasks of leased rows in any mix of
@@ -65,8 +65,8 @@
 //! all of `tasks` per batch (a lease of 100 took 14 s on 185,000 rows). So
 //! no statement joins `tasks` with anything: a batch's rows are found by
 //! `id = ANY($ids)` on the primary key (or by `ctid` within the lease),
-//! their other per-row arguments by `array_position`; and the host's connections set `enable_seqscan=off`
-//! and `enable_bitmapscan=off`, so the lease walks `tasks_due` in order and
+//! their other per-row arguments by `array_position`; and the host's
+//! connections set `enable_seqscan=off` and `enable_bitmapscan=off`, so the lease walks `tasks_due` in order and
 //! stops at its limit instead of collecting and sorting every due row,
 //! which a planner that believes the table empty judges cheaper.
 //!
@@ -317,6 +317,7 @@ macro_rules! columns {
         }
     };
 }
+columns!(A 0, B 1);
 columns!(A 0, B 1, C 2);
 columns!(A 0, B 1, C 2, D 3, E 4);
 columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);

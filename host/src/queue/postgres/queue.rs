@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_postgres::Row;
+use deadpool_postgres::GenericClient;
 
 use super::{Shared, columns, transient};
 use crate::backoff::Backoff;
@@ -168,50 +168,48 @@ impl PostgresQueue {
         }
     }
 
-    /// Deletes the rows of `whole` when only one of its lists has rows.
-    async fn ack_rows(&self, conn: &super::Conn, whole: &Whole) -> Result<Vec<Row>, QueueError> {
-        let sh = &self.shared;
-        if whole.keyed.0.is_empty() {
-            let (rows, nonces) = &whole.plain;
-            sh.query_cached(conn, &sh.sql.ack, &[rows, nonces]).await
-        } else {
-            let (rows, nonces) = &whole.keyed;
-            sh.query_cached(conn, &sh.sql.ack_keyed, &[rows, nonces, &&*self.name])
-                .await
+    /// Deletes the rows of one list of `Whole` (`keyed`: with the unique
+    /// keys they free); returns the tasks deleted. No round trip for none.
+    async fn ack_rows(
+        &self,
+        c: &impl GenericClient,
+        (rows, nonces): &(Vec<i64>, Vec<i64>),
+        keyed: bool,
+    ) -> Result<u64, QueueError> {
+        if rows.is_empty() {
+            return Ok(0);
         }
+        let sh = &self.shared;
+        let r = if keyed {
+            sh.query_cached(c, &sh.sql.ack_keyed, &[rows, nonces, &&*self.name])
+                .await?
+        } else {
+            sh.query_cached(c, &sh.sql.ack, &[rows, nonces]).await?
+        };
+        let n: i64 = r
+            .first()
+            .map_or(Ok(0), |r| r.try_get(0))
+            .map_err(|e| sh.pg_error(e))?;
+        Ok(unsigned(n))
     }
 
-    /// Applies the settlements in one transaction: rows whose tasks are
-    /// all acked are deleted (`sql/ack.sql`, `sql/ack_keyed.sql`), the
-    /// others go through the
-    /// `settle` function. Returns the tasks settled.
+    /// Applies the settlements: rows whose tasks are all acked are deleted
+    /// (`sql/ack.sql`, `sql/ack_keyed.sql`), the others go through the
+    /// `settle` function, in one transaction when it takes more than one
+    /// statement. Returns the tasks settled.
     async fn settle_once(&self, whole: &Whole, mixed: &Mixed) -> Result<u64, QueueError> {
         let sh = &self.shared;
         let mut conn = sh.conn().await?;
         let e = |e: tokio_postgres::Error| sh.pg_error(e);
-        let sum = |rows: Vec<Row>| -> Result<u64, QueueError> {
-            let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0)).map_err(e)?;
-            Ok(unsigned(n))
-        };
         if mixed.ids.is_empty() && (whole.plain.0.is_empty() || whole.keyed.0.is_empty()) {
             // Only whole rows acked (what the pool mostly sends): one
             // statement is atomic on its own, no transaction round trips.
-            return sum(self.ack_rows(&conn, whole).await?);
+            let plain = self.ack_rows(&conn, &whole.plain, false).await?;
+            return Ok(plain + self.ack_rows(&conn, &whole.keyed, true).await?);
         }
         let tx = conn.transaction().await.map_err(e)?;
-        let mut applied = 0;
-        if !whole.plain.0.is_empty() {
-            let (rows, nonces) = &whole.plain;
-            let r = sh.query_cached(&tx, &sh.sql.ack, &[rows, nonces]).await?;
-            applied += sum(r)?;
-        }
-        if !whole.keyed.0.is_empty() {
-            let (rows, nonces) = &whole.keyed;
-            let r = sh
-                .query_cached(&tx, &sh.sql.ack_keyed, &[rows, nonces, &&*self.name])
-                .await?;
-            applied += sum(r)?;
-        }
+        let mut applied = self.ack_rows(&tx, &whole.plain, false).await?
+            + self.ack_rows(&tx, &whole.keyed, true).await?;
         if mixed.ids.is_empty() {
             tx.commit().await.map_err(e)?;
             return Ok(applied);
@@ -391,11 +389,8 @@ impl BaseQueue for PostgresQueue {
                 .query_cached(&conn, &sh.sql.renew, &[&until, &rows, &nonces, &now])
                 .await?;
             let mut n = 0;
-            for r in still {
-                let row: RowLease = (
-                    r.try_get(0).map_err(|e| sh.pg_error(e))?,
-                    r.try_get(1).map_err(|e| sh.pg_error(e))?,
-                );
+            for r in &still {
+                let row: RowLease = columns(r).map_err(|e| sh.pg_error(e))?;
                 n += per_row.get(&row).copied().unwrap_or(0);
             }
             Ok(n)

@@ -303,5 +303,22 @@ async fn keyed_tasks_share_rows_and_free_their_keys_when_they_end() {
         0,
         "k5 is taken by the new push: its dead letter stays dead"
     );
+    let later = |k: &str| {
+        NewTask::new(k.to_owned())
+            .unique(k)
+            .delayed(Duration::from_secs(60))
+    };
+    let cancelled = q.push_batch(vec![later("c0"), later("c1")]).await.unwrap();
+    admin.cancel(cancelled[1].id()).await.unwrap();
+    let p = q.push(later("c1")).await.unwrap();
+    assert!(
+        matches!(p, Pushed::Created(_)),
+        "a cancel frees the key: {p:?}"
+    );
+    assert_eq!(
+        q.push(later("c0")).await.unwrap(),
+        Pushed::Duplicate(cancelled[0].id()),
+        "its row-mate keeps its own"
+    );
     s.close().await;
 }
