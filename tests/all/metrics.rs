@@ -101,27 +101,33 @@ async fn metrics_count_batch_results_durations_waits_polls_and_http() {
     let a = host.addr.clone();
     let m = tokio::task::spawn_blocking(move || {
         let mut last = None;
-        support::wait_until("eight tasks settled and an empty poll", LIMIT, || {
-            let m = metrics(&a);
-            let n = |outcome| {
-                metric(
+        // A worker counts its batch settled, then goes idle: wait for both.
+        support::wait_until(
+            "eight tasks settled, an empty poll, no worker busy",
+            LIMIT,
+            || {
+                let m = metrics(&a);
+                let n = |outcome| {
+                    metric(
+                        &m,
+                        "taskhost_tasks_settled",
+                        &[("queue", "jobs"), ("outcome", outcome)],
+                    )
+                    .unwrap_or(0.0)
+                };
+                let settled = n("done") + n("dead") == 8.0;
+                let empty = metric(
                     &m,
-                    "taskhost_tasks_settled",
-                    &[("queue", "jobs"), ("outcome", outcome)],
+                    "taskhost_source_polls",
+                    &[("source", "http_source"), ("result", "empty")],
                 )
                 .unwrap_or(0.0)
-            };
-            let settled = n("done") + n("dead") == 8.0;
-            let empty = metric(
-                &m,
-                "taskhost_source_polls",
-                &[("source", "http_source"), ("result", "empty")],
-            )
-            .unwrap_or(0.0)
-                >= 1.0;
-            last = Some(m);
-            settled && empty
-        });
+                    >= 1.0;
+                let idle = metric(&m, "taskhost_workers_busy", &[("queue", "jobs")]) == Some(0.0);
+                last = Some(m);
+                settled && empty && idle
+            },
+        );
         last.unwrap()
     })
     .await
